@@ -1,0 +1,103 @@
+"""Start the service's processes: an embedded Redis, the API, workers.
+
+The CLI's ``up``/``serve``/``worker`` commands use these; they start
+processes (``redis-server``, gunicorn on ``service.app:create_app()``,
+``python -m worker``) instead of importing the service, so ``client`` stays
+independent of the server packages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_binary() -> str:
+    """Find a real ``redis-server`` binary.
+
+    Raises:
+        RuntimeError: None is installed (``apt-get install redis-server``).
+    """
+    found = shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.path.exists(p)), None
+    )
+    if found is None:
+        raise RuntimeError("redis-server is not installed; run `apt-get install -y redis-server` or set ONNXPLAIN_REDIS_URL")
+    return found
+
+
+@dataclass
+class EmbeddedRedis:
+    """A private ``redis-server`` process on a free local port."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        """The ``redis://`` URL of the server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_redis(port: int | None = None, *, persist: bool = False) -> EmbeddedRedis:
+    """Start a real Redis server on 127.0.0.1 and wait until it answers.
+
+    Args:
+        port: Port to use; a free one when omitted.
+        persist: Keep an append-only file (in its temporary directory).
+
+    Raises:
+        RuntimeError: The server did not start within 10 s.
+    """
+    port = port or free_port()
+    directory = Path(tempfile.mkdtemp(prefix="onnxplain-redis-"))
+    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory)]
+    args += ["--appendonly", "yes" if persist else "no", "--daemonize", "no", "--loglevel", "warning"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return EmbeddedRedis(process, port, directory)
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"redis-server did not start on port {port}")
+
+
+def start_api(env: dict[str, str], *, host: str = "127.0.0.1", port: int = 8000, workers: int = 2) -> subprocess.Popen[bytes]:
+    """Start the API under gunicorn with the given environment."""
+    args = [sys.executable, "-m", "gunicorn", "service.app:create_app()", "--bind", f"{host}:{port}"]
+    args += ["--workers", str(workers), "--threads", "4", "--timeout", "120", "--access-logfile", "-"]
+    return subprocess.Popen(args, env=env)
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start one worker process (``python -m worker``) with the given environment."""
+    return subprocess.Popen([sys.executable, "-m", "worker"], env=env)

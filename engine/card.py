@@ -1,0 +1,220 @@
+"""The model card: what a model is, in the terms a person knows.
+
+A card names the task, the features (numeric, or categorical with their
+allowed values), the class names and which ONNX output holds the
+probabilities or the regression value. It is validated strictly: unknown
+fields are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import InvalidRequest, UnknownField
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TASKS = ("classification", "regression")
+INPUT_KINDS = ("tabular",)
+FEATURE_TYPES = ("numeric", "categorical")
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """One raw model feature.
+
+    Attributes:
+        name: Feature name, unique within the card.
+        type: ``numeric`` or ``categorical``.
+        categories: Allowed values of a categorical feature, in code order.
+    """
+
+    name: str
+    type: str = "numeric"
+    categories: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the feature as JSON."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type}
+        if self.type == "categorical":
+            out["categories"] = list(self.categories)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """What a model is and how to read its outputs.
+
+    Attributes:
+        name: Model name (``[A-Za-z0-9][A-Za-z0-9_.-]*``, at most 64 chars).
+        task: ``classification`` or ``regression``.
+        features: The raw features in model order.
+        class_names: Class names in output-column order (classification).
+        output: Name of the ONNX output holding probabilities (or scores) for
+            classification, or the value for regression; ``None`` picks it.
+        input_kind: Only ``tabular`` today.
+        description: Free text.
+        variants: Variant kinds to build at registration.
+    """
+
+    name: str
+    task: str
+    features: tuple[Feature, ...]
+    class_names: tuple[str, ...] = ()
+    output: str | None = None
+    input_kind: str = "tabular"
+    description: str = ""
+    variants: tuple[str, ...] = field(default=())
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the features in model order."""
+        return [f.name for f in self.features]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the explained outputs: the classes, or ``["value"]``."""
+        return list(self.class_names) if self.task == "classification" else ["value"]
+
+    @property
+    def categorical(self) -> tuple[int, ...]:
+        """Column indices of the categorical features."""
+        return tuple(i for i, f in enumerate(self.features) if f.type == "categorical")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the card as JSON."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "task": self.task,
+            "input_kind": self.input_kind,
+            "features": [f.to_dict() for f in self.features],
+            "output": self.output,
+            "description": self.description,
+            "variants": list(self.variants),
+        }
+        if self.task == "classification":
+            out["class_names"] = list(self.class_names)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object, *, name: str | None = None) -> ModelCard:
+        """Parse and validate a card.
+
+        Args:
+            data: The decoded card JSON.
+            name: The model name to use when the card does not give one.
+
+        Returns:
+            The validated card.
+
+        Raises:
+            InvalidRequest: A field is missing, of the wrong type or invalid.
+            UnknownField: The card has a field this version does not know.
+        """
+        obj = _object(data, "card")
+        _reject_unknown(obj, _CARD_FIELDS, "card")
+        card_name = obj.get("name", name)
+        if not isinstance(card_name, str) or not NAME_PATTERN.match(card_name):
+            raise InvalidRequest(
+                "name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", code="invalid_name", field="card.name"
+            )
+        task = obj.get("task")
+        if task not in TASKS:
+            raise InvalidRequest(f"task must be one of {list(TASKS)}", code="invalid_card", field="card.task")
+        input_kind = obj.get("input_kind", "tabular")
+        if input_kind not in INPUT_KINDS:
+            raise InvalidRequest(
+                f"input_kind must be one of {list(INPUT_KINDS)}", code="invalid_card", field="card.input_kind"
+            )
+        features = _features(obj.get("features"))
+        class_names = _strings(obj.get("class_names", []), "card.class_names")
+        if task == "classification" and len(class_names) < 2:
+            raise InvalidRequest(
+                "a classifier needs at least two class_names", code="invalid_card", field="card.class_names"
+            )
+        if task == "regression" and class_names:
+            raise InvalidRequest("a regressor has no class_names", code="invalid_card", field="card.class_names")
+        if len(set(class_names)) != len(class_names):
+            raise InvalidRequest("class_names repeat", code="invalid_card", field="card.class_names")
+        output = obj.get("output")
+        if output is not None and not isinstance(output, str):
+            raise InvalidRequest("output must be a string", code="invalid_card", field="card.output")
+        description = obj.get("description", "")
+        if not isinstance(description, str):
+            raise InvalidRequest("description must be a string", code="invalid_card", field="card.description")
+        variants = _strings(obj.get("variants", []), "card.variants")
+        return cls(
+            name=card_name,
+            task=task,
+            features=features,
+            class_names=tuple(class_names),
+            output=output,
+            input_kind=input_kind,
+            description=description,
+            variants=tuple(variants),
+        )
+
+
+_CARD_FIELDS = {"name", "task", "input_kind", "features", "class_names", "output", "description", "variants"}
+_FEATURE_FIELDS = {"name", "type", "categories"}
+
+
+def _object(data: object, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{where} must be a JSON object", code="invalid_card", field=where)
+    return data
+
+
+def _reject_unknown(obj: dict[str, Any], known: set[str], where: str) -> None:
+    for key in obj:
+        if key not in known:
+            raise UnknownField(f"unknown field {key!r} in {where}", field=f"{where}.{key}")
+
+
+def _strings(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidRequest(f"{where} must be a list of non-empty strings", code="invalid_card", field=where)
+    return list(value)
+
+
+def _features(value: object) -> tuple[Feature, ...]:
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest(
+            "features must be a non-empty list of names or objects",
+            code="invalid_card",
+            field="card.features",
+        )
+    out: list[Feature] = []
+    for i, item in enumerate(value):
+        where = f"card.features[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        obj = _object(item, where)
+        _reject_unknown(obj, _FEATURE_FIELDS, where)
+        fname, ftype = obj.get("name"), obj.get("type", "numeric")
+        if not isinstance(fname, str) or not fname:
+            raise InvalidRequest("feature name must be a non-empty string", code="invalid_card", field=where)
+        if ftype not in FEATURE_TYPES:
+            raise InvalidRequest(
+                f"feature type must be one of {list(FEATURE_TYPES)}",
+                code="invalid_card",
+                field=where + ".type",
+            )
+        categories: list[str] = []
+        if ftype == "categorical":
+            categories = _strings(obj.get("categories"), where + ".categories")
+            if not categories or len(set(categories)) != len(categories):
+                raise InvalidRequest(
+                    "categories must be distinct and non-empty",
+                    code="invalid_card",
+                    field=where + ".categories",
+                )
+        elif "categories" in obj:
+            raise InvalidRequest(
+                "only categorical features have categories", code="invalid_card", field=where + ".categories"
+            )
+        out.append(Feature(fname, ftype, tuple(categories)))
+    if len({f.name for f in out}) != len(out):
+        raise InvalidRequest("feature names repeat", code="invalid_card", field="card.features")
+    return tuple(out)

@@ -1,0 +1,123 @@
+"""Configuration: one frozen :class:`Settings`, read from ``ONNXPLAIN_*`` variables.
+
+This is the only module that reads the environment. The API and the workers
+build their settings with :meth:`Settings.from_env` and pass the object down.
+
+Example::
+
+    settings = Settings.from_env({"ONNXPLAIN_MODEL_DIR": "/srv/models"})
+    settings.model_dir  # PosixPath('/srv/models')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import InvalidRequest
+
+PREFIX = "ONNXPLAIN_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every tunable of the service; the env variable is ``ONNXPLAIN_<FIELD>``."""
+
+    redis_url: str | None = None
+    """Redis for the job queues (``redis://host:port/db``). Unset: the launcher
+    starts an embedded server; the API then reports not-ready without it."""
+
+    model_dir: Path = field(default_factory=lambda: Path("var/models"))
+    """Directory of the model store, laid out ``name/version/model.onnx``."""
+
+    max_model_bytes: int = 64 * 1024 * 1024
+    """Largest accepted upload (model + card + background), checked before buffering."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest accepted JSON request body for predict and explain."""
+
+    max_rows: int = 1000
+    """Most rows in one predict or explain request."""
+
+    max_background_rows: int = 100_000
+    """Most rows in an uploaded background data set."""
+
+    background_summary_rows: int = 100
+    """Background rows kept for explainers (k-means summary when larger)."""
+
+    probe_timeout_s: float = 30.0
+    """Time allowed to the child process that loads and probes an upload."""
+
+    probe_memory_bytes: int = 4 * 1024 * 1024 * 1024
+    """Address-space cap of that child process."""
+
+    job_timeout_s: int = 120
+    """Hard limit on one interactive explanation job."""
+
+    batch_job_timeout_s: int = 1800
+    """Hard limit on one batch job (audit chunk, variant build)."""
+
+    result_ttl_s: int = 86_400
+    """How long finished job results stay readable (RQ's default is 500 s)."""
+
+    failure_ttl_s: int = 7 * 86_400
+    """How long failed jobs and their errors stay readable."""
+
+    default_wait_s: float = 5.0
+    """How long ``:explain`` waits for its job when the request does not say."""
+
+    max_wait_s: float = 60.0
+    """Cap on the ``wait`` a request may ask for."""
+
+    ort_threads: int = 1
+    """onnxruntime intra-op threads per session (1 is best for single rows)."""
+
+    session_cache_size: int = 16
+    """onnxruntime sessions kept warm per process (LRU)."""
+
+    providers: str = "auto"
+    """Execution providers: ``auto`` (CUDA when present, else CPU) or a
+    comma-separated list of onnxruntime provider names."""
+
+    exact_max_features: int = 14
+    """Most features for which ``exact`` enumerates every coalition."""
+
+    def replace(self, **changes: object) -> Settings:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``ONNXPLAIN_*`` variables.
+
+        Args:
+            env: The environment to read; ``os.environ`` when omitted.
+
+        Returns:
+            The settings, defaults filled in.
+
+        Raises:
+            InvalidRequest: A variable does not parse as its field's type.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(_DEFAULTS, f.name))
+            try:
+                values[f.name] = kind(raw) if f.name != "redis_url" else raw
+            except ValueError as exc:
+                raise InvalidRequest(
+                    f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}",
+                    code="invalid_setting",
+                    field=PREFIX + f.name.upper(),
+                ) from exc
+        return cls(**values)  # type: ignore[arg-type]
+
+
+_DEFAULTS = Settings(redis_url="")

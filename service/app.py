@@ -1,0 +1,54 @@
+"""The Flask application factory: ``gunicorn 'service.app:create_app()'``."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, request
+from werkzeug.routing import BaseConverter
+
+from engine.settings import Settings
+from service.errors import register_error_handlers
+from service.extensions import init_app
+from service.routes import register_blueprints
+
+
+class ModelNameConverter(BaseConverter):
+    """Model names: no slash and no colon, so ``name:predict`` routes stay unambiguous."""
+
+    regex = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API.
+
+    Args:
+        settings: Configuration; read from ``ONNXPLAIN_*`` variables when omitted.
+
+    Returns:
+        The Flask application. No onnxruntime session exists yet: sessions
+        are created lazily in each (forked) worker process.
+    """
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = Flask(__name__)
+    app.url_map.converters["model_name"] = ModelNameConverter
+    app.url_map.strict_slashes = False
+    app.config["MAX_CONTENT_LENGTH"] = max(settings.max_model_bytes, settings.max_body_bytes)
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_model_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    services = init_app(app, settings)
+
+    @app.before_request
+    def _limit_body() -> None:
+        # Uploads may be large; every other body is small. Checked against
+        # Content-Length before anything is buffered.
+        is_upload = request.method == "POST" and request.path.rstrip("/") in {"/v1/models", "/v1/audits"}
+        request.max_content_length = settings.max_model_bytes if is_upload else settings.max_body_bytes
+
+    register_error_handlers(app)
+    register_blueprints(app)
+    rejected = services.registry.scan()
+    for key, why in rejected.items():
+        app.logger.warning("model %s in the store was not loaded: %s", key, why)
+    return app

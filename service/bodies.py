@@ -1,0 +1,64 @@
+"""Strict reading of JSON request bodies and query parameters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from typing import Any
+
+from flask import request
+from werkzeug.exceptions import UnsupportedMediaType
+
+from engine.errors import InvalidRequest, UnknownField
+
+
+def json_object(allowed: Collection[str], *, required: Collection[str] = (), any_type: bool = False) -> dict[str, Any]:
+    """Return the request's JSON object, rejecting unknown and missing fields.
+
+    Args:
+        allowed: Field names the route accepts.
+        required: Field names that must be present.
+        any_type: Parse whatever the Content-Type says (V2 clients send none).
+
+    Raises:
+        UnsupportedMediaType: The body is not declared as JSON.
+        InvalidRequest: ``invalid_json`` or a missing field.
+        UnknownField: A field outside ``allowed``.
+    """
+    if not any_type and not request.is_json:
+        raise UnsupportedMediaType("send the body as application/json")
+    try:
+        data = json.loads(request.get_data(cache=True) or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    return check_object(data, allowed, required=required)
+
+
+def check_object(
+    data: object, allowed: Collection[str], *, required: Collection[str] = (), where: str = ""
+) -> dict[str, Any]:
+    """Check a decoded JSON value is an object with known fields only."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{where or 'the body'} must be a JSON object", code="invalid_json", field=where or None)
+    prefix = f"{where}." if where else ""
+    for key in data:
+        if key not in allowed:
+            raise UnknownField(f"unknown field {key!r}", field=prefix + key)
+    for key in sorted(required):
+        if key not in data:
+            raise InvalidRequest(f"{key!r} is required", code="missing_field", field=prefix + key)
+    return data
+
+
+def optional_int(value: object, field: str, *, minimum: int = 1) -> int | None:
+    """Read an optional integer (JSON number or query string) of at least ``minimum``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise InvalidRequest(f"{field} must be an integer", code="invalid_parameter", field=field) from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidRequest(f"{field} must be an integer ≥ {minimum}", code="invalid_parameter", field=field)
+    return value

@@ -1,0 +1,61 @@
+"""The per-process objects the routes share, kept in ``app.extensions``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from flask import Flask, current_app
+from redis import Redis
+
+from engine.errors import Unavailable
+from engine.prediction import Predictor
+from engine.registry import ModelRegistry
+from engine.settings import Settings
+
+KEY = "onnxplain"
+
+
+@dataclass
+class Services:
+    """What a request handler needs: settings, the store, warm sessions, Redis."""
+
+    settings: Settings
+    registry: ModelRegistry
+    predictor: Predictor
+    _redis: Redis | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def redis(self) -> Redis:
+        """Return the Redis connection (created on first use).
+
+        Raises:
+            Unavailable: ``redis_not_configured`` when no URL is set.
+        """
+        if self.settings.redis_url is None:
+            raise Unavailable("no Redis is configured (set ONNXPLAIN_REDIS_URL)", code="redis_not_configured")
+        with self._lock:
+            if self._redis is None:
+                # Short connect timeout so a dead Redis answers 503 quickly;
+                # the read timeout must outlast the longest ``wait``.
+                self._redis = Redis.from_url(
+                    self.settings.redis_url,
+                    socket_connect_timeout=2,
+                    socket_timeout=self.settings.max_wait_s + 10,
+                    health_check_interval=30,
+                )
+            return self._redis
+
+
+def init_app(app: Flask, settings: Settings) -> Services:
+    """Create the services for ``app`` and store them in ``app.extensions``."""
+    registry = ModelRegistry(settings)
+    services = Services(settings=settings, registry=registry, predictor=Predictor(settings, registry))
+    app.extensions[KEY] = services
+    return services
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    found: Services = current_app.extensions[KEY]
+    return found

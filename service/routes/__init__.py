@@ -1,0 +1,13 @@
+"""Route blueprints."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from service.routes import docs, health, models, v2
+
+
+def register_blueprints(app: Flask) -> None:
+    """Attach every blueprint to ``app``."""
+    for module in (health, docs, models, v2):
+        app.register_blueprint(module.bp)

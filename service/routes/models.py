@@ -1,0 +1,117 @@
+"""Model registry and prediction routes (``/v1/models``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from engine.card import ModelCard
+from engine.errors import InvalidRequest, UnknownField
+from engine.instances import parse_instances
+from engine.registry import ModelVersion
+from service.bodies import json_object, optional_int
+from service.extensions import services
+
+bp = Blueprint("models", __name__)
+
+_UPLOAD_PARTS = {"model", "card", "background"}
+
+
+def model_resource(model: ModelVersion) -> dict[str, Any]:
+    """Return the public JSON of a model version, with its other versions."""
+    body = model.to_dict()
+    body["versions"] = services().registry.versions(model.name)
+    body["variants"] = []
+    return body
+
+
+@bp.post("/v1/models")
+def register_model() -> tuple[Response, int, dict[str, str]]:
+    """Register a model (multipart: ``model``, ``card``, optional ``background``).
+
+    Errors: 413 over the size cap; 415 not multipart; 422 with ``not_onnx``,
+    ``invalid_model``, ``external_data_not_allowed``, ``unsupported_op_domain``,
+    ``card_mismatch``, ``invalid_card`` or ``invalid_background``.
+    """
+    if request.mimetype != "multipart/form-data":
+        raise InvalidRequest(
+            "send multipart/form-data with parts model, card and optional background", code="not_multipart"
+        )
+    for key in list(request.files) + list(request.form):
+        if key not in _UPLOAD_PARTS:
+            raise UnknownField(f"unknown part {key!r}", field=key)
+    model_file = request.files.get("model")
+    if model_file is None:
+        raise InvalidRequest("the ONNX file is required in part 'model'", code="missing_field", field="model")
+    card_text = request.form.get("card")
+    if card_text is None and "card" in request.files:
+        card_text = request.files["card"].read().decode("utf-8", errors="replace")
+    if card_text is None:
+        raise InvalidRequest("the model card is required in part 'card'", code="missing_field", field="card")
+    try:
+        card_data = json.loads(card_text)
+    except ValueError as exc:
+        raise InvalidRequest(f"card is not valid JSON: {exc}", code="invalid_card", field="card") from exc
+    card = ModelCard.from_dict(card_data)
+    background = request.files.get("background")
+    background_bytes = background.read() if background is not None else None
+    # Decide the format from the content, never from the client's filename.
+    fmt = "parquet" if background_bytes is not None and background_bytes[:4] == b"PAR1" else "csv"
+    model = services().registry.register(model_file.read(), card, background_bytes, fmt)
+    location = url_for("models.get_model", name=model.name, version=model.version)
+    return jsonify(model_resource(model)), 201, {"Location": location}
+
+
+@bp.get("/v1/models")
+def list_models() -> Response:
+    """List models (latest version of each), paginated by ``limit`` and ``cursor``."""
+    limit = optional_int(request.args.get("limit"), "limit") or 50
+    if limit > 200:
+        raise InvalidRequest("limit must be at most 200", code="invalid_parameter", field="limit")
+    cursor = request.args.get("cursor", "")
+    for key in request.args:
+        if key not in {"limit", "cursor"}:
+            raise UnknownField(f"unknown query parameter {key!r}", field=key)
+    registry = services().registry
+    names = [n for n in registry.names() if n > cursor]
+    page = names[:limit]
+    items = [model_resource(registry.get(n)) for n in page]
+    return jsonify({"models": items, "next_cursor": page[-1] if len(names) > limit else None})
+
+
+@bp.get("/v1/models/<model_name:name>")
+def get_model(name: str) -> Response:
+    """Describe the latest version of a model, or ``?version=``. Errors: 404."""
+    version = optional_int(request.args.get("version"), "version")
+    return jsonify(model_resource(services().registry.get(name, version)))
+
+
+@bp.delete("/v1/models/<model_name:name>")
+def delete_model(name: str) -> Response:
+    """Delete every version of a model, or ``?version=``. Errors: 404."""
+    version = optional_int(request.args.get("version"), "version")
+    deleted = services().registry.delete(name, version)
+    return jsonify({"name": name, "deleted_versions": deleted})
+
+
+@bp.post("/v1/models/<model_name:name>:predict")
+def predict(name: str) -> Response:
+    """Predict rows. Errors: 404 model/version/variant; 415; 422 bad rows."""
+    body = json_object({"instances", "version", "variant"}, required={"instances"})
+    svc = services()
+    model = svc.registry.get(name, optional_int(body.get("version"), "version"))
+    variant = body.get("variant", "fp32")
+    if not isinstance(variant, str):
+        raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
+    X = parse_instances(body["instances"], model.card, max_rows=svc.settings.max_rows)
+    variant, session = svc.predictor.resolve(model, variant)
+    predictions = svc.predictor.predict(model, X, variant)
+    return jsonify(
+        {
+            "model": {"name": model.name, "version": model.version, "sha256": model.sha256, "variant": variant},
+            "provider": session.provider,
+            "predictions": predictions,
+        }
+    )

@@ -1,0 +1,242 @@
+"""Open Inference Protocol (V2) routes, as KServe and Triton clients speak it.
+
+``tritonclient.http`` sends JSON without a Content-Type, and by default the
+binary tensor extension: the JSON header's length is in
+``Inference-Header-Content-Length`` and raw little-endian tensor bytes
+follow. Errors answer ``{"error": "..."}`` (see ``service/errors.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, jsonify, request
+
+from engine.errors import InvalidRequest, NotFound
+from engine.registry import ModelVersion
+from engine.screening import Port
+from service.bodies import check_object
+from service.extensions import services
+
+bp = Blueprint("v2", __name__)
+
+_DATATYPES: dict[str, tuple[str, Any]] = {
+    "tensor(float)": ("FP32", np.float32),
+    "tensor(double)": ("FP64", np.float64),
+    "tensor(float16)": ("FP16", np.float16),
+    "tensor(int64)": ("INT64", np.int64),
+    "tensor(int32)": ("INT32", np.int32),
+    "tensor(int8)": ("INT8", np.int8),
+    "tensor(uint8)": ("UINT8", np.uint8),
+    "tensor(bool)": ("BOOL", np.bool_),
+    "tensor(string)": ("BYTES", np.object_),
+}
+_BY_NAME = {name: dtype for name, dtype in _DATATYPES.values()}
+_HEADER = "Inference-Header-Content-Length"
+
+
+def _tensor_ports(ports: tuple[Port, ...]) -> list[Port]:
+    return [p for p in ports if p.type in _DATATYPES]
+
+
+def _port_json(port: Port) -> dict[str, Any]:
+    return {
+        "name": port.name,
+        "datatype": _DATATYPES[port.type][0],
+        "shape": [d if isinstance(d, int) else -1 for d in port.shape],
+    }
+
+
+def _model(name: str, version: str | None) -> ModelVersion:
+    if version is not None and not version.isdigit():
+        raise NotFound(f"model {name!r} has no version {version!r}", code="version_not_found")
+    return services().registry.get(name, int(version) if version else None)
+
+
+@bp.get("/v2/health/live")
+def live() -> Response:
+    """Server liveness."""
+    return jsonify({"live": True})
+
+
+@bp.get("/v2/health/ready")
+def ready() -> tuple[Response, int]:
+    """Server readiness: the model store is readable."""
+    ok = services().registry.root.is_dir()
+    return jsonify({"ready": ok}), 200 if ok else 503
+
+
+@bp.get("/v2")
+def server_metadata() -> Response:
+    """Server metadata."""
+    return jsonify({"name": "onnxplain", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
+
+
+@bp.get("/v2/models/<model_name:name>")
+@bp.get("/v2/models/<model_name:name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None) -> Response:
+    """Model metadata: versions, platform and tensor inputs/outputs."""
+    model = _model(name, version)
+    return jsonify(
+        {
+            "name": model.name,
+            "versions": [str(v) for v in services().registry.versions(name)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [_port_json(p) for p in _tensor_ports(model.signature.inputs)],
+            "outputs": [_port_json(p) for p in _tensor_ports(model.signature.outputs)],
+        }
+    )
+
+
+@bp.get("/v2/models/<model_name:name>/ready")
+@bp.get("/v2/models/<model_name:name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None) -> Response:
+    """Model readiness (200 when it exists and loads)."""
+    model = _model(name, version)
+    services().predictor.session(model)
+    return jsonify({"name": model.name, "ready": True})
+
+
+@bp.post("/v2/models/<model_name:name>/infer")
+@bp.post("/v2/models/<model_name:name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None) -> Response:
+    """Run the model on V2 tensors (JSON data or the binary extension)."""
+    model = _model(name, version)
+    raw = request.get_data(cache=True)
+    header_length = request.headers.get(_HEADER)
+    try:
+        split = int(header_length) if header_length is not None else len(raw)
+        body = json.loads(raw[:split] or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request header is not valid JSON: {exc}", code="invalid_json") from exc
+    body = check_object(body, {"id", "inputs", "outputs", "parameters"}, required={"inputs"})
+    feeds = _read_inputs(body["inputs"], model, raw, split)
+    ports = _tensor_ports(model.signature.outputs)
+    wanted = _requested_outputs(body, ports)
+    session = services().predictor.session(model)
+    values = session.run(feeds, [name for name, _ in wanted])
+    outputs, blobs = [], []
+    for (out_name, binary), value in zip(wanted, values, strict=True):
+        array = np.asarray(value)
+        datatype = _DATATYPES[next(p.type for p in ports if p.name == out_name)][0]
+        entry: dict[str, Any] = {"name": out_name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            blob = _to_bytes(array, datatype)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = [v.decode() if isinstance(v, bytes) else v for v in array.flatten().tolist()]
+        outputs.append(entry)
+    result: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version), "outputs": outputs}
+    if "id" in body:
+        result["id"] = body["id"]
+    head = json.dumps(result).encode()
+    if not blobs:
+        return Response(head, mimetype="application/json")
+    response = Response(head + b"".join(blobs), mimetype="application/octet-stream")
+    response.headers[_HEADER] = str(len(head))
+    return response
+
+
+def _requested_outputs(body: dict[str, Any], ports: list[Port]) -> list[tuple[str, bool]]:
+    names = {p.name for p in ports}
+    parameters = body.get("parameters") or {}
+    default_binary = bool(parameters.get("binary_data_output", False)) if isinstance(parameters, dict) else False
+    requested = body.get("outputs")
+    if requested is None:
+        return [(p.name, default_binary) for p in ports]
+    if not isinstance(requested, list):
+        raise InvalidRequest("outputs must be a list", code="invalid_json", field="outputs")
+    wanted = []
+    for i, item in enumerate(requested):
+        item = check_object(item, {"name", "parameters"}, required={"name"}, where=f"outputs[{i}]")
+        if item["name"] not in names:
+            raise InvalidRequest(f"the model has no tensor output {item['name']!r}", code="unknown_output")
+        params = item.get("parameters") or {}
+        wanted.append((item["name"], bool(params.get("binary_data", default_binary))))
+    return wanted
+
+
+def _read_inputs(items: object, model: ModelVersion, raw: bytes, offset: int) -> dict[str, np.ndarray]:
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest("inputs must be a non-empty list", code="invalid_json", field="inputs")
+    ports = {p.name: p for p in model.signature.inputs}
+    feeds: dict[str, np.ndarray] = {}
+    for i, item in enumerate(items):
+        where = f"inputs[{i}]"
+        item = check_object(
+            item,
+            {"name", "shape", "datatype", "data", "parameters"},
+            required={"name", "shape", "datatype"},
+            where=where,
+        )
+        port = ports.get(item["name"])
+        if port is None:
+            raise InvalidRequest(f"the model has no input {item['name']!r}", code="unknown_input", field=where)
+        expected = _DATATYPES.get(port.type, ("?", None))[0]
+        if item["datatype"] != expected:
+            raise InvalidRequest(
+                f"input {port.name!r} takes {expected}, got {item['datatype']}", code="wrong_datatype", field=where
+            )
+        shape = item["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise InvalidRequest("shape must be a list of non-negative integers", code="invalid_shape", field=where)
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(raw):
+                raise InvalidRequest("binary_data_size runs past the body", code="invalid_binary_data", field=where)
+            array = _from_bytes(raw[offset : offset + size], expected, where)
+            offset += size
+        elif "data" in item:
+            dtype = _BY_NAME[expected]
+            try:
+                array = np.asarray(item["data"], dtype=dtype).reshape(-1)
+            except (ValueError, TypeError) as exc:
+                raise InvalidRequest(f"data does not fit {expected}: {exc}", code="invalid_data", field=where) from exc
+            if expected == "BYTES":
+                array = np.asarray([str(v) for v in array], dtype=object)
+        else:
+            raise InvalidRequest("give data or binary_data_size", code="missing_field", field=where)
+        if int(np.prod(shape)) != array.size:
+            raise InvalidRequest(f"shape {shape} does not hold {array.size} values", code="invalid_shape", field=where)
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise InvalidRequest(f"input {port.name!r} holds NaN or infinity", code="non_finite", field=where)
+        feeds[port.name] = array.reshape(shape)
+    missing = [p for p in ports if p not in feeds]
+    if missing:
+        raise InvalidRequest(f"input {missing[0]!r} is missing", code="missing_input", field="inputs")
+    return feeds
+
+
+def _from_bytes(blob: bytes, datatype: str, where: str) -> np.ndarray:
+    if datatype != "BYTES":
+        dtype = np.dtype(_BY_NAME[datatype]).newbyteorder("<")
+        if len(blob) % dtype.itemsize:
+            raise InvalidRequest(
+                "binary data is not a whole number of elements", code="invalid_binary_data", field=where
+            )
+        return np.frombuffer(blob, dtype=dtype).astype(dtype.newbyteorder("="))
+    values, pos = [], 0
+    while pos < len(blob):
+        if pos + 4 > len(blob):
+            raise InvalidRequest("truncated BYTES element", code="invalid_binary_data", field=where)
+        (length,) = struct.unpack_from("<I", blob, pos)
+        pos += 4
+        if pos + length > len(blob):
+            raise InvalidRequest("truncated BYTES element", code="invalid_binary_data", field=where)
+        values.append(blob[pos : pos + length].decode("utf-8", errors="replace"))
+        pos += length
+    return np.asarray(values, dtype=object)
+
+
+def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
+    if datatype != "BYTES":
+        return np.ascontiguousarray(array, dtype=np.dtype(_BY_NAME[datatype]).newbyteorder("<")).tobytes()
+    parts = []
+    for value in array.flatten():
+        data = value if isinstance(value, bytes) else str(value).encode()
+        parts.append(struct.pack("<I", len(data)) + data)
+    return b"".join(parts)

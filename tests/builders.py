@@ -1,0 +1,112 @@
+"""Tiny real ONNX models built in the test session (skl2onnx, onnx.helper)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import pandas as pd
+from onnx import TensorProto, helper
+from skl2onnx import to_onnx
+from sklearn.datasets import make_classification, make_regression
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+@dataclass
+class BuiltModel:
+    """An ONNX model with its card, background and the rows it was trained on."""
+
+    onnx_bytes: bytes
+    card: dict[str, Any]
+    X: np.ndarray
+    y: np.ndarray
+    sklearn: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def background_csv(self, rows: int = 50) -> bytes:
+        names = [f["name"] if isinstance(f, dict) else f for f in self.card["features"]]
+        return pd.DataFrame(self.X[:rows], columns=names).to_csv(index=False).encode()
+
+    def card_json(self, **changes: Any) -> str:
+        return json.dumps({**self.card, **changes})
+
+
+def _convert(model: Any, X: np.ndarray, **options: Any) -> bytes:
+    onx = to_onnx(model, X[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3}, **options)
+    return onx.SerializeToString()
+
+
+def binary_classifier(name: str = "credit") -> BuiltModel:
+    X, y = make_classification(n_samples=300, n_features=4, n_informative=3, n_redundant=0, random_state=0)
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+    onx = _convert(model, X, options={id(model): {"zipmap": False}})
+    card = {"name": name, "task": "classification", "features": ["income", "age", "debt", "tenure"],
+            "class_names": ["denied", "approved"]}
+    return BuiltModel(onx, card, X, y, model)
+
+
+def multiclass_classifier(name: str = "species") -> BuiltModel:
+    X, y = make_classification(n_samples=300, n_features=5, n_informative=4, n_redundant=0, n_classes=3,
+                               random_state=1)
+    model = MLPClassifier(hidden_layer_sizes=(8,), max_iter=800, random_state=0).fit(X, y)
+    onx = _convert(model, X)  # keeps skl2onnx's ZipMap output on purpose
+    card = {"name": name, "task": "classification", "features": [f"f{i}" for i in range(5)],
+            "class_names": ["setosa", "versicolor", "virginica"]}
+    return BuiltModel(onx, card, X, y, model)
+
+
+def regressor(name: str = "price") -> BuiltModel:
+    X, y = make_regression(n_samples=200, n_features=3, noise=0.1, random_state=2)
+    model = LinearRegression().fit(X, y)
+    onx = _convert(model, X)
+    card = {"name": name, "task": "regression", "features": ["rooms", "area", "distance"]}
+    return BuiltModel(onx, card, X, y, model)
+
+
+def forest_classifier(name: str = "forest") -> BuiltModel:
+    X, y = make_classification(n_samples=200, n_features=4, n_informative=3, n_redundant=0, random_state=3)
+    model = RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(X, y)
+    onx = _convert(model, X, options={id(model): {"zipmap": False}})
+    card = {"name": name, "task": "classification", "features": ["a", "b", "c", "d"], "class_names": ["no", "yes"]}
+    return BuiltModel(onx, card, X, y, model)
+
+
+def helper_model(nodes: list[onnx.NodeProto], *, inputs: list[onnx.ValueInfoProto] | None = None,
+                 outputs: list[onnx.ValueInfoProto] | None = None,
+                 initializers: list[onnx.TensorProto] | None = None,
+                 opsets: list[onnx.OperatorSetIdProto] | None = None) -> onnx.ModelProto:
+    """A graph made by hand: default input ``x`` [N, 2] float, output ``y`` [N, 1] float."""
+    graph = helper.make_graph(
+        nodes,
+        "handmade",
+        inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+        outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        initializer=initializers or [],
+    )
+    return helper.make_model(graph, opset_imports=opsets or [helper.make_opsetid("", 17)], ir_version=8)
+
+
+def affine_regressor(weights: list[float], bias: float = 0.5) -> onnx.ModelProto:
+    """y = x·w + b, built with onnx.helper."""
+    d = len(weights)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [d, 1], weights)
+    b = helper.make_tensor("b", TensorProto.FLOAT, [1], [bias])
+    return helper_model(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, d])],
+        initializers=[w, b],
+    )
+
+
+def to_parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()

@@ -1,0 +1,94 @@
+"""The real object graph for tests: Redis → settings → store → app → client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from client.launcher import start_redis
+from engine.settings import Settings
+from tests import builders
+from tests.contract import ValidatingClient
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: ONNXPLAIN_REDIS_URL when set, else a private redis-server."""
+    url = os.environ.get("ONNXPLAIN_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = start_redis()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_conn(redis_url: str) -> Iterator[Redis]:
+    """A connection to an emptied database, emptied again afterwards."""
+    conn = Redis.from_url(redis_url)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+    conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's ONNXPLAIN_* settings except the Redis URL."""
+    for key in list(os.environ):
+        if key.startswith("ONNXPLAIN_") and key != "ONNXPLAIN_REDIS_URL":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str) -> Settings:
+    """Settings over a fresh model store and the test Redis."""
+    return Settings(redis_url=redis_url, model_dir=tmp_path / "models", max_model_bytes=2 * 1024 * 1024,
+                    default_wait_s=20.0)
+
+
+@pytest.fixture
+def app(settings: Settings, redis_conn: Redis) -> Any:
+    from service.app import create_app
+
+    application = create_app(settings)
+    application.testing = True
+    application.test_client_class = ValidatingClient
+    return application
+
+
+@pytest.fixture
+def client(app: Any) -> ValidatingClient:
+    """A Flask test client that validates every response against openapi.yaml."""
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def binary_model() -> builders.BuiltModel:
+    return builders.binary_classifier()
+
+
+@pytest.fixture(scope="session")
+def multiclass_model() -> builders.BuiltModel:
+    return builders.multiclass_classifier()
+
+
+@pytest.fixture(scope="session")
+def regression_model() -> builders.BuiltModel:
+    return builders.regressor()
+
+
+def upload(client: ValidatingClient, built: builders.BuiltModel, *, background: bool = True, **card: Any) -> Any:
+    """POST a built model (with background rows) to /v1/models."""
+    import io
+
+    data: dict[str, Any] = {"model": (io.BytesIO(built.onnx_bytes), "model.onnx"), "card": built.card_json(**card)}
+    if background:
+        data["background"] = (io.BytesIO(built.background_csv()), "background.csv")
+    return client.post("/v1/models", data=data, content_type="multipart/form-data")
