@@ -36,7 +36,9 @@ def redis_binary() -> str:
         (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.path.exists(p)), None
     )
     if found is None:
-        raise RuntimeError("redis-server is not installed; run `apt-get install -y redis-server` or set ONNXPLAIN_REDIS_URL")
+        raise RuntimeError(
+            "redis-server is not installed; run `apt-get install -y redis-server` or set ONNXPLAIN_REDIS_URL"
+        )
     return found
 
 
@@ -91,7 +93,9 @@ def start_redis(port: int | None = None, *, persist: bool = False) -> EmbeddedRe
     raise RuntimeError(f"redis-server did not start on port {port}")
 
 
-def start_api(env: dict[str, str], *, host: str = "127.0.0.1", port: int = 8000, workers: int = 2) -> subprocess.Popen[bytes]:
+def start_api(
+    env: dict[str, str], *, host: str = "127.0.0.1", port: int = 8000, workers: int = 2
+) -> subprocess.Popen[bytes]:
     """Start the API under gunicorn with the given environment."""
     args = [sys.executable, "-m", "gunicorn", "service.app:create_app()", "--bind", f"{host}:{port}"]
     args += ["--workers", str(workers), "--threads", "4", "--timeout", "120", "--access-logfile", "-"]

@@ -12,6 +12,7 @@ from engine.errors import Unavailable
 from engine.prediction import Predictor
 from engine.registry import ModelRegistry
 from engine.settings import Settings
+from service.jobs import JobGateway
 
 KEY = "onnxplain"
 
@@ -45,6 +46,10 @@ class Services:
                     health_check_interval=30,
                 )
             return self._redis
+
+    def jobs(self) -> JobGateway:
+        """Return the job gateway over this process's Redis connection."""
+        return JobGateway(self.redis(), result_ttl=self.settings.result_ttl_s, failure_ttl=self.settings.failure_ttl_s)
 
 
 def init_app(app: Flask, settings: Settings) -> Services:

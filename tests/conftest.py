@@ -49,8 +49,9 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str) -> Settings:
     """Settings over a fresh model store and the test Redis."""
-    return Settings(redis_url=redis_url, model_dir=tmp_path / "models", max_model_bytes=2 * 1024 * 1024,
-                    default_wait_s=20.0)
+    return Settings(
+        redis_url=redis_url, model_dir=tmp_path / "models", max_model_bytes=2 * 1024 * 1024, default_wait_s=20.0
+    )
 
 
 @pytest.fixture
@@ -92,3 +93,80 @@ def upload(client: ValidatingClient, built: builders.BuiltModel, *, background: 
     if background:
         data["background"] = (io.BytesIO(built.background_csv()), "background.csv")
     return client.post("/v1/models", data=data, content_type="multipart/form-data")
+
+
+def with_db(url: str, db: int) -> str:
+    """The same Redis server, another database number."""
+    base, _, last = url.rpartition("/")
+    return f"{base}/{db}" if last.isdigit() and base.startswith("redis") and "//" in base else f"{url.rstrip('/')}/{db}"
+
+
+@pytest.fixture(scope="session")
+def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Two real worker processes (``python -m worker``) over a session store and Redis DB 1."""
+    import subprocess
+    import sys
+
+    url = with_db(redis_url, 1)
+    Redis.from_url(url).flushdb()
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "ONNXPLAIN_REDIS_URL": url,
+        "ONNXPLAIN_MODEL_DIR": str(tmp_path_factory.mktemp("store")),
+        "PYTHONPATH": str(root),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "worker", "--name", f"test-worker-{i}"],
+            env=env,
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(2)
+    ]
+    yield env
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def live_settings(worker_env: dict[str, str]) -> Settings:
+    """Settings shared with the worker processes."""
+    return Settings(
+        redis_url=worker_env["ONNXPLAIN_REDIS_URL"],
+        model_dir=Path(worker_env["ONNXPLAIN_MODEL_DIR"]),
+        default_wait_s=30.0,
+    )
+
+
+@pytest.fixture
+def live_client(live_settings: Settings) -> ValidatingClient:
+    """A validating test client of an app whose jobs real workers run."""
+    from service.app import create_app
+
+    application = create_app(live_settings)
+    application.testing = True
+    application.test_client_class = ValidatingClient
+    return application.test_client()
+
+
+@pytest.fixture
+def live_url(live_client: ValidatingClient) -> Iterator[str]:
+    """A real HTTP server (werkzeug, threaded) over the app whose jobs real workers run."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    httpd = make_server("127.0.0.1", 0, live_client.application, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()

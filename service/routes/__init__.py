@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.routes import docs, health, models, v2
+from service.routes import docs, explain, health, models, v2
 
 
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint to ``app``."""
-    for module in (health, docs, models, v2):
+    for module in (health, docs, models, explain, v2):
         app.register_blueprint(module.bp)

@@ -205,7 +205,9 @@ def test_external_data_in_a_subgraph_is_refused(client):
     entry = t.external_data.add()
     entry.key, entry.value = "location", "secret.bin"
     branch = helper.make_graph(
-        [helper.make_node("Constant", [], ["c_out"], value=t)], "b", [],
+        [helper.make_node("Constant", [], ["c_out"], value=t)],
+        "b",
+        [],
         [helper.make_tensor_value_info("c_out", TensorProto.FLOAT, [1])],
     )
     cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
@@ -218,9 +220,7 @@ def test_external_data_in_a_subgraph_is_refused(client):
 def test_custom_op_domain_is_refused(client):
     """An operator from a custom domain is 422 unsupported_op_domain."""
     node = helper.make_node("Evil", ["x"], ["y"], domain="com.evil")
-    model = builders.helper_model(
-        [node], opsets=[helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)]
-    )
+    model = builders.helper_model([node], opsets=[helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)])
     response = _upload_bytes(client, model.SerializeToString(), REG_CARD)
     assert response.status_code == 422 and response.json["code"] == "unsupported_op_domain"
 
@@ -251,8 +251,11 @@ def test_card_mismatch_found_only_when_running(client, multiclass_model):
         ({"name": "x", "task": "ranking", "features": ["a"]}, "invalid_card", "card.task"),
         ({"name": "x", "task": "regression", "features": ["a"], "colour": "red"}, "unknown_field", "card.colour"),
         ({"name": "../etc", "task": "regression", "features": ["a"]}, "invalid_name", "card.name"),
-        ({"name": "x", "task": "classification", "features": ["a", "b"], "class_names": ["one"]}, "invalid_card",
-         "card.class_names"),
+        (
+            {"name": "x", "task": "classification", "features": ["a", "b"], "class_names": ["one"]},
+            "invalid_card",
+            "card.class_names",
+        ),
     ],
 )
 def test_bad_cards(client, card, code, field):
@@ -267,8 +270,11 @@ def test_background_is_validated_against_features(client, binary_model):
     csv = b"income,age,debt,tenure\n1,2,3,4\n1,oops,3,4\n"
     response = client.post(
         "/v1/models",
-        data={"model": (io.BytesIO(binary_model.onnx_bytes), "x"), "card": binary_model.card_json(),
-              "background": (io.BytesIO(csv), "bg.csv")},
+        data={
+            "model": (io.BytesIO(binary_model.onnx_bytes), "x"),
+            "card": binary_model.card_json(),
+            "background": (io.BytesIO(csv), "bg.csv"),
+        },
         content_type="multipart/form-data",
     )
     assert response.status_code == 422 and response.json["code"] == "not_numeric"
@@ -276,8 +282,11 @@ def test_background_is_validated_against_features(client, binary_model):
     extra = b"income,age,debt,tenure,secret\n1,2,3,4,5\n"
     response = client.post(
         "/v1/models",
-        data={"model": (io.BytesIO(binary_model.onnx_bytes), "x"), "card": binary_model.card_json(),
-              "background": (io.BytesIO(extra), "bg.csv")},
+        data={
+            "model": (io.BytesIO(binary_model.onnx_bytes), "x"),
+            "card": binary_model.card_json(),
+            "background": (io.BytesIO(extra), "bg.csv"),
+        },
         content_type="multipart/form-data",
     )
     assert response.status_code == 422 and response.json["code"] == "unknown_field"
@@ -290,8 +299,11 @@ def test_parquet_background(client, binary_model):
     frame = pd.DataFrame(binary_model.X[:20], columns=["income", "age", "debt", "tenure"])
     response = client.post(
         "/v1/models",
-        data={"model": (io.BytesIO(binary_model.onnx_bytes), "x"), "card": binary_model.card_json(),
-              "background": (io.BytesIO(builders.to_parquet(frame)), "../../evil.csv")},
+        data={
+            "model": (io.BytesIO(binary_model.onnx_bytes), "x"),
+            "card": binary_model.card_json(),
+            "background": (io.BytesIO(builders.to_parquet(frame)), "../../evil.csv"),
+        },
         content_type="multipart/form-data",
     )
     assert response.status_code == 201 and response.json["background"]["rows"] == 20

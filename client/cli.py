@@ -1,0 +1,224 @@
+"""The ``onnxplain`` command line: run the service, and use it over HTTP.
+
+Server commands (``up``, ``serve``, ``worker``) start processes; the others
+talk to a running server (``--url``, or ``ONNXPLAIN_URL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from client import launcher
+from client.sdk import ApiError, Client
+
+DEMO = Path(__file__).resolve().parent.parent / "demo"
+
+
+def _rows(source: str) -> list[Any]:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text() if Path(source).exists() else source
+    data = json.loads(text)
+    return data["instances"] if isinstance(data, dict) else data
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _wait_ready(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the API did not come up at {url}")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start Redis (embedded unless configured), workers and the API; register the demo model."""
+    env = dict(os.environ)
+    env.setdefault("ONNXPLAIN_MODEL_DIR", str(Path("var/models").resolve()))
+    redis = None
+    if not env.get("ONNXPLAIN_REDIS_URL"):
+        redis = launcher.start_redis(persist=True)
+        env["ONNXPLAIN_REDIS_URL"] = redis.url
+        print(f"started an embedded Redis at {redis.url}")
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    procs = [launcher.start_worker(env) for _ in range(args.workers)]
+    procs.append(launcher.start_api(env, host=args.host, port=args.port, workers=args.api_workers))
+    url = f"http://{args.host}:{args.port}"
+    try:
+        _wait_ready(url)
+        api = Client(url)
+        card = json.loads((DEMO / "card.json").read_text())
+        if not any(m["name"] == card["name"] for m in api.models()):
+            api.register(DEMO / "credit.onnx", card, background=DEMO / "background.csv")
+        row = json.loads((DEMO / "example.json").read_text())
+        print(f"\nonnxplain is running at {url} with the demo model '{card['name']}'. Try:\n")
+        print(f"  curl -s {url}/v1/models/{card['name']}:predict -H 'Content-Type: application/json' \\")
+        print(f"    -d '{json.dumps({'instances': [row]})}'\n")
+        print(f"  curl -s {url}/v1/models/{card['name']}:explain -H 'Content-Type: application/json' \\")
+        print(f"    -d '{json.dumps({'instances': [row], 'method': 'kernel_shap'})}'\n")
+        print("Press Ctrl-C to stop.", flush=True)
+        if args.exit_after_start:
+            return 0
+        # Blocked only now, so the children started above keep default signals.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if redis is not None:
+            redis.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the API under gunicorn in the foreground."""
+    return launcher.start_api(dict(os.environ), host=args.host, port=args.port, workers=args.api_workers).wait()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker in the foreground."""
+    return launcher.start_worker(dict(os.environ)).wait()
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Register an ONNX model with its card (and optional background)."""
+    card = json.loads(Path(args.card).read_text())
+    if args.name:
+        card["name"] = args.name
+    _print(Client(args.url).register(args.model, card, background=args.background))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List models, or describe one."""
+    api = Client(args.url)
+    _print(api.model(args.name) if args.name else [{"name": m["name"], "version": m["version"]} for m in api.models()])
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict rows given as JSON (a file, '-' for stdin, or inline)."""
+    _print(Client(args.url).predict(args.model, _rows(args.rows), version=args.version, variant=args.variant))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Explain rows, waiting for the job."""
+    result = Client(args.url).explain(
+        args.model,
+        _rows(args.rows),
+        method=args.method,
+        parameters=_params(args.param) or None,
+        targets=args.target or None,
+        version=args.version,
+        variant=args.variant,
+    )
+    _print(result)
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    """Show, or cancel, a job."""
+    api = Client(args.url)
+    _print(api.cancel(args.id) if args.cancel else api.job(args.id))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="onnxplain", description=__doc__)
+    parser.add_argument("--url", default=os.environ.get("ONNXPLAIN_URL", "http://127.0.0.1:8000"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start Redis (if needed), workers and the API")
+    serve = sub.add_parser("serve", help="run the API under gunicorn")
+    for p in (up, serve):
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--api-workers", type=int, default=2)
+    up.add_argument("--workers", type=int, default=1, help="worker processes")
+    up.add_argument("--exit-after-start", action="store_true", help=argparse.SUPPRESS)
+    up.set_defaults(func=cmd_up)
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("worker", help="run one worker").set_defaults(func=cmd_worker)
+
+    reg = sub.add_parser("register", help="register a model")
+    reg.add_argument("model")
+    reg.add_argument("--card", required=True)
+    reg.add_argument("--background")
+    reg.add_argument("--name")
+    reg.set_defaults(func=cmd_register)
+
+    models = sub.add_parser("models", help="list models or describe one")
+    models.add_argument("name", nargs="?")
+    models.set_defaults(func=cmd_models)
+
+    for name, func in (("predict", cmd_predict), ("explain", cmd_explain)):
+        p = sub.add_parser(name, help=f"{name} rows")
+        p.add_argument("model")
+        p.add_argument("rows", help="JSON rows: a file, '-' for stdin, or inline JSON")
+        p.add_argument("--version", type=int)
+        p.add_argument("--variant")
+        p.set_defaults(func=func)
+        if name == "explain":
+            p.add_argument("--method", default="auto")
+            p.add_argument("--param", action="append", default=[], help="method parameter, key=value")
+            p.add_argument("--target", action="append", default=[], help="class to explain (repeatable)")
+
+    job = sub.add_parser("job", help="show or cancel a job")
+    job.add_argument("id")
+    job.add_argument("--cancel", action="store_true")
+    job.set_defaults(func=cmd_job)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``onnxplain`` command line."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

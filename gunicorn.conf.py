@@ -1,0 +1,13 @@
+"""gunicorn settings for the API (`gunicorn 'service.app:create_app()'`)."""
+
+import os
+
+bind = os.environ.get("ONNXPLAIN_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("ONNXPLAIN_API_WORKERS", "2"))
+threads = int(os.environ.get("ONNXPLAIN_API_THREADS", "4"))
+# Sessions are created lazily in each worker, never in the master: no preload.
+preload_app = False
+timeout = 120
+graceful_timeout = 30
+accesslog = "-"
+errorlog = "-"

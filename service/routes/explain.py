@@ -1,0 +1,67 @@
+"""Explanation and job routes (``:explain``, ``/v1/jobs``)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, url_for
+
+from engine.errors import InvalidRequest
+from engine.explanation import build_request
+from service.bodies import json_object, optional_int
+from service.extensions import services
+from service.jobs import INTERACTIVE
+
+bp = Blueprint("explain", __name__)
+
+_FIELDS = {"instances", "method", "parameters", "targets", "version", "variant", "wait"}
+
+
+@bp.post("/v1/models/<model_name:name>:explain")
+def explain(name: str) -> tuple[Response, int, dict[str, str]]:
+    """Explain rows: 200 with the result when done within ``wait``, else 202 and the job.
+
+    Errors: 404 model/version/variant; 415; 422 bad rows, method, parameters
+    or targets, or no background; 503 Redis unavailable.
+    """
+    svc = services()
+    body = json_object(_FIELDS, required={"instances"})
+    model = svc.registry.get(name, optional_int(body.get("version"), "version"))
+    wait = body.get("wait", svc.settings.default_wait_s)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
+        raise InvalidRequest("wait must be a number of seconds ≥ 0", code="invalid_parameter", field="wait")
+    variant = body.get("variant", "fp32")
+    if not isinstance(variant, str):
+        raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
+    variant, _ = svc.predictor.resolve(model, variant)
+    request = build_request(body, model, svc.settings, variant)
+    gateway = svc.jobs()
+    job = gateway.submit(
+        "worker.jobs.explain", "explain", request.to_payload(), queue=INTERACTIVE, timeout=svc.settings.job_timeout_s
+    )
+    gateway.wait(job, min(float(wait), svc.settings.max_wait_s))
+    location = url_for("explain.get_job", job_id=job.id)
+    view = gateway.describe(job, location=location)
+    headers = {"X-Job-Id": job.id}
+    if view["status"] == "succeeded":
+        return jsonify(view["result"]), 200, headers
+    if view["status"] == "failed":
+        error = view["error"]
+        response = jsonify(error)
+        response.mimetype = "application/problem+json"
+        return response, int(error["status"]), headers
+    return jsonify(view), 202, {**headers, "Location": location}
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    """Job status, progress, times, and the result or error. Errors: 404 ``job_not_found``."""
+    gateway = services().jobs()
+    job = gateway.fetch(job_id)
+    return jsonify(gateway.describe(job, location=url_for("explain.get_job", job_id=job_id)))
+
+
+@bp.delete("/v1/jobs/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    """Cancel a queued or running job. Errors: 404; 409 ``job_not_cancelable``."""
+    gateway = services().jobs()
+    job = gateway.cancel(job_id)
+    return jsonify(gateway.describe(job, location=url_for("explain.get_job", job_id=job_id)))

@@ -1,0 +1,46 @@
+"""``python -m worker``: an RQ SimpleWorker on ``interactive`` before ``batch``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from engine.settings import Settings
+from worker.failures import record_failure
+
+QUEUES = ("interactive", "batch")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one worker until stopped (or until the queues are empty with ``--burst``)."""
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument("--name", default=None, help="worker name (default host:pid)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SystemExit("ONNXPLAIN_REDIS_URL is not set")
+    connection = Redis.from_url(settings.redis_url)
+    queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUES]
+    name = args.name or f"{socket.gethostname()}:{os.getpid()}"
+    worker = SimpleWorker(
+        queues,
+        connection=connection,
+        serializer=JSONSerializer,
+        exception_handlers=[record_failure],
+        name=name,
+        # Abandoned jobs of dead workers are swept every minute, not every ten.
+        maintenance_interval=60,
+    )
+    worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Record why a job failed, as ``{code, message}`` the API can show."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+
+from engine.errors import OnnxplainError
+
+log = logging.getLogger(__name__)
+
+# HTTP status each engine error class would have; kept beside the codes so
+# the API shows a failed job's error exactly like a synchronous one.
+_STATUS = {
+    "InvalidRequest": 422,
+    "UnknownField": 422,
+    "ModelRejected": 422,
+    "NotFound": 404,
+    "Conflict": 409,
+    "JobCanceled": 409,
+    "ExplanationFailed": 422,
+    "Unavailable": 503,
+}
+
+
+def record_failure(
+    job: Job, exc_type: type[BaseException], exc_value: BaseException, traceback: TracebackType | None
+) -> bool:
+    """Store the failure in ``job.meta["error"]``; never swallow it.
+
+    Errors the engine raised on purpose are deterministic, so the job is not
+    retried; anything else (a crash, a lost connection) keeps its retry.
+
+    Returns:
+        True, so RQ goes on to record the job as failed.
+    """
+    if isinstance(exc_value, OnnxplainError):
+        error = {**exc_value.to_dict(), "title": exc_value.title, "status": _STATUS.get(type(exc_value).__name__, 422)}
+        job.retries_left = 0
+    elif isinstance(exc_value, JobTimeoutException):
+        error = {
+            "code": "timeout",
+            "message": f"the job ran past its {job.timeout} s limit",
+            "title": "Timeout",
+            "status": 504,
+        }
+        job.retries_left = 0
+    else:
+        error = {
+            "code": "internal_error",
+            "message": f"{exc_type.__name__}: {exc_value}",
+            "title": "Job failed",
+            "status": 500,
+        }
+        log.error("job %s failed unexpectedly", job.id, exc_info=(exc_type, exc_value, traceback))
+    job.meta["error"] = error
+    job.save_meta()
+    return True
