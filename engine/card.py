@@ -28,17 +28,28 @@ class Feature:
         name: Feature name, unique within the card.
         type: ``numeric`` or ``categorical``.
         categories: Allowed values of a categorical feature, in code order.
+        encoding: How a categorical feature enters a single-tensor model:
+            ``ordinal`` (one column holding the category's index) or
+            ``one_hot`` (one column per category, in order). Models with one
+            string input per feature take the category name itself.
     """
 
     name: str
     type: str = "numeric"
     categories: tuple[str, ...] = ()
+    encoding: str = "ordinal"
+
+    @property
+    def width(self) -> int:
+        """Columns this feature occupies in a single input tensor."""
+        return len(self.categories) if self.encoding == "one_hot" else 1
 
     def to_dict(self) -> dict[str, Any]:
         """Return the feature as JSON."""
         out: dict[str, Any] = {"name": self.name, "type": self.type}
         if self.type == "categorical":
             out["categories"] = list(self.categories)
+            out["encoding"] = self.encoding
         return out
 
 
@@ -157,7 +168,8 @@ class ModelCard:
 
 
 _CARD_FIELDS = {"name", "task", "input_kind", "features", "class_names", "output", "description", "variants"}
-_FEATURE_FIELDS = {"name", "type", "categories"}
+_FEATURE_FIELDS = {"name", "type", "categories", "encoding"}
+ENCODINGS = ("ordinal", "one_hot")
 
 
 def _object(data: object, where: str) -> dict[str, Any]:
@@ -210,11 +222,16 @@ def _features(value: object) -> tuple[Feature, ...]:
                     code="invalid_card",
                     field=where + ".categories",
                 )
-        elif "categories" in obj:
+        elif "categories" in obj or "encoding" in obj:
             raise InvalidRequest(
-                "only categorical features have categories", code="invalid_card", field=where + ".categories"
+                "only categorical features have categories and an encoding", code="invalid_card", field=where
             )
-        out.append(Feature(fname, ftype, tuple(categories)))
+        encoding = obj.get("encoding", "ordinal")
+        if encoding not in ENCODINGS:
+            raise InvalidRequest(
+                f"encoding must be one of {list(ENCODINGS)}", code="invalid_card", field=where + ".encoding"
+            )
+        out.append(Feature(fname, ftype, tuple(categories), encoding))
     if len({f.name for f in out}) != len(out):
         raise InvalidRequest("feature names repeat", code="invalid_card", field="card.features")
     return tuple(out)

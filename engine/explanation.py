@@ -55,7 +55,7 @@ def build_request(body: dict[str, Any], model: ModelVersion, settings: Settings,
         InvalidRequest: Bad rows, method, parameters or targets; or no
             background data for a method that needs it.
     """
-    X = parse_instances(body.get("instances"), model.card, max_rows=settings.max_rows)
+    X = parse_instances(body.get("instances"), model.card, max_rows=settings.max_explain_rows)
     method = body.get("method", "auto")
     if not isinstance(method, str) or (method != "auto" and method not in EXPLAINERS):
         raise InvalidRequest(
@@ -74,6 +74,22 @@ def build_request(body: dict[str, Any], model: ModelVersion, settings: Settings,
             "register it with a 'background' part",
             code="background_required",
             field="method",
+        )
+    d = len(model.card.features)
+    if method in SAMPLING_METHODS and d > settings.max_explain_features:
+        raise InvalidRequest(
+            f"{method} explains at most {settings.max_explain_features} features; the model has {d}",
+            code="too_many_features",
+            field="method",
+        )
+    background_rows = min(model.background_rows, settings.background_summary_rows)
+    cost = estimate_evaluations(method, params, len(X), background_rows, d)
+    if cost > settings.max_model_evaluations:
+        raise InvalidRequest(
+            f"this request would cost about {cost:,} model evaluations, over the limit of "
+            f"{settings.max_model_evaluations:,}; send fewer rows, lower the sample budget, or submit an audit",
+            code="too_expensive",
+            field="parameters",
         )
     targets = body.get("targets")
     if targets is not None:
@@ -96,6 +112,32 @@ def build_request(body: dict[str, Any], model: ModelVersion, settings: Settings,
         parameters=params,
         targets=targets,
     )
+
+
+SAMPLING_METHODS = frozenset({"kernel_shap", "permutation", "lime"})
+
+
+def estimate_evaluations(method: str, params: dict[str, Any], rows: int, background_rows: int, d: int) -> int:
+    """Estimate the model rows a request evaluates (rows × samples × background).
+
+    Args:
+        method: The resolved method.
+        params: Its validated parameters.
+        rows: Rows to explain.
+        background_rows: Background rows the method will use.
+        d: Number of features.
+
+    Returns:
+        The estimated number of rows passed through the model.
+    """
+    background_rows = max(background_rows, 1)
+    per_row = {
+        "kernel_shap": int(params.get("nsamples", 2048)) * background_rows,
+        "permutation": int(params.get("max_evals", 2048)) * background_rows,
+        "exact": (2**d) * background_rows,
+        "lime": int(params.get("num_samples", 5000)),
+    }.get(method, background_rows)
+    return int(rows * per_row)
 
 
 def _choose(model: ModelVersion, settings: Settings) -> tuple[str, str]:
@@ -192,6 +234,9 @@ def run_explanation(
                 "of": len(full_background),
                 "summary": "sample" if len(background) < len(full_background) else "all",
                 "sha256": _digest(background) if len(background) else model.background_sha256,
+                "constant_features": [
+                    model.card.feature_names[j] for j in np.flatnonzero(np.ptp(background, axis=0) == 0)
+                ],
             },
         },
         "output": {"kind": kind, "targets": request.targets or (["value"] if kind == "value" else ["predicted"])},
@@ -217,7 +262,11 @@ def _target(result: Attributions, i: int, k: int, x: FloatArray, model: ModelVer
             item["std_error"] = float(result.std_errors[i, j, k])
         attributions.append(item)
     name = model.card.output_names[k]
-    quality: dict[str, Any] = {"additivity_residual": output - base - float(np.sum(values))}
+    residual = output - base - float(np.sum(values))
+    quality: dict[str, Any] = {"additivity_residual": residual}
+    # Local accuracy well past float noise means the answer must not pass as sound.
+    if abs(residual) > 1e-3 * max(1.0, abs(output)):
+        quality["degraded"] = True
     if result.quality:
         # Per-row quality may hold per-output entries (LIME fits one surrogate per target).
         quality.update({q: v[name] if isinstance(v, dict) and name in v else v for q, v in result.quality[i].items()})

@@ -44,8 +44,10 @@ def parse_instances(instances: object, card: ModelCard, *, max_rows: int, where:
     Raises:
         InvalidRequest: Naming the row and feature at fault.
     """
-    if not isinstance(instances, list) or not instances:
-        raise InvalidRequest(f"{where} must be a non-empty list of rows", code="invalid_instances", field=where)
+    if not isinstance(instances, list):
+        raise InvalidRequest(f"{where} must be a list of rows", code="invalid_instances", field=where)
+    if not instances:
+        raise InvalidRequest(f"{where} is empty: send at least one row", code="empty_input", field=where)
     if len(instances) > max_rows:
         raise InvalidRequest(
             f"{len(instances)} rows is more than the limit of {max_rows}", code="too_many_rows", field=where
@@ -158,6 +160,20 @@ def row_values(x: FloatArray, card: ModelCard) -> list[Any]:
     return out
 
 
+def _columns(X: FloatArray, card: ModelCard) -> FloatArray:
+    """Expand one-hot encoded categoricals into their columns (others pass through)."""
+    if all(f.encoding != "one_hot" for f in card.features):
+        return X
+    parts = []
+    for j, feature in enumerate(card.features):
+        if feature.encoding == "one_hot":
+            codes = np.clip(np.rint(X[:, j]), 0, len(feature.categories) - 1).astype(np.int64)
+            parts.append(np.eye(len(feature.categories))[codes])
+        else:
+            parts.append(X[:, j : j + 1])
+    return np.hstack(parts)
+
+
 def encode_feeds(X: FloatArray, card: ModelCard, signature: Signature) -> dict[str, np.ndarray]:
     """Turn raw-feature rows into the ONNX inputs of the model.
 
@@ -167,7 +183,7 @@ def encode_feeds(X: FloatArray, card: ModelCard, signature: Signature) -> dict[s
     inputs = signature.inputs
     if is_single_tensor(inputs, card.feature_names):
         port = inputs[0]
-        return {port.name: X.astype(_ONNX_DTYPES[port.type])}
+        return {port.name: _columns(X, card).astype(_ONNX_DTYPES[port.type])}
     feeds: dict[str, np.ndarray] = {}
     for j, feature in enumerate(card.features):
         port = next(p for p in inputs if p.name == feature.name)

@@ -78,7 +78,7 @@ def _main() -> None:
         session = cache.get(Path(request["path"]), "probe", card, signature)
         session.scores(np.zeros((2, len(card.features)), dtype=np.float64))
     except OnnxplainError as exc:
-        if exc.code == "non_finite_output":
+        if exc.code == "non_finite_model_output":
             # A model may legitimately be undefined at all-zero input.
             print(json.dumps({"ok": True}))
             return

@@ -105,7 +105,11 @@ class ModelSession:
         out = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if not np.all(np.isfinite(out)):
             bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
-            raise ExplanationFailed(f"the model produced a non-finite output for row {bad}", code="non_finite_output")
+            column = int(np.flatnonzero(~np.isfinite(out[bad]))[0])
+            raise ExplanationFailed(
+                f"the model produced a non-finite output for row {bad}, output {column}",
+                code="non_finite_model_output",
+            )
         return out
 
 

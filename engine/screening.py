@@ -120,8 +120,8 @@ def screen_model(data: bytes, card: ModelCard) -> tuple[onnx.ModelProto, Signatu
 
 
 def is_single_tensor(inputs: tuple[Port, ...], feature_names: list[str]) -> bool:
-    """Say whether all features go in one ``[N, d]`` tensor (else one input per feature)."""
-    return len(inputs) == 1 and (inputs[0].name not in feature_names or len(feature_names) == 1)
+    """Say whether all features go in one numeric ``[N, d]`` tensor (else one input per feature)."""
+    return len(inputs) == 1 and inputs[0].type != "tensor(string)"
 
 
 def match_card(model: onnx.ModelProto, card: ModelCard) -> Signature:
@@ -136,11 +136,12 @@ def match_card(model: onnx.ModelProto, card: ModelCard) -> Signature:
     names = card.feature_names
     if is_single_tensor(inputs, names):
         port = inputs[0]
+        expected = sum(f.width for f in card.features)
         if port.type not in NUMERIC_TYPES or len(port.shape) != 2:
-            _mismatch(f"input {port.name!r} must be a 2-D numeric tensor [N, {len(names)}]", "card.features")
+            _mismatch(f"input {port.name!r} must be a 2-D numeric tensor [N, {expected}]", "card.features")
         width = port.shape[1]
-        if isinstance(width, int) and width != len(names):
-            _mismatch(f"the model takes {width} features, the card lists {len(names)}", "card.features")
+        if isinstance(width, int) and width != expected:
+            _mismatch(f"the model takes {width} columns, the card's features make {expected}", "card.features")
     else:
         if sorted(p.name for p in inputs) != sorted(names):
             _mismatch(

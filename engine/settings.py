@@ -85,6 +85,16 @@ class Settings:
     exact_max_features: int = 14
     """Most features for which ``exact`` enumerates every coalition."""
 
+    max_explain_rows: int = 100
+    """Most rows in one explain request (audits take more, in chunks)."""
+
+    max_explain_features: int = 200
+    """Most features the sampling methods (kernel_shap, permutation, lime) accept."""
+
+    max_model_evaluations: int = 5_000_000
+    """Most model rows one explain request may cost (rows × samples × background),
+    estimated before it is queued; more is 422 ``too_expensive``."""
+
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

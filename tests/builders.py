@@ -48,18 +48,25 @@ def binary_classifier(name: str = "credit") -> BuiltModel:
     X, y = make_classification(n_samples=300, n_features=4, n_informative=3, n_redundant=0, random_state=0)
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
     onx = _convert(model, X, options={id(model): {"zipmap": False}})
-    card = {"name": name, "task": "classification", "features": ["income", "age", "debt", "tenure"],
-            "class_names": ["denied", "approved"]}
+    card = {
+        "name": name,
+        "task": "classification",
+        "features": ["income", "age", "debt", "tenure"],
+        "class_names": ["denied", "approved"],
+    }
     return BuiltModel(onx, card, X, y, model)
 
 
 def multiclass_classifier(name: str = "species") -> BuiltModel:
-    X, y = make_classification(n_samples=300, n_features=5, n_informative=4, n_redundant=0, n_classes=3,
-                               random_state=1)
+    X, y = make_classification(n_samples=300, n_features=5, n_informative=4, n_redundant=0, n_classes=3, random_state=1)
     model = MLPClassifier(hidden_layer_sizes=(8,), max_iter=800, random_state=0).fit(X, y)
     onx = _convert(model, X)  # keeps skl2onnx's ZipMap output on purpose
-    card = {"name": name, "task": "classification", "features": [f"f{i}" for i in range(5)],
-            "class_names": ["setosa", "versicolor", "virginica"]}
+    card = {
+        "name": name,
+        "task": "classification",
+        "features": [f"f{i}" for i in range(5)],
+        "class_names": ["setosa", "versicolor", "virginica"],
+    }
     return BuiltModel(onx, card, X, y, model)
 
 
@@ -79,10 +86,14 @@ def forest_classifier(name: str = "forest") -> BuiltModel:
     return BuiltModel(onx, card, X, y, model)
 
 
-def helper_model(nodes: list[onnx.NodeProto], *, inputs: list[onnx.ValueInfoProto] | None = None,
-                 outputs: list[onnx.ValueInfoProto] | None = None,
-                 initializers: list[onnx.TensorProto] | None = None,
-                 opsets: list[onnx.OperatorSetIdProto] | None = None) -> onnx.ModelProto:
+def helper_model(
+    nodes: list[onnx.NodeProto],
+    *,
+    inputs: list[onnx.ValueInfoProto] | None = None,
+    outputs: list[onnx.ValueInfoProto] | None = None,
+    initializers: list[onnx.TensorProto] | None = None,
+    opsets: list[onnx.OperatorSetIdProto] | None = None,
+) -> onnx.ModelProto:
     """A graph made by hand: default input ``x`` [N, 2] float, output ``y`` [N, 1] float."""
     graph = helper.make_graph(
         nodes,

@@ -173,7 +173,7 @@ def test_cancel_a_running_job(live_client, binary_model):
 
 
 def test_failed_job_surfaces_its_code(live_client):
-    """A model that outputs NaN inside the worker fails the job with code non_finite_output."""
+    """A model that outputs NaN inside the worker fails the job with code non_finite_model_output."""
     from onnx import helper
 
     model = builders.helper_model(
@@ -197,9 +197,9 @@ def test_failed_job_surfaces_its_code(live_client):
     assert result.status_code in (202, 422)  # 422 when the worker beat the first status read
     job = poll(live_client, f"/v1/jobs/{result.headers['X-Job-Id']}")
     assert job["status"] == "failed"
-    assert job["error"]["code"] == "non_finite_output"
+    assert job["error"]["code"] == "non_finite_model_output"
     synchronous = live_client.post("/v1/models/nan-model:explain", json={"instances": [[-1.0, 2.0]], "method": "exact"})
-    assert synchronous.status_code == 422 and synchronous.json["code"] == "non_finite_output"
+    assert synchronous.status_code == 422 and synchronous.json["code"] == "non_finite_model_output"
 
 
 def test_unknown_job_is_404(live_client):

@@ -102,7 +102,8 @@ def test_predict_matches_onnxruntime(client, kind, request):
         ([[1.0, 2.0, 3.0, None]], "not_numeric", "instances[0].tenure"),
         ([{"income": 1, "age": 2, "debt": 3}], "missing_feature", "instances[0].tenure"),
         ([{"income": 1, "age": 2, "debt": 3, "tenure": 4, "zip": 5}], "unknown_field", "instances[0].zip"),
-        ([], "invalid_instances", "instances"),
+        ([], "empty_input", "instances"),
+        ({"a": 1}, "invalid_instances", "instances"),
         ([[1.0, 2.0, 3.0, 4.0], [1.0, 1e400, 3.0, 4.0]], "non_finite", "instances[1].age"),
     ],
 )
