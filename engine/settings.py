@@ -33,6 +33,15 @@ class Settings:
     model_dir: Path = field(default_factory=lambda: Path("var/models"))
     """Directory of the model store, laid out ``name/version/model.onnx``."""
 
+    audit_dir: Path = field(default_factory=lambda: Path("var/audits"))
+    """Directory where audits keep their dataset, per-row results and report."""
+
+    audit_chunk_rows: int = 500
+    """Rows per audit chunk job (the unit of scale-out and of retry)."""
+
+    max_audit_rows: int = 1_000_000
+    """Most rows in one audit dataset."""
+
     max_model_bytes: int = 64 * 1024 * 1024
     """Largest accepted upload (model + card + background), checked before buffering."""
 
@@ -118,7 +127,7 @@ class Settings:
             raw = env.get(PREFIX + f.name.upper())
             if raw is None or raw == "":
                 continue
-            kind = type(getattr(_DEFAULTS, f.name))
+            kind = Path if f.name.endswith("_dir") else type(getattr(_DEFAULTS, f.name))
             try:
                 values[f.name] = kind(raw) if f.name != "redis_url" else raw
             except ValueError as exc:
