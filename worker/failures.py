@@ -37,6 +37,9 @@ def record_failure(
     Returns:
         True, so RQ goes on to record the job as failed.
     """
+    # Library wrappers may re-raise RQ's timeout as an engine error: look down the chain.
+    if any(isinstance(e, JobTimeoutException) for e in _chain(exc_value)):
+        exc_value = JobTimeoutException(str(exc_value))
     if isinstance(exc_value, OnnxplainError):
         error = {**exc_value.to_dict(), "title": exc_value.title, "status": _STATUS.get(type(exc_value).__name__, 422)}
         job.retries_left = 0
@@ -59,3 +62,12 @@ def record_failure(
     job.meta["error"] = error
     job.save_meta()
     return True
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen

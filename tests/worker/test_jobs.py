@@ -1,0 +1,98 @@
+"""Job functions run by a real in-process SimpleWorker (burst) on a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from engine.card import ModelCard
+from engine.explanation import build_request
+from engine.registry import ModelRegistry
+from service.jobs import JobGateway
+from worker import context as worker_context
+from worker.failures import record_failure
+
+
+@pytest.fixture
+def gateway(redis_conn, settings, monkeypatch) -> JobGateway:
+    """A gateway on the test Redis, and a worker context reading the test settings."""
+    monkeypatch.setenv("ONNXPLAIN_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("ONNXPLAIN_MODEL_DIR", str(settings.model_dir))
+    worker_context.context.cache_clear()
+    yield JobGateway(redis_conn, result_ttl=600, failure_ttl=600)
+    worker_context.context.cache_clear()
+
+
+def run_burst(connection) -> None:
+    queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in ("interactive", "batch")]
+    SimpleWorker(queues, connection=connection, serializer=JSONSerializer, exception_handlers=[record_failure]).work(
+        burst=True
+    )
+
+
+def registered(settings, built):
+    registry = ModelRegistry(settings)
+    return registry.register(built.onnx_bytes, ModelCard.from_dict(built.card), built.background_csv(), "csv")
+
+
+def test_explain_job_returns_attribution_json(gateway, settings, binary_model):
+    """The job function turns a payload into the attribution JSON, recorded as the job's result."""
+    model = registered(settings, binary_model)
+    request = build_request({"instances": binary_model.X[:2].tolist(), "method": "exact"}, model, settings, "fp32")
+    job = gateway.submit("worker.jobs.explain", "explain", request.to_payload(), queue="interactive", timeout=60)
+    run_burst(gateway.connection)
+    job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FINISHED
+    result = job.return_value()
+    assert result["method"] == "exact" and len(result["explanations"]) == 2
+    assert gateway.describe(job, location="/x")["status"] == "succeeded"
+
+
+def test_deterministic_errors_fail_once_with_their_code(gateway, settings, binary_model):
+    """An engine error (the model was deleted) fails the job at once with its code; no retry."""
+    model = registered(settings, binary_model)
+    request = build_request({"instances": binary_model.X[:1].tolist(), "method": "exact"}, model, settings, "fp32")
+    ModelRegistry(settings).delete(model.name)
+    job = gateway.submit("worker.jobs.explain", "explain", request.to_payload(), queue="interactive", timeout=60)
+    run_burst(gateway.connection)
+    job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FAILED
+    assert job.get_meta()["error"]["code"] == "model_not_found"
+    assert job.retries_left == 0
+    error = gateway.describe(job, location="/x")["error"]
+    assert error["code"] == "model_not_found" and error["status"] == 404
+
+
+def test_unexpected_errors_are_retried_then_failed(gateway):
+    """A crash that is not an engine error keeps its bounded retry, then fails as internal_error."""
+    job = gateway.submit("worker.jobs.explain", "explain", {"not": "a request"}, queue="interactive", timeout=60)
+    run_burst(gateway.connection)
+    job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FAILED
+    assert job.get_meta()["error"]["code"] == "internal_error"
+    assert job.retries_left == 0  # the one retry was used
+
+
+def test_timeout_is_reported_as_timeout(gateway, settings, binary_model):
+    """A job past its hard time limit fails with code timeout, not left running."""
+    model = registered(settings, binary_model)
+    rows = binary_model.X[:100].tolist()
+    body = {"instances": rows, "method": "lime", "parameters": {"num_samples": 100000}}
+    request = build_request(body, model, settings.replace(max_model_evaluations=10**9), "fp32")
+    job = gateway.submit("worker.jobs.explain", "explain", request.to_payload(), queue="interactive", timeout=1)
+    run_burst(gateway.connection)
+    job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FAILED
+    assert job.get_meta()["error"]["code"] == "timeout"
+
+
+def test_identical_requests_share_a_job(gateway, settings, binary_model):
+    """The job id derives from the request, so a repeat finds the existing job and result."""
+    model = registered(settings, binary_model)
+    payload = build_request({"instances": [[0, 0, 0, 0]], "method": "exact"}, model, settings, "fp32").to_payload()
+    first = gateway.submit("worker.jobs.explain", "explain", payload, queue="interactive", timeout=60)
+    second = gateway.submit("worker.jobs.explain", "explain", payload, queue="interactive", timeout=60)
+    assert first.id == second.id
+    assert Queue("interactive", connection=gateway.connection).count == 1
