@@ -243,3 +243,41 @@ def test_no_background_is_a_clear_422(live_client, binary_model):
     for method in ("kernel_shap", "lime"):
         response = live_client.post("/v1/models/nobg:explain", json={"instances": [[1, 2, 3, 4]], "method": method})
         assert response.status_code == 422 and response.json["code"] == "background_required"
+
+
+def test_auto_picks_exact_methods_and_says_why(live_client, binary_model, regression_model):
+    """auto chooses tree_shap for trees, linear for linear graphs, and reports the reason."""
+    forest = builders.forest_classifier()
+    upload(live_client, forest, name="auto-forest")
+    result = live_client.post("/v1/models/auto-forest:explain", json={"instances": forest.X[:2].tolist()}).json
+    assert result["method"] == "tree_shap" and "tree" in result["method_reason"]
+    assert result["output"]["kind"] == "margin"
+    for explanation in result["explanations"]:
+        target = explanation["targets"][0]
+        assert "std_error" not in target["attributions"][0]
+        assert abs(target["quality"]["additivity_residual"]) < 1e-6
+    upload(live_client, regression_model, name="auto-linear")
+    linear = live_client.post("/v1/models/auto-linear:explain", json={"instances": regression_model.X[:2].tolist()})
+    assert linear.json["method"] == "linear"
+
+
+def test_tree_shap_in_probability_space_adds_up_to_the_prediction(live_client):
+    """tree_shap with output_space=probability sums to the model's own probability."""
+    forest = builders.forest_classifier()
+    upload(live_client, forest, name="tree-prob")
+    body = {"instances": forest.X[:3].tolist(), "method": "tree_shap", "parameters": {"output_space": "probability"}}
+    result = live_client.post("/v1/models/tree-prob:explain", json=body).json
+    assert result["output"]["kind"] == "probability"
+    for explanation in result["explanations"]:
+        target = explanation["targets"][0]
+        total = target["base_value"] + sum(a["attribution"] for a in target["attributions"])
+        assert total == pytest.approx(explanation["prediction"]["scores"][target["target"]], abs=1e-6)
+
+
+def test_tree_shap_refuses_a_non_tree_model(live_client, binary_model):
+    """Asking tree_shap of a logistic regression is a clear 422 naming the method."""
+    upload(live_client, binary_model, name="not-a-tree")
+    response = live_client.post(
+        "/v1/models/not-a-tree:explain", json={"instances": [[1, 2, 3, 4]], "method": "tree_shap"}
+    )
+    assert response.status_code == 422 and response.json["code"] == "method_not_applicable"
