@@ -18,6 +18,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TASKS = ("classification", "regression")
 INPUT_KINDS = ("tabular",)
 FEATURE_TYPES = ("numeric", "categorical")
+VARIANT_KINDS = ("int8_dynamic", "int8_static", "fp16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,11 @@ class ModelCard:
         if not isinstance(description, str):
             raise InvalidRequest("description must be a string", code="invalid_card", field="card.description")
         variants = _strings(obj.get("variants", []), "card.variants")
+        for i, kind in enumerate(variants):
+            if kind not in VARIANT_KINDS:
+                raise InvalidRequest(
+                    f"variant kinds are {list(VARIANT_KINDS)}", code="invalid_card", field=f"card.variants[{i}]"
+                )
         return cls(
             name=card_name,
             task=task,

@@ -12,6 +12,7 @@ from engine.providers import resolve_providers
 from engine.registry import ModelRegistry, ModelVersion
 from engine.runtime import ModelSession, SessionCache
 from engine.settings import Settings
+from engine.variants import KINDS, gate_of, read_state, resolve, variant_dir
 
 
 class Predictor:
@@ -37,15 +38,16 @@ class Predictor:
         return self._sessions
 
     def session(self, model: ModelVersion, variant: str = "fp32") -> ModelSession:
-        """Return the warm session of ``model``'s ``variant``.
+        """Return the warm session of ``model``'s ``variant`` (a kind, or ``fp32``).
 
         Raises:
             NotFound: ``variant_not_found`` when the variant is not ready.
         """
         if variant == "fp32":
             return self.sessions.get(model.model_path, model.sha256, model.card, model.signature)
-        path = model.path / "variants" / variant / "model.onnx"
-        if not path.exists():
+        path = variant_dir(model, variant) / "model.onnx"
+        state = read_state(model, variant) if variant in KINDS else None
+        if state is None or state["state"] != "ready" or not path.exists():
             raise NotFound(
                 f"model {model.name!r} v{model.version} has no ready variant {variant!r}",
                 code="variant_not_found",
@@ -54,12 +56,13 @@ class Predictor:
         return self.sessions.get(path, f"{model.sha256}:{variant}", model.card, model.signature)
 
     def resolve(self, model: ModelVersion, variant: str) -> tuple[str, ModelSession]:
-        """Resolve a requested variant name to the served variant and its session.
+        """Resolve a requested variant (``fp32``, ``int8``, ``fastest``, a kind) to the served one and its session.
 
         Raises:
             NotFound: ``variant_not_found`` when it is not ready.
         """
-        return variant, self.session(model, variant)
+        kind = resolve(model, variant, gate_of(self.settings))
+        return kind, self.session(model, kind)
 
     def predict(self, model: ModelVersion, X: FloatArray, variant: str = "fp32") -> list[dict[str, Any]]:
         """Predict rows in raw feature space.

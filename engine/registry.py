@@ -114,14 +114,7 @@ class ModelRegistry:
             (tmp / "card.json").write_text(json.dumps(card.to_dict(), indent=2))
             if frame is not None:
                 frame.to_parquet(tmp / "background.parquet", index=False)
-            probe_model(
-                tmp / "model.onnx",
-                card,
-                signature,
-                timeout_s=self.settings.probe_timeout_s,
-                memory_bytes=self.settings.probe_memory_bytes,
-            )
-            self._write_meta(tmp, model, signature)
+            self._probe_and_seal(tmp, model, card, signature)
             return self._place(tmp, card.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -256,6 +249,10 @@ class ModelRegistry:
         model = (directory / "model.onnx").read_bytes()
         card = ModelCard.from_dict(json.loads((directory / "card.json").read_text()), name=directory.parent.name)
         _, signature = screen_model(model, card)
+        self._probe_and_seal(directory, model, card, signature)
+
+    def _probe_and_seal(self, directory: Path, model: bytes, card: ModelCard, signature: Signature) -> None:
+        """Load the model in the sandboxed child, then write the meta that makes the version servable."""
         probe_model(
             directory / "model.onnx",
             card,

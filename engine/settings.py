@@ -42,6 +42,12 @@ class Settings:
     max_audit_rows: int = 1_000_000
     """Most rows in one audit dataset."""
 
+    variant_min_top1: float = 0.99
+    """Fidelity gate for classifier variants: least top-1 agreement with fp32."""
+
+    variant_max_norm_error: float = 0.02
+    """Fidelity gate for regressor variants: largest max|Δ| / fp32 output range."""
+
     max_model_bytes: int = 64 * 1024 * 1024
     """Largest accepted upload (model + card + background), checked before buffering."""
 

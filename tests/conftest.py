@@ -116,13 +116,15 @@ def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "ONNXPLAIN_MODEL_DIR": str(tmp_path_factory.mktemp("store")),
         "PYTHONPATH": str(root),
     }
+    logs = tmp_path_factory.mktemp("worker-logs")
+    # Logs go to files: an unread pipe would fill up and block the workers.
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "worker", "--name", f"test-worker-{i}"],
             env=env,
             cwd=root,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=(logs / f"worker-{i}.log").open("wb"),
+            stderr=subprocess.STDOUT,
         )
         for i in range(2)
     ]

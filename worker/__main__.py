@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="worker name (default host:pid)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # shap logs every intermediate array at INFO.
+    logging.getLogger("shap").setLevel(logging.WARNING)
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SystemExit("ONNXPLAIN_REDIS_URL is not set")

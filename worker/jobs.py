@@ -12,6 +12,8 @@ from typing import Any
 
 from rq import get_current_job
 
+from engine import variants
+from engine.errors import InvalidRequest
 from engine.explanation import ExplainRequest, run_explanation
 from worker.context import context
 
@@ -48,4 +50,16 @@ def explain(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-JOBS = {"worker.jobs.explain": explain}
+def build_variant(payload: dict[str, Any]) -> dict[str, Any]:
+    """Build, measure and gate a quantized variant; return its state document."""
+    ctx = context()
+    model = ctx.registry.get(payload["model"], payload["version"])
+    if model.sha256 != payload["sha256"]:
+        raise InvalidRequest("the model version changed since the variant was requested", code="model_changed")
+    return variants.build(model, payload["kind"], ctx.registry.background(model), ctx.settings)
+
+
+JOBS = {
+    "worker.jobs.explain": explain,
+    "worker.jobs.build_variant": build_variant,
+}

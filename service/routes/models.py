@@ -7,12 +7,14 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from engine import variants
 from engine.card import ModelCard
 from engine.errors import InvalidRequest, UnknownField
 from engine.instances import parse_instances
 from engine.registry import ModelVersion
 from service.bodies import json_object, optional_int
 from service.extensions import services
+from service.routes.variants import request_card_variants
 
 bp = Blueprint("models", __name__)
 
@@ -23,7 +25,7 @@ def model_resource(model: ModelVersion) -> dict[str, Any]:
     """Return the public JSON of a model version, with its other versions."""
     body = model.to_dict()
     body["versions"] = services().registry.versions(model.name)
-    body["variants"] = []
+    body["variants"] = variants.list_variants(model)
     return body
 
 
@@ -59,7 +61,10 @@ def register_model() -> tuple[Response, int, dict[str, str]]:
     background_bytes = background.read() if background is not None else None
     # Decide the format from the content, never from the client's filename.
     fmt = "parquet" if background_bytes is not None and background_bytes[:4] == b"PAR1" else "csv"
-    model = services().registry.register(model_file.read(), card, background_bytes, fmt)
+    svc = services()
+    model = svc.registry.register(model_file.read(), card, background_bytes, fmt)
+    if card.variants:
+        request_card_variants(svc, model)
     location = url_for("models.get_model", name=model.name, version=model.version)
     return jsonify(model_resource(model)), 201, {"Location": location}
 

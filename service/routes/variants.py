@@ -1,0 +1,60 @@
+"""Quantized variant routes (``/v1/models/{name}/variants``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, url_for
+
+from engine import variants
+from engine.errors import Unavailable
+from engine.registry import ModelVersion
+from service.bodies import json_object, optional_int
+from service.extensions import Services, services
+from service.jobs import BATCH
+
+bp = Blueprint("variants", __name__)
+
+
+def submit_variant(svc: Services, model: ModelVersion, kind: str) -> dict[str, Any]:
+    """Enqueue the build of one variant (on the batch queue) and return the job's view.
+
+    Raises:
+        InvalidRequest: The variant cannot be built for this model.
+        Unavailable: Redis cannot be reached.
+    """
+    variants.check_buildable(model, kind)
+    gateway = svc.jobs()
+    payload = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
+    current = variants.read_state(model, kind)
+    job = gateway.submit(
+        "worker.jobs.build_variant", "variant", payload, queue=BATCH, timeout=svc.settings.batch_job_timeout_s
+    )
+    if current is None or current["state"] in ("failed", "rejected"):
+        variants.write_state(model, kind, "building", error=None, job=job.id)
+    return gateway.describe(job, location=url_for("explain.get_job", job_id=job.id))
+
+
+def request_card_variants(svc: Services, model: ModelVersion) -> None:
+    """Queue the variants a card asks for at registration; record why one could not be queued."""
+    for kind in model.card.variants:
+        try:
+            submit_variant(svc, model, variants.check_kind(kind))
+        except Unavailable as exc:
+            variants.write_state(model, kind, "failed", error=exc.to_dict())
+
+
+@bp.post("/v1/models/<model_name:name>/variants")
+def create_variant(name: str) -> tuple[Response, int, dict[str, str]]:
+    """Build a quantized variant as a job: 202 with the job and the variant's state.
+
+    Errors: 404 model/version; 415; 422 ``nothing_to_quantize``,
+    ``variant_unsupported``, ``background_required``, bad kind; 503 Redis.
+    """
+    svc = services()
+    body = json_object({"kind", "version"}, required={"kind"})
+    model = svc.registry.get(name, optional_int(body.get("version"), "version"))
+    kind = variants.check_kind(body["kind"])
+    job = submit_variant(svc, model, kind)
+    state = variants.read_state(model, kind)
+    return jsonify({"variant": state, "job": job}), 202, {"Location": job["location"]}
