@@ -1,13 +1,11 @@
 """The explanation methods against ground truth, on real ONNX models run by onnxruntime.
 
-Ground truth is a brute-force Shapley implementation written here (every
-subset, every background row), independent of ``engine.explainers.exact``.
+Ground truth is the brute-force Shapley implementation of ``tests.shapley``
+(every subset, every background row), independent of ``engine.explainers.exact``.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +34,7 @@ from engine.explainers import (
 )
 from engine.explainers.base import Attributions, ExplainTask, FloatArray, ModelFn
 from engine.explainers.linear import is_linear
+from tests.shapley import brute_force_shapley
 
 # --------------------------------------------------------------------------- models
 
@@ -196,28 +195,13 @@ def _affine_double(W: FloatArray, b: FloatArray) -> onnx.ModelProto:
 # --------------------------------------------------------------------------- ground truth
 
 
-def brute_force_shapley(f: Callable[[FloatArray], FloatArray], x: FloatArray, background: FloatArray) -> FloatArray:
-    """Interventional Shapley values by the textbook sum over subsets, ``(d, k)``."""
-    d = len(x)
-
-    def v(subset: tuple[int, ...]) -> FloatArray:
-        z = background.copy()
-        z[:, list(subset)] = x[list(subset)]
-        mean: FloatArray = np.asarray(f(z), dtype=np.float64).mean(axis=0)
-        return mean
-
-    phi = np.zeros((d, np.asarray(f(x[None, :])).shape[1]))
-    for i in range(d):
-        others = [j for j in range(d) if j != i]
-        for size in range(d):
-            weight = math.factorial(size) * math.factorial(d - size - 1) / math.factorial(d)
-            for subset in itertools.combinations(others, size):
-                phi[i] += weight * (v((*subset, i)) - v(subset))
-    return phi
+def shapley_truth(f: Callable[[FloatArray], FloatArray], X: FloatArray, background: FloatArray) -> FloatArray:
+    """Interventional Shapley values of each row of ``X``, ``(n, d, k)`` (``tests.shapley``'s ``phi``)."""
+    return np.stack([brute_force_shapley(f, x, background)[1] for x in X])
 
 
 def exact_truth(model: Model, X: FloatArray) -> FloatArray:
-    return np.stack([brute_force_shapley(model.f, x, model.background) for x in X])
+    return shapley_truth(model.f, X, model.background)
 
 
 def additivity_residual(a: Attributions) -> float:
@@ -442,7 +426,7 @@ def test_linear_binary_logistic_matches_brute_force_margins(logistic_binary: tup
         s = est.decision_function(z)
         return np.column_stack([-s, s])
 
-    truth = np.stack([brute_force_shapley(margins, x, model.background) for x in model.X[:4]])
+    truth = shapley_truth(margins, model.X[:4], model.background)
     np.testing.assert_allclose(a.values, truth, rtol=0, atol=1e-9)
     np.testing.assert_allclose(a.output_values, margins(model.X[:4]), rtol=0, atol=1e-9)
     # Class 0's margin is its log-odds, the negation of class 1's.
@@ -454,7 +438,7 @@ def test_linear_binary_logistic_matches_brute_force_margins(logistic_binary: tup
 def test_linear_composes_the_scaler_for_multiclass(scaled_logistic_multiclass: tuple[Model, Any]) -> None:
     model, est = scaled_logistic_multiclass
     a = get_explainer("linear").explain(_linear_task(model))
-    truth = np.stack([brute_force_shapley(est.decision_function, x, model.background) for x in model.X[:4]])
+    truth = shapley_truth(est.decision_function, model.X[:4], model.background)
     np.testing.assert_allclose(a.values, truth, rtol=0, atol=1e-9)
     np.testing.assert_allclose(a.output_values, est.decision_function(model.X[:4]), rtol=0, atol=1e-9)
     assert a.info["source"] == "graph"
@@ -466,7 +450,7 @@ def test_linear_one_row_binary_classifier(logistic_binary: tuple[Model, Any]) ->
     X = logistic_binary[0].X[:, :3]
     model = Model(onx.SerializeToString(), _session_fn(onx, "probabilities"), X[20:], X[:20], ["neg", "pos"])
     a = get_explainer("linear").explain(_linear_task(model))
-    truth = np.stack([brute_force_shapley(lambda z: (z @ w + b)[:, None], x, model.background) for x in model.X[:4]])
+    truth = shapley_truth(lambda z: (z @ w + b)[:, None], model.X[:4], model.background)
     np.testing.assert_allclose(a.values[:, :, 1:], truth, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(a.values[:, :, 0], -a.values[:, :, 1])
     probability = 1 / (1 + np.exp(-a.output_values[:, 1]))
@@ -480,7 +464,7 @@ def test_linear_fits_an_affine_graph_through_the_model(tree_regression: Model) -
     model = Model(onx.SerializeToString(), _session_fn(onx, "Y", np.float64), X[20:], X[:20], ["y"])
     assert is_linear(model.onnx_bytes)
     a = get_explainer("linear").explain(_linear_task(model))
-    truth = np.stack([brute_force_shapley(lambda z: z @ W + b, x, model.background) for x in model.X[:4]])
+    truth = shapley_truth(lambda z: z @ W + b, model.X[:4], model.background)
     np.testing.assert_allclose(a.values, truth, rtol=0, atol=1e-9)
     assert a.info["source"] == "fitted"
 
