@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from engine.errors import Conflict, NotFound, Unavailable
 INTERACTIVE = "interactive"
 BATCH = "batch"
 CANCEL_KEY = "onnxplain:cancel:{}"
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 _STATUS = {
     JobStatus.CREATED: "queued",
@@ -108,6 +110,8 @@ class JobGateway:
             NotFound: ``job_not_found`` for an unknown or expired id.
             Unavailable: Redis cannot be reached.
         """
+        if not JOB_ID.match(job_id):
+            raise NotFound(f"no job {job_id!r} (unknown or expired)", code="job_not_found", field="id")
         try:
             return Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
