@@ -157,7 +157,7 @@ def test_async_job_then_poll(live_client, binary_model):
 def test_cancel_a_running_job(live_client, binary_model):
     """DELETE stops a running job; it ends canceled and never succeeds."""
     upload(live_client, binary_model, name="cancel-model")
-    rows = np.repeat(binary_model.X[:1], 200, axis=0).tolist()
+    rows = np.repeat(binary_model.X[:1], 100, axis=0).tolist()
     body = {"instances": rows, "method": "lime", "wait": 0, "parameters": {"num_samples": 50000, "seed": 2}}
     response = live_client.post("/v1/models/cancel-model:explain", json=body)
     assert response.status_code == 202
