@@ -151,6 +151,90 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """An audit's progress on stderr: a rich progress bar when rich is installed, else one rewritten line."""
+
+    def __init__(self) -> None:
+        try:
+            from rich.console import Console
+            from rich.progress import Progress
+        except ImportError:
+            self.bar: Any = None
+        else:
+            self.bar = Progress(console=Console(stderr=True))  # stdout stays for the JSON result
+        self.task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def update(self, audit: dict[str, Any]) -> None:
+        """Show one poll of the audit."""
+        p = audit["progress"]
+        eta = f", ETA {p['eta_s']:.0f} s" if p.get("eta_s") else ""
+        chunks = f"{p['chunks_done']}/{p['chunks_total']} chunks"
+        text = f"{audit['status']}: {p['rows_done']}/{p['rows_total']} rows, {chunks}{eta}"
+        if self.bar is not None:
+            if self.task is None:
+                self.task = self.bar.add_task(text, total=p["rows_total"])
+            self.bar.update(self.task, completed=p["rows_done"], description=text)
+        else:
+            print(f"\r{text} ({100 * p['fraction']:.0f} %)   ", end="", file=sys.stderr)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        else:
+            print(file=sys.stderr)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Audit a dataset: submit it, show the progress, download the report (and the per-row results)."""
+    api = Client(args.url)
+    audit = api.submit_audit(
+        args.model,
+        args.dataset,
+        label=args.label,
+        sensitive=args.sensitive or None,
+        method=args.method,
+        parameters=_params(args.param) or None,
+        positive=args.positive,
+        on_bad_rows=args.on_bad_rows,
+        title=args.title,
+        version=args.version,
+        variant=args.variant,
+    )
+    print(f"audit {audit['id']}: {audit['dataset']['rows']} rows queued", file=sys.stderr)
+    try:
+        with _Progress() as progress:
+            done = api.wait_audit(audit["id"], timeout=args.timeout, on_progress=progress.update)
+    except KeyboardInterrupt:
+        api.cancel_audit(audit["id"])
+        print(f"audit {audit['id']} canceled", file=sys.stderr)
+        return 130
+    api.audit_report(done["id"], out=args.out)
+    if args.rows:
+        suffix = Path(args.rows).suffix.lower()
+        fmt = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix, "parquet")
+        api.audit_rows(done["id"], format=fmt, out=args.rows)
+    summary = done["summary"]
+    _print(
+        {
+            "id": done["id"],
+            "status": done["status"],
+            "report": args.out,
+            "rows_file": args.rows,
+            "rows": summary["rows"],
+            "skipped_rows": summary["skipped_rows"],
+            "failed_rows": summary["failed_rows"],
+            "global_importance": [{g["feature"]: g["mean_abs"]} for g in summary["global_importance"][:5]],
+            "fairness_flags": summary["fairness"]["flags"],
+        }
+    )
+    return 0
+
+
 def cmd_job(args: argparse.Namespace) -> int:
     """Show, or cancel, a job."""
     api = Client(args.url)
@@ -198,6 +282,23 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--method", default="auto")
             p.add_argument("--param", action="append", default=[], help="method parameter, key=value")
             p.add_argument("--target", action="append", default=[], help="class to explain (repeatable)")
+
+    audit = sub.add_parser("audit", help="audit a dataset and download its report")
+    audit.add_argument("model")
+    audit.add_argument("dataset", help="CSV, Parquet or JSON Lines file")
+    audit.add_argument("--out", required=True, help="where to write the HTML report")
+    audit.add_argument("--rows", help="where to write the per-row results (.parquet, .csv or .jsonl)")
+    audit.add_argument("--label", help="ground-truth column")
+    audit.add_argument("--sensitive", action="append", default=[], help="sensitive column (repeatable)")
+    audit.add_argument("--positive", help="the class fairness compares (default: the last of two)")
+    audit.add_argument("--method", default="auto")
+    audit.add_argument("--param", action="append", default=[], help="method parameter, key=value")
+    audit.add_argument("--on-bad-rows", choices=["reject", "skip"])
+    audit.add_argument("--title")
+    audit.add_argument("--version", type=int)
+    audit.add_argument("--variant")
+    audit.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the audit")
+    audit.set_defaults(func=cmd_audit)
 
     job = sub.add_parser("job", help="show or cancel a job")
     job.add_argument("id")

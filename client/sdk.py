@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,122 @@ class Client:
                 raise ApiError(int(job["error"].get("status", 422)), job["error"])
             time.sleep(interval)
         raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s")
+
+    def submit_audit(
+        self,
+        model: str,
+        dataset: str | Path | bytes | list[dict[str, Any]],
+        *,
+        label: str | None = None,
+        sensitive: list[str] | None = None,
+        method: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        positive: str | None = None,
+        on_bad_rows: str | None = None,
+        thresholds: dict[str, float] | None = None,
+        title: str | None = None,
+        version: int | None = None,
+        variant: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit an audit of a dataset (a CSV/Parquet/JSON Lines file or bytes, or rows as dicts); return it.
+
+        Raises:
+            ApiError: The spec, columns or rows were refused (bad rows are listed in the error).
+        """
+        options = {
+            "label": label,
+            "sensitive": sensitive,
+            "method": method,
+            "parameters": parameters,
+            "positive": positive,
+            "on_bad_rows": on_bad_rows,
+            "thresholds": thresholds,
+            "title": title,
+            "version": version,
+            "variant": variant,
+        }
+        spec = {"model": model, **{k: v for k, v in options.items() if v is not None}}
+        if isinstance(dataset, list):
+            response = self._call("POST", "/v1/audits", json={**spec, "rows": dataset})
+        else:
+            files = {"dataset": ("dataset", _bytes(dataset), "application/octet-stream")}
+            response = self._call("POST", "/v1/audits", files=files, data={"spec": json.dumps(spec)})
+        result: dict[str, Any] = response.json()
+        return result
+
+    def get_audit(self, audit_id: str) -> dict[str, Any]:
+        """Return an audit: status, progress, and its summary once done."""
+        result: dict[str, Any] = self._call("GET", f"/v1/audits/{audit_id}").json()
+        return result
+
+    def cancel_audit(self, audit_id: str) -> dict[str, Any]:
+        """Cancel a queued or running audit."""
+        result: dict[str, Any] = self._call("DELETE", f"/v1/audits/{audit_id}").json()
+        return result
+
+    def wait_audit(
+        self,
+        audit_id: str,
+        *,
+        timeout: float = 3600.0,
+        interval: float = 0.5,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll an audit until it ends; return it when it succeeded (``on_progress`` sees every poll).
+
+        Raises:
+            ApiError: The audit failed or was canceled (its error).
+            TimeoutError: It did not end in time.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            audit = self.get_audit(audit_id)
+            if on_progress is not None:
+                on_progress(audit)
+            if audit["status"] == "succeeded":
+                return audit
+            if audit["status"] in ("failed", "canceled"):
+                raise ApiError(int(audit["error"].get("status", 422)), audit["error"])
+            time.sleep(interval)
+        raise TimeoutError(f"audit {audit_id} did not finish within {timeout:g} s")
+
+    def audit(
+        self,
+        model: str,
+        dataset: str | Path | bytes | list[dict[str, Any]],
+        *,
+        timeout: float = 3600.0,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        **spec: Any,
+    ) -> dict[str, Any]:
+        """Submit an audit (``spec``: the options of :meth:`submit_audit`) and wait for it; return it, summarised."""
+        submitted = self.submit_audit(model, dataset, **spec)
+        return self.wait_audit(submitted["id"], timeout=timeout, on_progress=on_progress)
+
+    def audit_rows(self, audit_id: str, *, format: str = "parquet", out: str | Path | None = None) -> bytes | Path:
+        """Download an audit's per-row results (``parquet``, ``csv`` or ``jsonl``), streamed to ``out`` if given."""
+        return self._download(f"/v1/audits/{audit_id}/rows", {"format": format}, out)
+
+    def audit_report(self, audit_id: str, *, out: str | Path | None = None) -> bytes | Path:
+        """Download an audit's HTML report, to ``out`` if given."""
+        return self._download(f"/v1/audits/{audit_id}/report", {}, out)
+
+    def _download(self, path: str, params: dict[str, str], out: str | Path | None) -> bytes | Path:
+        with self.http.stream("GET", path, params=params) as response:
+            if response.status_code >= 400:
+                response.read()
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = {"detail": response.text}
+                raise ApiError(response.status_code, body)
+            if out is None:
+                return response.read()
+            target = Path(out)
+            with target.open("wb") as handle:
+                for block in response.iter_bytes():
+                    handle.write(block)
+            return target
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

@@ -114,6 +114,7 @@ def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         **os.environ,
         "ONNXPLAIN_REDIS_URL": url,
         "ONNXPLAIN_MODEL_DIR": str(tmp_path_factory.mktemp("store")),
+        "ONNXPLAIN_AUDIT_DIR": str(tmp_path_factory.mktemp("audits")),
         "PYTHONPATH": str(root),
     }
     logs = tmp_path_factory.mktemp("worker-logs")
@@ -145,6 +146,7 @@ def live_settings(worker_env: dict[str, str]) -> Settings:
     return Settings(
         redis_url=worker_env["ONNXPLAIN_REDIS_URL"],
         model_dir=Path(worker_env["ONNXPLAIN_MODEL_DIR"]),
+        audit_dir=Path(worker_env["ONNXPLAIN_AUDIT_DIR"]),
         default_wait_s=30.0,
     )
 

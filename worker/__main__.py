@@ -1,4 +1,4 @@
-"""``python -m worker``: an RQ SimpleWorker on ``interactive`` before ``batch``."""
+"""``python -m worker``: an RQ SimpleWorker (that beats while it works) on ``interactive`` before ``batch``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import os
 import socket
 
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.serializers import JSONSerializer
 
 from engine.settings import Settings
 from worker.failures import record_failure
+from worker.heartbeat import HeartbeatWorker
 
 QUEUES = ("interactive", "batch")
 
@@ -22,6 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--name", default=None, help="worker name (default host:pid)")
+    parser.add_argument(
+        "--job-monitoring-interval",
+        type=int,
+        default=30,
+        help="seconds between heartbeats of a running job; it counts as abandoned after three missed (default 30)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # shap logs every intermediate array at INFO.
@@ -32,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     connection = Redis.from_url(settings.redis_url)
     queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUES]
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
-    worker = SimpleWorker(
+    worker = HeartbeatWorker(
         queues,
         connection=connection,
         serializer=JSONSerializer,
@@ -40,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         name=name,
         # Abandoned jobs of dead workers are swept every minute, not every ten.
         maintenance_interval=60,
+        job_monitoring_interval=args.job_monitoring_interval,
     )
     worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
 

@@ -15,6 +15,7 @@ from rq import get_current_job
 from engine import variants
 from engine.errors import InvalidRequest
 from engine.explanation import ExplainRequest, run_explanation
+from worker import audits
 from worker.context import context
 
 CANCEL_KEY = "onnxplain:cancel:{}"
@@ -62,4 +63,6 @@ def build_variant(payload: dict[str, Any]) -> dict[str, Any]:
 JOBS = {
     "worker.jobs.explain": explain,
     "worker.jobs.build_variant": build_variant,
+    "worker.audits.chunk": audits.chunk,
+    "worker.audits.merge": audits.merge,
 }

@@ -1,0 +1,128 @@
+"""Batch audit routes (``/v1/audits``): submit, progress and summary, cancel, per-row results, report."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+from flask import Blueprint, Response, jsonify, request, send_file
+from werkzeug.exceptions import UnsupportedMediaType
+
+from engine.audit_data import CheckedDataset, as_table, bad_rows_error, read_table
+from engine.audit_spec import SPEC_FIELDS, prepare_audit
+from engine.errors import InvalidRequest, UnknownField
+from service.audits import AuditGateway
+from service.bodies import check_object, json_object, optional_int
+from service.errors import problem
+from service.extensions import services
+
+bp = Blueprint("audits", __name__)
+
+_PARTS = {"dataset", "spec"}
+_FORMATS = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv", "jsonl": "application/x-ndjson"}
+
+
+@bp.post("/v1/audits")
+def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
+    """Validate a dataset and spec, store them and queue the audit: 202 with the audit.
+
+    Multipart (``dataset`` part: CSV, Parquet or JSON Lines; ``spec`` part: JSON) or a JSON body with ``rows``
+    (objects keyed by column) beside the spec fields. Errors: 404 model/version/variant; 413; 415; 422 unknown
+    field, bad spec, method or parameters, missing or unknown columns, bad rows (listed in ``errors``), too many
+    rows; 503 Redis unavailable.
+    """
+    svc = services()
+    body, frame, where = _read_upload()
+    name = body.get("model")
+    if not isinstance(name, str):
+        raise InvalidRequest("model must be a model name", code="invalid_parameter", field="model")
+    model = svc.registry.get(name, optional_int(body.get("version"), "version"))
+    variant = body.get("variant", "fp32")
+    if not isinstance(variant, str):
+        raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
+    variant, _ = svc.predictor.resolve(model, variant)
+    gateway = AuditGateway(svc)  # before any file is written: no Redis configured is 503 now
+    spec, checked = prepare_audit(body, frame, model, svc.settings, variant=variant, where=where)
+    if checked.bad_rows and spec.on_bad_rows == "reject":
+        return _bad_rows(checked)
+    audit = gateway.submit(spec, checked, model)
+    view = gateway.describe(audit)
+    return jsonify(view), 202, {"Location": view["location"]}
+
+
+@bp.get("/v1/audits/<audit_id>")
+def get_audit(audit_id: str) -> Response:
+    """Status, progress (rows, chunks, ETA), times, and the summary or error. Errors: 404 ``audit_not_found``."""
+    gateway = AuditGateway(services())
+    return jsonify(gateway.describe(gateway.open(audit_id)))
+
+
+@bp.delete("/v1/audits/<audit_id>")
+def cancel_audit(audit_id: str) -> Response:
+    """Cancel a queued or running audit. Errors: 404; 409 ``audit_not_cancelable``."""
+    gateway = AuditGateway(services())
+    return jsonify(gateway.cancel(gateway.open(audit_id)))
+
+
+@bp.get("/v1/audits/<audit_id>/rows")
+def audit_rows(audit_id: str) -> Response:
+    """Per-row predictions, labels and attributions, streamed as ``parquet`` (default), ``csv`` or ``jsonl``.
+
+    Errors: 404; 409 ``audit_not_ready``; 422 unknown ``format``.
+    """
+    for key in request.args:
+        if key != "format":
+            raise UnknownField(f"unknown query parameter {key!r}", field=key)
+    fmt = request.args.get("format", "parquet")
+    if fmt not in _FORMATS:
+        raise InvalidRequest(f"format must be one of {sorted(_FORMATS)}", code="invalid_parameter", field="format")
+    gateway = AuditGateway(services())
+    audit = gateway.ready(gateway.open(audit_id), report=False)
+    name = f"audit-{audit.id}-rows.{fmt}"
+    if fmt == "parquet":
+        return send_file(audit.rows_path, mimetype=_FORMATS[fmt], as_attachment=True, download_name=name)
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    return Response(audit.iter_rows(fmt), mimetype=_FORMATS[fmt], headers=headers)
+
+
+@bp.get("/v1/audits/<audit_id>/report")
+def audit_report(audit_id: str) -> Response:
+    """The self-contained HTML report. Errors: 404; 409 ``audit_not_ready``."""
+    gateway = AuditGateway(services())
+    audit = gateway.ready(gateway.open(audit_id), report=True)
+    return send_file(audit.report_path, mimetype="text/html")
+
+
+def _read_upload() -> tuple[dict[str, Any], pd.DataFrame, str]:
+    """The spec fields, the dataset and its name in error fields, from a multipart or JSON request."""
+    if request.mimetype == "multipart/form-data":
+        for key in list(request.files) + list(request.form):
+            if key not in _PARTS:
+                raise UnknownField(f"unknown part {key!r}", field=key)
+        text = request.form.get("spec")
+        if text is None and "spec" in request.files:
+            text = request.files["spec"].read().decode("utf-8", errors="replace")
+        if text is None:
+            raise InvalidRequest("the audit spec is required in part 'spec'", code="missing_field", field="spec")
+        try:
+            spec = json.loads(text)
+        except ValueError as exc:
+            raise InvalidRequest(f"spec is not valid JSON: {exc}", code="invalid_json", field="spec") from exc
+        body = check_object(spec, SPEC_FIELDS, required={"model"}, where="spec")
+        upload = request.files.get("dataset")
+        if upload is None:
+            raise InvalidRequest("the dataset is required in part 'dataset'", code="missing_field", field="dataset")
+        return body, read_table(upload.read(), where="dataset"), "dataset"
+    if not request.is_json:
+        raise UnsupportedMediaType("send multipart/form-data (dataset, spec) or application/json (rows and spec)")
+    body = json_object(SPEC_FIELDS | {"rows"}, required={"model", "rows"})
+    return body, as_table(body.pop("rows"), where="rows"), "rows"
+
+
+def _bad_rows(checked: CheckedDataset) -> Response:
+    """422 naming the first bad cell, with up to 100 of them listed in ``errors``."""
+    error = bad_rows_error(checked)
+    cells = [{"field": c.field, "code": c.code, "detail": c.detail} for c in checked.listed]
+    extra = {"bad_rows": checked.bad_rows, "bad_cells": checked.bad_cells, "errors": cells}
+    return problem(422, error.code, error.title, error.detail, field=error.field, **extra)

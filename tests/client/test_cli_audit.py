@@ -1,0 +1,124 @@
+"""`onnxplain audit` and the SDK's audit methods against a running server with real workers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from client.cli import main
+from client.sdk import ApiError, Client
+from engine.settings import Settings
+from tests import builders
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def live_settings(worker_env: dict[str, str]) -> Iterator[Settings]:
+    """Settings shared with the worker processes (their audit directory); new audits are removed afterwards."""
+    audits = Path(worker_env.get("ONNXPLAIN_AUDIT_DIR") or ROOT / "var" / "audits")
+    audits.mkdir(parents=True, exist_ok=True)
+    before = set(audits.iterdir())
+    yield Settings(
+        redis_url=worker_env["ONNXPLAIN_REDIS_URL"],
+        model_dir=Path(worker_env["ONNXPLAIN_MODEL_DIR"]),
+        audit_dir=audits,
+        audit_chunk_rows=200,
+    )
+    for path in set(audits.iterdir()) - before:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def dataset(built: builders.BuiltModel, n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(rng.normal(built.X.mean(0), built.X.std(0), (n, 4)), columns=built.card["features"])
+    return frame.assign(sex=rng.choice(["F", "M"], n), y=rng.choice(["approved", "denied"], n))
+
+
+def test_cli_audit_writes_the_report_and_rows(live_url, binary_model, tmp_path, capsys):
+    """`onnxplain audit MODEL data.csv --label --sensitive --out --rows` submits, follows, downloads."""
+    api = Client(live_url)
+    api.register(
+        binary_model.onnx_bytes, {**binary_model.card, "name": "cli-audit"}, background=binary_model.background_csv()
+    )
+    data = tmp_path / "data.csv"
+    dataset(binary_model, 600).to_csv(data, index=False)
+    report, rows = tmp_path / "report.html", tmp_path / "rows.csv"
+    argv = ["--url", live_url, "audit", "cli-audit", str(data), "--label", "y", "--sensitive", "sex"]
+    argv += ["--out", str(report), "--rows", str(rows), "--method", "exact", "--param", "max_features=8"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed["status"] == "succeeded" and printed["rows"] == 600 and printed["failed_rows"] == 0
+    assert "600/600 rows" in captured.err
+    html = report.read_text()
+    assert "<html" in html
+    assert 'id="fairness"' in html and "data:image/png;base64," in html
+    table = pd.read_csv(rows)
+    assert sorted(table["row"]) == list(range(600)) and set(table["sensitive.sex"]) == {"F", "M"}
+
+
+def test_cli_audit_reports_a_refused_dataset(live_url, binary_model, tmp_path, capsys):
+    """A dataset without the label column exits 2 with the API's code and field on stderr."""
+    card = {**binary_model.card, "name": "cli-audit-bad"}
+    Client(live_url).register(binary_model.onnx_bytes, card, background=binary_model.background_csv())
+    data = tmp_path / "data.csv"
+    dataset(binary_model, 10).to_csv(data, index=False)
+    argv = ["--url", live_url, "audit", "cli-audit-bad", str(data), "--label", "outcome", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "422 unknown_column [label]" in capsys.readouterr().err
+
+
+def test_sdk_audit_methods(live_url, binary_model):
+    """submit_audit with JSON rows, wait_audit with progress, audit_rows/audit_report; a canceled audit raises."""
+    api = Client(live_url)
+    api.register(
+        binary_model.onnx_bytes, {**binary_model.card, "name": "sdk-audit"}, background=binary_model.background_csv()
+    )
+    frame = dataset(binary_model, 50)
+    seen: list[str] = []
+    done = api.audit(
+        "sdk-audit",
+        frame.to_dict(orient="records"),
+        label="y",
+        sensitive=["sex"],
+        method="linear",
+        on_progress=lambda a: seen.append(a["status"]),
+    )
+    assert done["status"] == "succeeded" and seen[-1] == "succeeded"
+    parquet = api.audit_rows(done["id"])
+    assert isinstance(parquet, bytes) and parquet[:4] == b"PAR1"
+    assert b"<html" in api.audit_report(done["id"])
+    jsonl = api.audit_rows(done["id"], format="jsonl")
+    assert len(jsonl.splitlines()) == 50
+    with pytest.raises(ApiError) as refused:
+        api.submit_audit("sdk-audit", frame.drop(columns=["age"]).to_dict(orient="records"))
+    assert refused.value.status == 422 and refused.value.code == "missing_feature"
+
+
+def test_progress_without_rich_is_one_line_on_stderr(monkeypatch, capsys):
+    """Without rich the progress is a single rewritten line on stderr; stdout stays for the JSON result."""
+    import sys
+
+    from client.cli import _Progress
+
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # makes `from rich.progress import ...` fail
+    progress = {
+        "rows_done": 250,
+        "rows_total": 1000,
+        "chunks_done": 1,
+        "chunks_total": 4,
+        "eta_s": 3.2,
+        "fraction": 0.25,
+    }
+    with _Progress() as shown:
+        shown.update({"status": "running", "progress": progress})
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "\rrunning: 250/1000 rows, 1/4 chunks, ETA 3 s (25 %)" in captured.err
