@@ -62,3 +62,31 @@ def optional_int(value: object, field: str, *, minimum: int = 1) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidRequest(f"{field} must be an integer ≥ {minimum}", code="invalid_parameter", field=field)
     return value
+
+
+def check_parts(allowed: Collection[str]) -> None:
+    """Reject multipart parts (files or fields) outside ``allowed``.
+
+    Raises:
+        UnknownField: Naming the unknown part.
+    """
+    for key in list(request.files) + list(request.form):
+        if key not in allowed:
+            raise UnknownField(f"unknown part {key!r}", field=key)
+
+
+def json_part(name: str, *, invalid_code: str = "invalid_json") -> object:
+    """Decode the JSON sent in multipart part ``name`` (as a field or as a file).
+
+    Raises:
+        InvalidRequest: ``missing_field`` when absent, ``invalid_code`` when not JSON.
+    """
+    text = request.form.get(name)
+    if text is None and name in request.files:
+        text = request.files[name].read().decode("utf-8", errors="replace")
+    if text is None:
+        raise InvalidRequest(f"part {name!r} is required", code="missing_field", field=name)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} is not valid JSON: {exc}", code=invalid_code, field=name) from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
@@ -13,7 +12,7 @@ from engine.audit_data import CheckedDataset, as_table, bad_rows_error, read_tab
 from engine.audit_spec import SPEC_FIELDS, prepare_audit
 from engine.errors import InvalidRequest, UnknownField
 from service.audits import AuditGateway
-from service.bodies import check_object, json_object, optional_int
+from service.bodies import check_object, check_parts, json_object, json_part, optional_int
 from service.errors import problem
 from service.extensions import services
 
@@ -97,19 +96,8 @@ def audit_report(audit_id: str) -> Response:
 def _read_upload() -> tuple[dict[str, Any], pd.DataFrame, str]:
     """The spec fields, the dataset and its name in error fields, from a multipart or JSON request."""
     if request.mimetype == "multipart/form-data":
-        for key in list(request.files) + list(request.form):
-            if key not in _PARTS:
-                raise UnknownField(f"unknown part {key!r}", field=key)
-        text = request.form.get("spec")
-        if text is None and "spec" in request.files:
-            text = request.files["spec"].read().decode("utf-8", errors="replace")
-        if text is None:
-            raise InvalidRequest("the audit spec is required in part 'spec'", code="missing_field", field="spec")
-        try:
-            spec = json.loads(text)
-        except ValueError as exc:
-            raise InvalidRequest(f"spec is not valid JSON: {exc}", code="invalid_json", field="spec") from exc
-        body = check_object(spec, SPEC_FIELDS, required={"model"}, where="spec")
+        check_parts(_PARTS)
+        body = check_object(json_part("spec"), SPEC_FIELDS, required={"model"}, where="spec")
         upload = request.files.get("dataset")
         if upload is None:
             raise InvalidRequest("the dataset is required in part 'dataset'", code="missing_field", field="dataset")

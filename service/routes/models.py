@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -12,7 +11,7 @@ from engine.card import ModelCard
 from engine.errors import InvalidRequest, UnknownField
 from engine.instances import parse_instances
 from engine.registry import ModelVersion
-from service.bodies import json_object, optional_int
+from service.bodies import check_parts, json_object, json_part, optional_int
 from service.extensions import services
 from service.routes.variants import request_card_variants
 
@@ -41,22 +40,11 @@ def register_model() -> tuple[Response, int, dict[str, str]]:
         raise InvalidRequest(
             "send multipart/form-data with parts model, card and optional background", code="not_multipart"
         )
-    for key in list(request.files) + list(request.form):
-        if key not in _UPLOAD_PARTS:
-            raise UnknownField(f"unknown part {key!r}", field=key)
+    check_parts(_UPLOAD_PARTS)
     model_file = request.files.get("model")
     if model_file is None:
         raise InvalidRequest("the ONNX file is required in part 'model'", code="missing_field", field="model")
-    card_text = request.form.get("card")
-    if card_text is None and "card" in request.files:
-        card_text = request.files["card"].read().decode("utf-8", errors="replace")
-    if card_text is None:
-        raise InvalidRequest("the model card is required in part 'card'", code="missing_field", field="card")
-    try:
-        card_data = json.loads(card_text)
-    except ValueError as exc:
-        raise InvalidRequest(f"card is not valid JSON: {exc}", code="invalid_card", field="card") from exc
-    card = ModelCard.from_dict(card_data)
+    card = ModelCard.from_dict(json_part("card", invalid_code="invalid_card"))
     background = request.files.get("background")
     background_bytes = background.read() if background is not None else None
     # Decide the format from the content, never from the client's filename.
