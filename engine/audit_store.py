@@ -152,11 +152,16 @@ class Audit:
 
     def mark_started(self, when: str) -> None:
         """Record when the first chunk started; later calls keep the first time."""
+        tmp = self.path / f".started.{uuid.uuid4().hex}"
+        tmp.write_text(json.dumps({"started_at": when}))
         try:
-            with open(self.path / "started.json", "x") as handle:  # "x": exactly one chunk creates it
-                handle.write(json.dumps({"started_at": when}))
+            # link() publishes a complete file and fails if one exists: exactly one chunk
+            # creates it, and a reader never sees it half written.
+            os.link(tmp, self.path / "started.json")
         except FileExistsError:
             pass
+        finally:
+            tmp.unlink()
 
     def iter_rows(self, fmt: str, batch_rows: int = 10_000) -> Iterator[bytes]:
         """Stream the merged rows as ``csv`` or ``jsonl``, one batch of rows at a time."""
