@@ -81,8 +81,9 @@ _TIME_BUDGET = ParamSpec(
 
 PARAMETERS: dict[str, dict[str, ParamSpec]] = {
     "kernel_shap": {
-        "nsamples": ParamSpec(("integer",), 2048, "Coalitions evaluated per row, over all repeats.", 16, 100_000),
-        "repeats": ParamSpec(("integer",), 8, "Independent estimates averaged; their spread gives std_error.", 2, 64),
+        "nsamples": ParamSpec(
+            ("integer",), 2048, "Coalitions evaluated per row, in one run; std_error by jackknife.", 16, 100_000
+        ),
         "l1_reg": ParamSpec(
             ("boolean", "integer", "string"),
             False,
@@ -92,7 +93,14 @@ PARAMETERS: dict[str, dict[str, ParamSpec]] = {
             choices=(False, "aic", "bic"),
             pattern=r"num_features\([1-9][0-9]*\)",
         ),
-        "time_budget_ms": _TIME_BUDGET,
+        "time_budget_ms": ParamSpec(
+            ("integer",),
+            None,
+            "Lower nsamples to what a timed model call says fits in this many milliseconds; "
+            "the estimate comes with its error.",
+            1,
+            3_600_000,
+        ),
         "seed": _SEED,
     },
     "lime": {
@@ -106,8 +114,12 @@ PARAMETERS: dict[str, dict[str, ParamSpec]] = {
         "seed": _SEED,
     },
     "permutation": {
-        "max_evals": ParamSpec(("integer",), 2048, "Model evaluations per row, over all repeats.", 3, 1_000_000),
-        "repeats": ParamSpec(("integer",), 4, "Independent estimates averaged; their spread gives std_error.", 2, 64),
+        "max_evals": ParamSpec(
+            ("integer",), 2048, "Model evaluations per row: max_evals // (2 × features + 1) orderings.", 3, 1_000_000
+        ),
+        "repeats": ParamSpec(
+            ("integer",), 8, "Groups the orderings are split into; their spread gives std_error.", 2, 64
+        ),
         "time_budget_ms": _TIME_BUDGET,
         "seed": _SEED,
     },

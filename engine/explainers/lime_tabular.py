@@ -8,8 +8,11 @@ model's real output, the surrogate's R² (``score``) and intercept go to
 ``quality``, keyed by output name because one row may explain several
 targets. Output columns that are not targets stay 0.
 
-LIME's explainer keeps one random state that advances between calls, so a
-fresh explainer seeded with ``task.seed`` serves each (row, target): the same
+LIME's explainer keeps one random state (shared with its discretizer and
+its ridge fitter) that advances between calls. One explainer is built per
+task and, before each (row, target), that state is replaced by a fresh
+``RandomState(task.seed)`` everywhere it is held, which is exactly the state
+of a newly built explainer (building draws no random numbers): the same
 seed then gives the same answer whatever was explained before.
 """
 
@@ -63,10 +66,18 @@ class LimeTabular:
             # LIME warns when a classifier's outputs do not sum to 1 (margins, float32 rounding).
             warnings.simplefilter("ignore")
             model_output = np.asarray(task.f(task.X), dtype=np.float64)
+            explainer = LimeTabularExplainer(
+                task.background,
+                mode=mode,
+                feature_names=list(task.feature_names),
+                categorical_features=list(task.categorical),
+                discretize_continuous=bool(task.params.get("discretize_continuous", True)),
+                random_state=task.seed,
+            )
             for i, x in enumerate(task.X):
                 row: dict[str, dict[str, float]] = {"score": {}, "intercept": {}, "model_output": {}}
                 for t in task.targets[i]:
-                    intercept, weights, score, local = self._fit(task, x, t, mode, num_features)
+                    intercept, weights, score, local = self._fit(explainer, task, x, t, mode, num_features)
                     base[i, t], values[i, :, t], surrogate[i, t] = intercept, weights, local
                     name = task.output_names[t]
                     row["score"][name] = score
@@ -83,17 +94,10 @@ class LimeTabular:
 
     @staticmethod
     def _fit(
-        task: ExplainTask, x: FloatArray, target: int, mode: str, num_features: int
+        explainer: LimeTabularExplainer, task: ExplainTask, x: FloatArray, target: int, mode: str, num_features: int
     ) -> tuple[float, FloatArray, float, float]:
-        """Fit one surrogate; return its intercept, weights ``(d,)``, R² and local prediction."""
-        explainer = LimeTabularExplainer(
-            task.background,
-            mode=mode,
-            feature_names=list(task.feature_names),
-            categorical_features=list(task.categorical),
-            discretize_continuous=bool(task.params.get("discretize_continuous", True)),
-            random_state=task.seed,
-        )
+        """Fit one surrogate from a reset random state; return its intercept, weights ``(d,)``, R², local prediction."""
+        _reset_random_state(explainer, task.seed)
         # In regression mode LIME files the weights under label 1 (label 0 holds their negation).
         label = 1 if mode == "regression" else target
         explanation = explainer.explain_instance(
@@ -108,3 +112,12 @@ class LimeTabular:
             weights[feature] = weight
         local = float(np.asarray(explanation.local_pred).reshape(-1)[0])
         return float(explanation.intercept[label]), weights, float(explanation.score), local
+
+
+def _reset_random_state(explainer: LimeTabularExplainer, seed: int) -> None:
+    """Give the explainer, its discretizer and its ridge fitter one fresh ``RandomState(seed)``, as when built."""
+    state = np.random.RandomState(seed)
+    explainer.random_state = state
+    explainer.base.random_state = state
+    if explainer.discretizer is not None:
+        explainer.discretizer.random_state = state

@@ -22,12 +22,20 @@ Output spaces (``info["output_space"]``):
   the K margins, which reduces to shap's rescaling for one margin.
 
 The model's outputs computed from the trees are checked against
-``task.f`` (onnxruntime) before anything is explained.
+``task.f`` (onnxruntime) before anything is explained, on the rows explained
+and at most :data:`VERIFY_BACKGROUND_ROWS` background rows.
+
+Parsed ensembles are kept in a small per-process LRU keyed by the SHA-256 of
+the ONNX bytes (:data:`CACHED_ENSEMBLES` entries, arrays made read-only), so
+a warm worker does not re-read the graph for every request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -40,6 +48,46 @@ from engine.trees import Tree, TreeEnsemble, not_applicable, read_ensemble, tran
 
 MAX_SOFTMAX_CLASSES = 12
 _EPS32 = float(np.finfo(np.float32).eps)
+
+CACHED_ENSEMBLES = 8
+"""Parsed ensembles kept per process (least recently used dropped first)."""
+
+VERIFY_BACKGROUND_ROWS = 32
+"""Background rows (evenly spaced) checked against onnxruntime besides the explained rows."""
+
+_cache: OrderedDict[str, TreeEnsemble] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def cached_ensemble(onnx_bytes: bytes) -> TreeEnsemble:
+    """:func:`engine.trees.read_ensemble` through the per-process LRU keyed by the bytes' SHA-256.
+
+    Raises:
+        InvalidRequest: As ``read_ensemble`` (failures are not cached).
+    """
+    key = hashlib.sha256(onnx_bytes).hexdigest()
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+            return hit
+    ensemble = _read_only(read_ensemble(onnx_bytes))
+    with _cache_lock:
+        _cache[key] = ensemble
+        _cache.move_to_end(key)
+        while len(_cache) > CACHED_ENSEMBLES:
+            _cache.popitem(last=False)
+    return ensemble
+
+
+def _read_only(ensemble: TreeEnsemble) -> TreeEnsemble:
+    """Freeze the ensemble's arrays: a cached ensemble is shared by every later request."""
+    arrays: list[np.ndarray[Any, Any]] = [ensemble.base, ensemble.matrix, ensemble.offset]
+    for tree in ensemble.trees:
+        arrays += [tree.left, tree.right, tree.default, tree.feature, tree.threshold, tree.value]
+    for array in arrays:
+        array.flags.writeable = False
+    return ensemble
 
 
 class TreeShap:
@@ -62,7 +110,7 @@ class TreeShap:
         require_background(task, self.name)
         if task.onnx_model is None:
             raise not_applicable("the task carries no ONNX graph")
-        ensemble = read_ensemble(task.onnx_model)
+        ensemble = cached_ensemble(task.onnx_model)
         space = str(task.params.get("output_space", "margin"))
         _check_shapes(task, ensemble)
         if space not in ("margin", "probability") or (space == "probability" and not ensemble.is_classifier):
@@ -73,7 +121,8 @@ class TreeShap:
             )
         with library_failures(self.name):
             Z, B = ensemble.prepare(task.X), ensemble.prepare(task.background)
-            _verify(task, ensemble, np.vstack([Z, B]), np.vstack([task.X, task.background]))
+            sample = np.unique(np.linspace(0, len(B) - 1, min(len(B), VERIFY_BACKGROUND_ROWS)).astype(np.intp))
+            _verify(task, ensemble, np.vstack([Z, B[sample]]), np.vstack([task.X, task.background[sample]]))
             if space == "margin" or ensemble.post_transform == "NONE":
                 values, base = _margin_values(ensemble, Z, B)
                 output = ensemble.margins(Z) if space == "margin" else ensemble.outputs(Z)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import shap
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -30,10 +32,14 @@ from engine.explainers import (
     PARAMETERS,
     choose_auto,
     get_explainer,
+    kernel_shap,
+    tree_shap,
     validate_params,
 )
 from engine.explainers.base import Attributions, ExplainTask, FloatArray, ModelFn
+from engine.explainers.kernel_shap import enumerated_coalitions, jackknife_std_errors
 from engine.explainers.linear import is_linear
+from engine.explainers.sampling import derived_seed, t_widening
 from tests.shapley import brute_force_shapley
 
 # --------------------------------------------------------------------------- models
@@ -258,25 +264,75 @@ def test_kernel_shap_is_exact_when_the_budget_covers_every_coalition(name: str, 
     assert all(q["exact"] and q["converged"] for q in a.quality)
 
 
-@pytest.mark.parametrize(
-    ("name", "nsamples", "repeats"),
-    [("mlp_multiclass", 125, 2), ("tree_regression", 29, 2), ("mlp_wide", 1000, 4)],
-)
+@pytest.mark.parametrize(("name", "nsamples"), [("mlp_multiclass", 125), ("tree_regression", 29), ("mlp_wide", 1000)])
 def test_kernel_shap_sampled_is_close_to_exact_and_additive(
-    name: str, nsamples: int, repeats: int, request: pytest.FixtureRequest
+    name: str, nsamples: int, request: pytest.FixtureRequest
 ) -> None:
     model: Model = request.getfixturevalue(name)
     # Fewer than the 2^d - 2 coalitions, so every row is sampled.
-    a = get_explainer("kernel_shap").explain(model.task("kernel_shap", nsamples=nsamples, repeats=repeats))
+    a = get_explainer("kernel_shap").explain(model.task("kernel_shap", nsamples=nsamples))
     assert not any(q["exact"] for q in a.quality)
-    assert a.info["repeats"] == repeats
+    assert a.info["nsamples"] == nsamples and "runs" not in a.info
     error = np.abs(a.values - exact_truth(model, model.X[:3])).max(axis=(0, 1))
     assert np.all(error <= 1e-2 * output_range(model))
+    assert a.std_errors is not None and np.all(a.std_errors[:, :, :] >= 0)
     assert additivity_residual(a) < 1e-6
 
 
+def _raw_kernel_shap(model: Model, x: FloatArray, nsamples: int, seed: int) -> FloatArray:
+    explainer = shap.KernelExplainer(model.f, model.background)
+    np.random.seed(derived_seed(seed, 0))
+    return np.asarray(explainer.shap_values(x[None, :], nsamples=nsamples, l1_reg=False, silent=True)).reshape(
+        len(x), -1
+    )
+
+
+def test_kernel_shap_is_one_raw_kernel_explainer_run_per_row(mlp_wide: Model) -> None:
+    # The point estimate is shap's own at the whole budget: no accuracy is spent on the error estimate.
+    a = _run(mlp_wide, "kernel_shap", [0, 1], nsamples=300, seed=5)
+    for i, x in enumerate(mlp_wide.X[:2]):
+        np.testing.assert_allclose(a.values[i], _raw_kernel_shap(mlp_wide, x, 300, 5), rtol=0, atol=1e-12)
+
+
+def test_kernel_shap_jackknife_matches_brute_force_deletion(mlp_wide: Model) -> None:
+    # Re-solve shap's constrained regression without each draw, by brute force, and compare.
+    explainer = shap.KernelExplainer(mlp_wide.f, mlp_wide.background)
+    np.random.seed(3)
+    phi = np.asarray(explainer.explain(mlp_wide.X[:1], nsamples=512, l1_reg=False))
+    se = jackknife_std_errors(explainer, phi)
+    n, p = explainer.nsamplesAdded, explainer.M
+    mask, weights = explainer.maskMatrix[:n], explainer.kernelWeights[:n]
+    fixed = enumerated_coalitions(p, explainer.nsamples)
+    assert fixed == 110  # sizes 1 and 9, 2 and 8
+    total = explainer.fx - explainer.fnull
+    X = mask[:, :-1] - mask[:, -1:]
+    Y = explainer.ey[:n] - explainer.fnull - mask[:, -1:] * total
+    # Draws: a sampled coalition of size <= 4 is followed by its complement; size 5 comes alone.
+    units: list[list[int]] = []
+    for row in range(fixed, n):
+        if mask[row].sum() >= 6:
+            units[-1].append(row)
+        else:
+            units.append([row])
+    unit_weight = np.array([weights[u[0]] for u in units])
+    counts = np.rint(unit_weight / unit_weight.min()).astype(int)
+    replicates = []
+    for u in range(len(units)):
+        c = counts.copy()
+        c[u] -= 1
+        w = weights.copy()
+        for v, rows in enumerate(units):
+            w[rows] = c[v]
+        w[fixed:] *= weights[fixed:].sum() / w[fixed:].sum()
+        beta = np.linalg.solve(X.T @ (w[:, None] * X), X.T @ (w[:, None] * Y))
+        replicates += [np.vstack([beta, total - beta.sum(axis=0)])] * int(counts[u])
+    draws = np.array(replicates)
+    jack = np.sqrt((len(draws) - 1) / len(draws) * ((draws - draws.mean(axis=0)) ** 2).sum(axis=0))
+    np.testing.assert_allclose(se, jack * t_widening(len(draws) - 1), rtol=1e-9)
+
+
 def test_kernel_shap_explains_a_class_that_was_not_predicted(mlp_multiclass: Model) -> None:
-    task = mlp_multiclass.task("kernel_shap", nsamples=120, repeats=4)
+    task = mlp_multiclass.task("kernel_shap", nsamples=120)
     losing = [[int(np.argmin(p))] for p in mlp_multiclass.f(task.X)]
     a = get_explainer("kernel_shap").explain(
         ExplainTask(task.f, task.X, task.background, task.feature_names, task.output_names, losing, task.params)
@@ -301,8 +357,10 @@ def test_kernel_shap_keeps_every_feature_by_default(linear_regression_12: Model)
 def test_kernel_shap_records_truncation(linear_regression_12: Model) -> None:
     a = get_explainer("kernel_shap").explain(linear_regression_12.task("kernel_shap", nsamples=1000, l1_reg=4))
     assert a.info["l1_reg"] == "num_features(4)"
-    # Each of the 8 estimates keeps its own 4 features; their mean keeps fewer than all 12.
-    assert np.all((a.values != 0).sum(axis=1) < 12)
+    kept = a.values != 0
+    assert np.all(kept.sum(axis=1) <= 5)
+    # std_error is conditional on the kept features; the dropped ones get 0.
+    assert a.std_errors is not None and np.all(a.std_errors[~kept] == 0)
     assert additivity_residual(a) < 1e-6
 
 
@@ -313,7 +371,7 @@ def _run(model: Model, method: str, rows: Sequence[int], **params: Any) -> Attri
 @pytest.mark.parametrize(
     ("method", "params"),
     [
-        ("kernel_shap", {"nsamples": 96, "repeats": 4}),
+        ("kernel_shap", {"nsamples": 96}),
         ("permutation", {"max_evals": 120, "repeats": 2}),
         ("lime", {"num_samples": 400}),
     ],
@@ -348,18 +406,37 @@ def test_std_error_is_honest(mlp_wide: Model, method: str, params: dict[str, Any
     assert np.mean(error <= 2 * se) >= 0.9
 
 
-def test_time_budget_returns_an_estimate_with_its_error(mlp_wide: Model) -> None:
-    a = _run(mlp_wide, "kernel_shap", [0], nsamples=1000, repeats=8, time_budget_ms=1)
-    assert 2 <= a.info["repeats"] <= 8
-    assert a.info.get("time_budget_exhausted", False) == (a.info["repeats"] < 8)
+def test_time_budget_lowers_nsamples_and_returns_an_estimate_with_its_error(mlp_wide: Model) -> None:
+    a = _run(mlp_wide, "kernel_shap", [0, 1], nsamples=1000, time_budget_ms=1)
+    assert a.info["time_budget_exhausted"] and a.info["nsamples"] == 20  # the floor: 2 × 10 features
+    assert a.std_errors is not None and np.all(np.isfinite(a.std_errors)) and np.all(a.std_errors > 0)
+    assert additivity_residual(a) < 1e-6
+    roomy = _run(mlp_wide, "kernel_shap", [0, 1], nsamples=300, time_budget_ms=600_000)
+    assert roomy.info["nsamples"] == 300 and "time_budget_exhausted" not in roomy.info
+    np.testing.assert_array_equal(roomy.values, _run(mlp_wide, "kernel_shap", [0, 1], nsamples=300).values)
+
+
+def test_permutation_time_budget_keeps_two_groups(mlp_wide: Model) -> None:
+    a = _run(mlp_wide, "permutation", [0], max_evals=400, repeats=8, time_budget_ms=1)
+    assert a.info["repeats"] == 2 and a.info["time_budget_exhausted"]
     assert a.std_errors is not None and np.all(np.isfinite(a.std_errors))
     assert additivity_residual(a) < 1e-6
 
 
-def test_kernel_shap_refuses_a_budget_too_small_for_its_repeats(mlp_wide: Model) -> None:
+def test_kernel_shap_refuses_fewer_than_two_coalitions_per_feature(mlp_wide: Model) -> None:
     with pytest.raises(InvalidRequest) as err:
-        _run(mlp_wide, "kernel_shap", [0], nsamples=100, repeats=8)
+        _run(mlp_wide, "kernel_shap", [0], nsamples=19)
     assert (err.value.code, err.value.field) == ("invalid_parameter", "parameters.nsamples")
+
+
+def test_kernel_shap_splits_runs_to_bound_memory(mlp_wide: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel_shap, "MAX_SYNTHETIC_ROWS", 300 * len(mlp_wide.background) // 2)
+    a = _run(mlp_wide, "kernel_shap", [0], nsamples=300)
+    assert (a.info["runs"], a.info["samples_per_run"]) == (2, 150)
+    assert a.std_errors is not None and np.all(a.std_errors > 0)
+    error = np.abs(a.values - exact_truth(mlp_wide, mlp_wide.X[:1]))[:, :, 1]
+    assert np.all(error <= 4 * a.std_errors[:, :, 1] + 1e-9)
+    assert additivity_residual(a) < 1e-6
 
 
 # --------------------------------------------------------------------------- permutation
@@ -373,12 +450,20 @@ def test_permutation_is_additive_and_close_to_exact(name: str, request: pytest.F
     assert a.std_errors is not None and a.std_errors.shape == a.values.shape
     error = np.abs(a.values - exact_truth(model, model.X[:3])).max(axis=(0, 1))
     assert np.all(error <= 0.05 * output_range(model))
-    assert a.info["repeats"] == 4
+    assert a.info["repeats"] == 8
+
+
+def test_permutation_spends_every_ordering_of_one_raw_run(mlp_wide: Model) -> None:
+    # 400 // 21 = 19 orderings, as one raw PermutationExplainer call would average, in 8 groups.
+    a = _run(mlp_wide, "permutation", [0], max_evals=400)
+    assert (a.info["repeats"], a.info["orderings"]) == (8, 19)
+    few = _run(mlp_wide, "permutation", [0], max_evals=63, repeats=8)
+    assert (few.info["repeats"], few.info["orderings"]) == (3, 3)
 
 
 def test_permutation_refuses_too_few_evaluations(mlp_wide: Model) -> None:
     with pytest.raises(InvalidRequest) as err:
-        _run(mlp_wide, "permutation", [0], max_evals=40, repeats=2)
+        _run(mlp_wide, "permutation", [0], max_evals=41)
     assert err.value.field == "parameters.max_evals"
 
 
@@ -409,6 +494,54 @@ def test_lime_regression(tree_regression: Model) -> None:
     assert a.info["mode"] == "regression"
     assert a.values.shape == (2, 5, 1)
     assert all(0 <= q["score"]["y"] <= 1 for q in a.quality)
+
+
+# --------------------------------------------------------------------------- tree_shap
+
+
+def test_tree_shap_reads_each_graph_once_per_worker(tree_regression: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[int] = []
+    real = tree_shap.read_ensemble
+
+    def counting(onnx_bytes: bytes) -> Any:
+        reads.append(len(onnx_bytes))
+        return real(onnx_bytes)
+
+    monkeypatch.setattr(tree_shap, "read_ensemble", counting)
+    monkeypatch.setattr(tree_shap, "_cache", OrderedDict())
+    first = _run(tree_regression, "tree_shap", [0, 1])
+    again = _run(tree_regression, "tree_shap", [2, 0])
+    assert len(reads) == 1
+    np.testing.assert_array_equal(first.values[0], again.values[1])
+    np.testing.assert_allclose(first.values, exact_truth(tree_regression, tree_regression.X[:2]), atol=1e-5)
+    # The cached ensemble is still checked against onnxruntime on the rows explained.
+    task = tree_regression.task("tree_shap", [0, 1])
+    wrong = ExplainTask(
+        lambda z: tree_regression.f(z) + 1.0,
+        task.X,
+        task.background,
+        task.feature_names,
+        task.output_names,
+        task.targets,
+        task.params,
+        onnx_model=task.onnx_model,
+    )
+    with pytest.raises(ExplanationFailed, match="differ from onnxruntime"):
+        get_explainer("tree_shap").explain(wrong)
+    assert len(reads) == 1
+
+
+def test_tree_shap_cache_keeps_the_latest_graphs(tree_regression: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tree_shap, "_cache", OrderedDict())
+    monkeypatch.setattr(tree_shap, "CACHED_ENSEMBLES", 1)
+    ensemble = tree_shap.cached_ensemble(tree_regression.onnx_bytes)
+    assert tree_shap.cached_ensemble(tree_regression.onnx_bytes) is ensemble
+    assert not ensemble.trees[0].value.flags.writeable
+    other = onnx.load_from_string(tree_regression.onnx_bytes)
+    other.doc_string = "another graph, same trees"
+    tree_shap.cached_ensemble(other.SerializeToString())
+    assert len(tree_shap._cache) == 1
+    assert tree_shap.cached_ensemble(tree_regression.onnx_bytes) is not ensemble
 
 
 # --------------------------------------------------------------------------- linear
@@ -521,11 +654,11 @@ def test_get_explainer_refuses_an_unknown_method() -> None:
 def test_validate_params_fills_defaults() -> None:
     assert validate_params("kernel_shap", {"nsamples": 100}) == {
         "nsamples": 100,
-        "repeats": 8,
         "l1_reg": False,
         "time_budget_ms": None,
         "seed": 0,
     }
+    assert validate_params("permutation", {})["repeats"] == 8
     assert validate_params("tree_shap", {})["output_space"] == "margin"
     assert validate_params("lime", {"num_features": None})["num_features"] is None
 
@@ -541,6 +674,7 @@ def test_validate_params_accepts_l1_reg(value: Any) -> None:
         ("kernel_shap", {"nsamples": 15}, "parameters.nsamples"),
         ("kernel_shap", {"nsamples": 100_001}, "parameters.nsamples"),
         ("kernel_shap", {"nsamples": 100.0}, "parameters.nsamples"),
+        ("permutation", {"repeats": 1}, "parameters.repeats"),
         ("kernel_shap", {"nsamples": "100"}, "parameters.nsamples"),
         ("kernel_shap", {"nsamples": True}, "parameters.nsamples"),
         ("kernel_shap", {"nsamples": None}, "parameters.nsamples"),
@@ -563,6 +697,8 @@ def test_validate_params_refuses_unknown_names_and_methods() -> None:
     with pytest.raises(UnknownField) as err:
         validate_params("lime", {"nsamples": 10})
     assert err.value.field == "parameters.nsamples"
+    with pytest.raises(UnknownField):
+        validate_params("kernel_shap", {"repeats": 8})  # one run per row now
     with pytest.raises(InvalidRequest) as bad_method:
         validate_params("magic", {})
     assert bad_method.value.code == "unknown_method"
