@@ -38,6 +38,7 @@ check: lint
 bench: setup
 	$(PY) bench/variants.py
 	$(PY) bench/explain.py
+	$(PY) bench/audit.py
 
 demo-model: setup
 	$(PY) demo/build_demo.py
