@@ -102,6 +102,17 @@ def start_api(
     return subprocess.Popen(args, env=env)
 
 
+def stop_processes(procs: list[subprocess.Popen[bytes]], *, grace_s: float = 15.0) -> None:
+    """Ask every process to stop (SIGTERM), then kill those still running after ``grace_s``."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start one worker process (``python -m worker``) with the given environment."""
     return subprocess.Popen([sys.executable, "-m", "worker"], env=env)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from client.launcher import start_redis
+from client.launcher import start_redis, stop_processes
 from engine.settings import Settings
 from tests import builders
 from tests.contract import ValidatingClient
@@ -130,13 +130,7 @@ def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         for i in range(2)
     ]
     yield env
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_processes(procs)
     Redis.from_url(url).flushdb()
 
 

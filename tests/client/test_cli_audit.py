@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def live_settings(worker_env: dict[str, str]) -> Iterator[Settings]:
-    """Settings shared with the worker processes (their audit directory); new audits are removed afterwards."""
-    audits = Path(worker_env.get("ONNXPLAIN_AUDIT_DIR") or ROOT / "var" / "audits")
-    audits.mkdir(parents=True, exist_ok=True)
-    before = set(audits.iterdir())
-    yield Settings(
-        redis_url=worker_env["ONNXPLAIN_REDIS_URL"],
-        model_dir=Path(worker_env["ONNXPLAIN_MODEL_DIR"]),
-        audit_dir=audits,
-        audit_chunk_rows=200,
-    )
-    for path in set(audits.iterdir()) - before:
-        shutil.rmtree(path, ignore_errors=True)
+def live_settings(live_settings: Settings) -> Settings:
+    """The shared live settings, with this module's chunk size."""
+    return live_settings.replace(audit_chunk_rows=200)
 
 
 def dataset(built: builders.BuiltModel, n: int) -> pd.DataFrame:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +34,6 @@ FINAL = ("succeeded", "failed", "canceled")
 # -- fixtures and helpers ----------------------------------------------------------------------------------------
 
 
-def audit_dir_of(env: dict[str, str]) -> Path:
-    """The audit directory the worker processes use (they run in the repository root)."""
-    return Path(env.get("ONNXPLAIN_AUDIT_DIR") or ROOT / "var" / "audits")
-
-
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str) -> Settings:
     """Settings of the worker-less app: its audits stay in the test's directory."""
@@ -50,20 +43,9 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
 
 
 @pytest.fixture
-def live_settings(worker_env: dict[str, str]) -> Iterator[Settings]:
-    """Settings shared with the worker processes; the audits made by a test are removed after it."""
-    audits = audit_dir_of(worker_env)
-    audits.mkdir(parents=True, exist_ok=True)
-    before = set(audits.iterdir())
-    yield Settings(
-        redis_url=worker_env["ONNXPLAIN_REDIS_URL"],
-        model_dir=Path(worker_env["ONNXPLAIN_MODEL_DIR"]),
-        audit_dir=audits,
-        audit_chunk_rows=500,
-        default_wait_s=30.0,
-    )
-    for path in set(audits.iterdir()) - before:
-        shutil.rmtree(path, ignore_errors=True)
+def live_settings(live_settings: Settings) -> Settings:
+    """The shared live settings, with this module's chunk size."""
+    return live_settings.replace(audit_chunk_rows=500)
 
 
 def predict(built: builders.BuiltModel, X: np.ndarray) -> np.ndarray:
