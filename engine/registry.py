@@ -38,6 +38,7 @@ from engine.screening import Signature, screen_model
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
+_BACKGROUND_CACHE = 16
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class ModelRegistry:
         self.root = Path(settings.model_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self._cache: dict[Path, tuple[float, ModelVersion]] = {}
+        self._backgrounds: dict[tuple[str, str], FloatArray] = {}
 
     # -- writing -----------------------------------------------------------
 
@@ -279,7 +281,16 @@ class ModelRegistry:
         path = model.path / "background.parquet"
         if not path.exists():
             return np.empty((0, len(model.card.features)), dtype=np.float64)
-        return frame_to_matrix(pd.read_parquet(path), model.card, where="background")
+        # A version directory never changes its background or card, so a warm worker parses each once.
+        key = (str(model.path), model.background_sha256 or "")
+        found = self._backgrounds.get(key)
+        if found is None:
+            found = frame_to_matrix(pd.read_parquet(path), model.card, where="background")
+            found.flags.writeable = False
+            if len(self._backgrounds) >= _BACKGROUND_CACHE:
+                self._backgrounds.pop(next(iter(self._backgrounds)))
+            self._backgrounds[key] = found
+        return found
 
 
 def _atomic_write(path: Path, text: str) -> None:
