@@ -6,11 +6,13 @@ evaluation) and enqueues the payload; a worker calls :func:`run_explanation`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,13 +143,18 @@ def estimate_evaluations(method: str, params: dict[str, Any], rows: int, backgro
 
 
 def _choose(model: ModelVersion, settings: Settings) -> tuple[str, str]:
+    is_tree, is_linear = _graph_kind(model.sha256, model.model_path)
+    return choose_auto(len(model.card.features), is_tree, is_linear, settings.exact_max_features)
+
+
+@functools.lru_cache(maxsize=64)
+def _graph_kind(sha256: str, path: Path) -> tuple[bool, bool]:
+    """Whether a model is a tree ensemble / linear; parsed once per model content, not per request."""
     from engine.explainers.linear import is_linear
     from engine.trees import is_tree_ensemble
 
-    onnx_bytes = model.model_path.read_bytes()
-    return choose_auto(
-        len(model.card.features), is_tree_ensemble(onnx_bytes), is_linear(onnx_bytes), settings.exact_max_features
-    )
+    onnx_bytes = path.read_bytes()
+    return is_tree_ensemble(onnx_bytes), is_linear(onnx_bytes)
 
 
 def summarize_background(background: FloatArray, rows: int) -> FloatArray:

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from engine import errors as engine_errors
 from engine.errors import (
     Conflict,
     ExplanationFailed,
@@ -58,6 +59,14 @@ def status_of(exc: OnnxplainError) -> int:
         if isinstance(exc, cls):
             return status
     return 500
+
+
+def status_of_stored(error: dict[str, Any]) -> int:
+    """Return the HTTP status of an error a worker stored as ``{code, error_class, ...}``."""
+    cls = getattr(engine_errors, str(error.get("error_class", "")), None)
+    if isinstance(cls, type) and issubclass(cls, OnnxplainError):
+        return status_of(cls(""))
+    return 504 if error.get("code") == "timeout" else 500
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:

@@ -23,6 +23,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from engine.errors import Conflict, NotFound, Unavailable
+from service.errors import status_of_stored
 
 INTERACTIVE = "interactive"
 BATCH = "batch"
@@ -179,7 +180,7 @@ class JobGateway:
         stored = job.get_meta().get("error")
         if isinstance(stored, dict) and "code" in stored:
             return _problem(
-                int(stored.get("status", 422)),
+                status_of_stored(stored),
                 stored["code"],
                 stored.get("title", "Job failed"),
                 stored.get("message", ""),

@@ -168,3 +168,20 @@ def live_url(live_client: ValidatingClient) -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_port}"
     httpd.shutdown()
+
+
+FINAL = ("succeeded", "failed", "canceled")
+
+
+def poll(client: Any, location: str, *, until: tuple[str, ...] = FINAL, timeout: float = 120.0) -> dict[str, Any]:
+    """GET a job or audit until its status is in ``until``; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(location).json
+        if body["status"] in until:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"{location} did not reach {until}: {body}")

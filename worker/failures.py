@@ -12,19 +12,6 @@ from engine.errors import OnnxplainError
 
 log = logging.getLogger(__name__)
 
-# HTTP status each engine error class would have; kept beside the codes so
-# the API shows a failed job's error exactly like a synchronous one.
-_STATUS = {
-    "InvalidRequest": 422,
-    "UnknownField": 422,
-    "ModelRejected": 422,
-    "NotFound": 404,
-    "Conflict": 409,
-    "JobCanceled": 409,
-    "ExplanationFailed": 422,
-    "Unavailable": 503,
-}
-
 
 def record_failure(
     job: Job, exc_type: type[BaseException], exc_value: BaseException, traceback: TracebackType | None
@@ -41,14 +28,14 @@ def record_failure(
     if any(isinstance(e, JobTimeoutException) for e in _chain(exc_value)):
         exc_value = JobTimeoutException(str(exc_value))
     if isinstance(exc_value, OnnxplainError):
-        error = {**exc_value.to_dict(), "title": exc_value.title, "status": _STATUS.get(type(exc_value).__name__, 422)}
+        # The class name lets the API give the same status as a synchronous error (service/errors.py).
+        error = {**exc_value.to_dict(), "title": exc_value.title, "error_class": type(exc_value).__name__}
         job.retries_left = 0
     elif isinstance(exc_value, JobTimeoutException):
         error = {
             "code": "timeout",
             "message": f"the job ran past its {job.timeout} s limit",
             "title": "Timeout",
-            "status": 504,
         }
         job.retries_left = 0
     else:
@@ -56,7 +43,6 @@ def record_failure(
             "code": "internal_error",
             "message": f"{exc_type.__name__}: {exc_value}",
             "title": "Job failed",
-            "status": 500,
         }
         log.error("job %s failed unexpectedly", job.id, exc_info=(exc_type, exc_value, traceback))
     job.meta["error"] = error

@@ -23,12 +23,11 @@ from rq.serializers import JSONSerializer
 from engine.settings import Settings
 from service.app import create_app
 from tests import builders
-from tests.conftest import upload, with_db
+from tests.conftest import poll, upload, with_db
 from tests.contract import ValidatingClient
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ["summary", "global-importance", "beeswarm", "dependence", "fairness", "provenance", "top-rows"]
-FINAL = ("succeeded", "failed", "canceled")
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------------------------
@@ -70,16 +69,6 @@ def planted_bias(built: builders.BuiltModel, n: int, seed: int = 0) -> pd.DataFr
     frame["y"] = np.where(rng.random(n) < np.where(sex == "A", 0.65, 0.35), "approved", "denied")
     frame["customer_id"] = np.arange(n) + 10_000  # not a feature: ignored, and said so
     return frame
-
-
-def wait_for(client: Any, location: str, until: tuple[str, ...] = FINAL, timeout: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(location).json
-        if body["status"] in until:
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"audit at {location} did not reach {until}: {body}")
 
 
 def submit(client: Any, dataset: bytes, spec: dict[str, Any], filename: str = "data.csv") -> Any:
@@ -125,7 +114,7 @@ def test_audit_explains_every_row_once_with_summary_fairness_and_report(live_cli
     assert response.json["status"] in ("queued", "running")
     assert response.json["dataset"]["ignored_columns"] == ["customer_id"]
     assert response.json["progress"]["chunks_total"] == 6
-    audit = wait_for(live_client, response.headers["Location"])
+    audit = poll(live_client, response.headers["Location"])
     assert audit["status"] == "succeeded", audit
     assert audit["progress"]["rows_done"] == 3000 and audit["progress"]["chunks_done"] == 6
     assert audit["started_at"] and audit["ended_at"] and audit["progress"]["eta_s"] == 0.0
@@ -204,7 +193,7 @@ def test_bad_rows_are_refused_by_number_or_skipped_and_counted(live_client, bina
         "bad_cells": 3,
         "ignored_columns": [],
     }
-    audit = wait_for(live_client, accepted.headers["Location"])
+    audit = poll(live_client, accepted.headers["Location"])
     assert audit["summary"]["skipped_rows"] == 3 and audit["summary"]["rows"] == 117
     rows = pd.read_parquet(io.BytesIO(live_client.get(f"{audit['location']}/rows").data))
     assert rows["row"].tolist() == [i for i in range(120) if i not in (17, 20, 33)]
@@ -224,7 +213,7 @@ def test_json_rows_and_every_upload_format_are_accepted(live_client, binary_mode
         assert answer.status_code == 202, answer.json
         assert answer.json["dataset"]["rows"] == 40
     for answer in answers:
-        assert wait_for(live_client, answer.headers["Location"])["summary"]["rows"] == 40
+        assert poll(live_client, answer.headers["Location"])["summary"]["rows"] == 40
 
 
 def test_failed_chunks_are_reported_row_by_row_and_a_wholly_failed_audit_fails(live_client):
@@ -251,7 +240,7 @@ def test_failed_chunks_are_reported_row_by_row_and_a_wholly_failed_audit_fails(l
     )
     frame.loc[700, "a"] = -1.0  # poisons the second chunk (rows 500..999)
     spec = {"model": "audit-nan", "method": "exact", "sensitive": ["g"]}
-    audit = wait_for(live_client, submit(live_client, frame.to_csv(index=False).encode(), spec).headers["Location"])
+    audit = poll(live_client, submit(live_client, frame.to_csv(index=False).encode(), spec).headers["Location"])
     assert audit["status"] == "succeeded" and audit["progress"]["chunks_failed"] == 1
     summary = audit["summary"]
     assert summary["rows"] == 500 and summary["failed_rows"] == 500
@@ -265,7 +254,7 @@ def test_failed_chunks_are_reported_row_by_row_and_a_wholly_failed_audit_fails(l
     assert failed["attr.a"].isna().all() and (failed["value.a"].to_numpy() == frame["a"].to_numpy()[500:]).all()
 
     frame["a"] = -frame["a"]  # every chunk fails: the audit fails, with the chunks' code
-    audit = wait_for(live_client, submit(live_client, frame.to_csv(index=False).encode(), spec).headers["Location"])
+    audit = poll(live_client, submit(live_client, frame.to_csv(index=False).encode(), spec).headers["Location"])
     assert audit["status"] == "failed" and audit["error"]["code"] == "non_finite_model_output"
     assert "summary" not in audit and audit["progress"]["chunks_failed"] == 2
     assert live_client.get(f"{audit['location']}/report").json["code"] == "audit_not_ready"
@@ -287,7 +276,7 @@ def test_cancel_a_running_audit_while_interactive_work_keeps_priority(live_clien
     response = submit(client, frame.to_csv(index=False).encode(), spec)
     assert response.status_code == 202, response.json
     location = response.headers["Location"]
-    wait_for(client, location, until=("running",), timeout=30)
+    poll(client, location, until=("running",), timeout=30)
     for part in ("rows", "report"):
         early = client.get(f"{location}/{part}")
         assert early.status_code == 409 and early.json["code"] == "audit_not_ready"
@@ -340,7 +329,7 @@ def test_a_worker_killed_mid_chunk_loses_and_duplicates_no_row(worker_env, live_
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
         survivor = _worker(env, "survivor")
-        audit = wait_for(client, response.headers["Location"], timeout=150)  # each GET sweeps abandoned jobs
+        audit = poll(client, response.headers["Location"], timeout=150)  # each GET sweeps abandoned jobs
         assert audit["status"] == "succeeded", audit
         assert audit["summary"]["failed_rows"] == 0 and audit["progress"]["chunks_done"] == 4
         rows = pd.read_parquet(io.BytesIO(client.get(f"{audit['location']}/rows").data))

@@ -13,7 +13,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from tests import builders
-from tests.conftest import upload
+from tests.conftest import poll, upload
 from tests.shapley import brute_force_shapley
 
 
@@ -29,16 +29,6 @@ def model_fn(built: builders.BuiltModel):
         return out.reshape(len(X), -1)
 
     return f
-
-
-def poll(client, location: str, *, until=("succeeded", "failed", "canceled"), timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(location).json
-        if body["status"] in until:
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"job at {location} did not reach {until}")
 
 
 def _check_against_truth(result: dict, built: builders.BuiltModel, X: np.ndarray, tol_fraction: float) -> None:
