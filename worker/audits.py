@@ -2,7 +2,7 @@
 
 The API enqueues ``worker.audits.chunk`` once per chunk (``Retry(max=2)``) and ``worker.audits.merge`` depending
 on every chunk with ``allow_failure``, so the merge runs however the chunks end. The work itself is in
-:mod:`engine.auditor`; here are the RQ parts: progress in ``job.meta``, the cancel flag, and the errors of
+:mod:`engine.audits.chunks`; here are the RQ parts: progress in ``job.meta``, the cancel flag, and the errors of
 chunks that ended without results.
 """
 
@@ -15,8 +15,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from engine.audit_store import AuditStore
-from engine.auditor import explain_chunk, finish_audit, now_iso
+from engine.audits.chunks import explain_chunk, finish_audit, now_iso
+from engine.audits.store import AuditStore
 from worker.context import context
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from rq import get_current_job
 
-from engine import variants
 from engine.errors import InvalidRequest
-from engine.explanation import ExplainRequest, run_explanation
+from engine.explain.run import ExplainRequest, run_explanation
+from engine.variants import state as variants
 from worker import audits
 from worker.context import context
 

@@ -8,13 +8,13 @@ import pandas as pd
 from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.exceptions import UnsupportedMediaType
 
-from engine.audit_data import CheckedDataset, as_table, bad_rows_error, read_table
-from engine.audit_spec import SPEC_FIELDS, prepare_audit
+from engine.audits.dataset import CheckedDataset, as_table, bad_rows_error, read_table
+from engine.audits.spec import SPEC_FIELDS, prepare_audit
 from engine.errors import InvalidRequest, UnknownField
-from service.audits import AuditGateway
 from service.bodies import check_object, check_parts, json_object, json_part, optional_int
 from service.errors import problem
 from service.extensions import services
+from service.gateways.audits import AuditGateway
 
 bp = Blueprint("audits", __name__)
 

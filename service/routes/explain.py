@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, url_for
 
 from engine.errors import InvalidRequest
-from engine.explanation import build_request
+from engine.explain.run import build_request
 from service.bodies import json_object, optional_int
 from service.extensions import services
-from service.jobs import INTERACTIVE
+from service.gateways.jobs import INTERACTIVE
 
 bp = Blueprint("explain", __name__)
 

@@ -6,11 +6,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from engine import variants
-from engine.card import ModelCard
 from engine.errors import InvalidRequest, UnknownField
-from engine.instances import parse_instances
-from engine.registry import ModelVersion
+from engine.models.card import ModelCard
+from engine.models.rows import parse_instances
+from engine.models.store import ModelVersion
+from engine.variants import state as variants
 from service.bodies import check_parts, json_object, json_part, optional_int
 from service.extensions import services
 from service.routes.variants import request_card_variants

@@ -16,8 +16,8 @@ import numpy as np
 from flask import Blueprint, Response, jsonify, request
 
 from engine.errors import InvalidRequest, NotFound
-from engine.registry import ModelVersion
-from engine.screening import Port
+from engine.models.screening import Port
+from engine.models.store import ModelVersion
 from service.bodies import check_object
 from service.extensions import services
 

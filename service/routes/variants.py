@@ -6,12 +6,12 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, url_for
 
-from engine import variants
 from engine.errors import Unavailable
-from engine.registry import ModelVersion
+from engine.models.store import ModelVersion
+from engine.variants import state as variants
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
-from service.jobs import BATCH
+from service.gateways.jobs import BATCH
 
 bp = Blueprint("variants", __name__)
 

@@ -7,10 +7,10 @@ from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from engine.card import ModelCard
-from engine.explanation import build_request
-from engine.registry import ModelRegistry
-from service.jobs import JobGateway
+from engine.explain.run import build_request
+from engine.models.card import ModelCard
+from engine.models.store import ModelRegistry
+from service.gateways.jobs import JobGateway
 from worker import context as worker_context
 from worker.failures import record_failure
 
