@@ -53,8 +53,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from engine.arrays import FloatArray
 from engine.methods import get_explainer, validate_params
-from engine.methods.base import ExplainTask, FloatArray
+from engine.methods.base import ExplainTask
 from engine.methods.exact import shapley_values
 
 ROWS, BACKGROUND, REPEATS, WARMUP_ROWS = 20, 100, 5, 2

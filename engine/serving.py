@@ -6,13 +6,14 @@ from typing import Any
 
 import numpy as np
 
+from engine.arrays import FloatArray
 from engine.errors import NotFound
-from engine.methods.base import FloatArray
+from engine.models.card import VARIANT_KINDS
 from engine.models.store import ModelRegistry, ModelVersion
 from engine.runtime.providers import resolve_providers
 from engine.runtime.sessions import ModelSession, SessionCache
 from engine.settings import Settings
-from engine.variants.state import KINDS, gate_of, read_state, resolve, variant_dir
+from engine.variants.state import gate_of, read_state, resolve, variant_dir
 
 
 class Predictor:
@@ -46,7 +47,7 @@ class Predictor:
         if variant == "fp32":
             return self.sessions.get(model.model_path, model.sha256, model.card, model.signature)
         path = variant_dir(model, variant) / "model.onnx"
-        state = read_state(model, variant) if variant in KINDS else None
+        state = read_state(model, variant) if variant in VARIANT_KINDS else None
         if state is None or state["state"] != "ready" or not path.exists():
             raise NotFound(
                 f"model {model.name!r} v{model.version} has no ready variant {variant!r}",

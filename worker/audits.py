@@ -15,8 +15,9 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from engine.audits.chunks import explain_chunk, finish_audit, now_iso
+from engine.audits.chunks import explain_chunk, finish_audit
 from engine.audits.store import AuditStore
+from engine.timestamps import utc_now
 from worker.context import context
 
 
@@ -26,7 +27,7 @@ def chunk(payload: dict[str, Any]) -> dict[str, Any]:
 
     ctx = context()
     audit = AuditStore(ctx.settings.audit_dir).open(payload["audit"])
-    audit.mark_started(now_iso())
+    audit.mark_started(utc_now())
     job = get_current_job()
 
     def progress(done: int) -> None:

@@ -12,7 +12,6 @@ into rows marked ``failed`` with the chunk's error code, so every dataset row ap
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -26,11 +25,7 @@ from engine.explain.run import run_explanation
 from engine.models.rows import frame_to_matrix
 from engine.models.store import ModelRegistry
 from engine.serving import Predictor
-
-
-def now_iso() -> str:
-    """The current UTC time, as the API writes times (``2025-01-31T12:00:00.000Z``)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from engine.timestamps import utc_now
 
 
 def explain_chunk(
@@ -108,7 +103,7 @@ def finish_audit(audit: Audit, failures: Mapping[int, Mapping[str, Any]], *, wor
     # Chunks number rows by position; users see the row numbers of their upload (bad rows skipped leave gaps).
     rows["row"] = audit.read_dataset()["row"].to_numpy()[rows["row"].to_numpy(dtype=np.int64)]
     ok = (rows["status"] == "ok").to_numpy(bool)
-    state: dict[str, Any] = {"ended_at": now_iso(), "failed_rows": int((~ok).sum()), "failed_chunks": failed_chunks}
+    state: dict[str, Any] = {"ended_at": utc_now(), "failed_rows": int((~ok).sum()), "failed_chunks": failed_chunks}
     if not ok.any():
         first = failed_chunks[0] if failed_chunks else {"code": "no_rows", "message": "no row was explained"}
         audit.write_outputs(rows, None, None)

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from engine.audits.spec import AuditSpec
 from engine.errors import NotFound
+from engine.files import atomic_path, write_atomic
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _META_KEY = b"onnxplain"
@@ -106,9 +107,8 @@ class Audit:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
         directory = self.path / "chunks"
         directory.mkdir(exist_ok=True)
-        tmp = directory / f".{start}.{uuid.uuid4().hex}"
-        pq.write_table(table, tmp)
-        os.replace(tmp, directory / f"{start}.parquet")
+        with atomic_path(directory / f"{start}.parquet") as tmp:
+            pq.write_table(table, tmp)
 
     def has_chunk(self, start: int) -> bool:
         """Whether the chunk starting at ``start`` stored its results."""
@@ -125,9 +125,8 @@ class Audit:
 
     def write_outputs(self, rows: pd.DataFrame, summary: dict[str, Any] | None, report: str | None) -> None:
         """Store the merged rows, the summary and the report (``None`` skips one)."""
-        tmp = self.path / f".rows.{uuid.uuid4().hex}"
-        rows.to_parquet(tmp, index=False)
-        os.replace(tmp, self.rows_path)
+        with atomic_path(self.rows_path) as tmp:
+            rows.to_parquet(tmp, index=False)
         if summary is not None:
             write_atomic(self.path / "summary.json", json.dumps(summary))
         if report is not None:
@@ -230,13 +229,6 @@ class AuditStore:
     def delete(self, audit_id: str) -> None:
         """Remove an audit's files (used when its jobs could not be queued)."""
         shutil.rmtree(self.open(audit_id).path, ignore_errors=True)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

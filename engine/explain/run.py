@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest, JobCanceled
 from engine.methods import EXPLAINERS, choose_auto, get_explainer, validate_params
-from engine.methods.base import Attributions, ExplainTask, FloatArray
+from engine.methods.base import Attributions, ExplainTask
 from engine.models.rows import parse_instances, row_values
 from engine.models.store import ModelRegistry, ModelVersion
 from engine.serving import Predictor, format_predictions

@@ -14,10 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
+from engine.arrays import FloatArray
 
-FloatArray = npt.NDArray[np.float64]
 ModelFn = Callable[[FloatArray], FloatArray]
 
 

@@ -14,9 +14,10 @@ from math import factorial
 import numpy as np
 import numpy.typing as npt
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
 from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask, FloatArray, ModelFn
+from engine.methods.base import Attributions, ExplainTask, ModelFn
 
 DEFAULT_MAX_FEATURES = 14
 CHUNK_ROWS = 200_000

@@ -50,13 +50,13 @@ import time
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import shap
 from scipy.special import binom
 
+from engine.arrays import FloatArray, IndexArray
 from engine.errors import ExplanationFailed, InvalidRequest
 from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask, FloatArray
+from engine.methods.base import Attributions, ExplainTask
 from engine.methods.exact import shapley_values
 from engine.methods.sampling import convergence, derived_seed, t_widening
 
@@ -70,8 +70,6 @@ PROBE_ROWS = 4096
 
 SHAP_SECONDS_PER_COALITION = 25e-6
 """shap's own work per coalition (masking, bookkeeping, regression), measured 10–40 µs on 2 cores."""
-
-IntArray = npt.NDArray[np.intp]
 
 
 def _l1_reg(value: Any) -> bool | str:
@@ -128,7 +126,7 @@ class KernelShap:
 
     @staticmethod
     def _sample(
-        task: ExplainTask, rows: IntArray, nsamples: int, info: dict[str, Any], start: float
+        task: ExplainTask, rows: IndexArray, nsamples: int, info: dict[str, Any], start: float
     ) -> tuple[FloatArray, FloatArray]:
         """One KernelExplainer run per row (more only for memory) and its jackknife error; record how in ``info``."""
         d = task.X.shape[1]
@@ -235,7 +233,7 @@ def enumerated_coalitions(p: int, nsamples: int) -> int:
     return rows
 
 
-def _draws(mask: FloatArray, weights: FloatArray, fixed: int) -> tuple[IntArray, IntArray, IntArray]:
+def _draws(mask: FloatArray, weights: FloatArray, fixed: int) -> tuple[IndexArray, IndexArray, IndexArray]:
     """Group the sampled rows into draws: ``(first row, rows (1 or 2), times drawn)`` per distinct draw.
 
     shap adds a drawn coalition of size ``≤ (p − 1) // 2`` immediately
@@ -311,7 +309,7 @@ def _jackknife(
     mask: FloatArray,
     weights: FloatArray,
     fixed: int,
-    draws: tuple[IntArray, IntArray, IntArray],
+    draws: tuple[IndexArray, IndexArray, IndexArray],
     ey: FloatArray,
     total: FloatArray,
 ) -> FloatArray:

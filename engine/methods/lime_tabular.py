@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 from lime.lime_tabular import LimeTabularExplainer
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
 from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask, FloatArray
+from engine.methods.base import Attributions, ExplainTask
 
 
 class LimeTabular:

@@ -26,9 +26,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
 from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask, FloatArray
+from engine.methods.base import Attributions, ExplainTask
 
 _AFFINE_OPS = {"MatMul", "Gemm", "Add", "Sub", "Mul", "Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _CONST_OPERAND_OPS = {"MatMul", "Gemm", "Mul"}

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import shap
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
 from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask, FloatArray
+from engine.methods.base import Attributions, ExplainTask
 from engine.methods.sampling import convergence, derived_seed, t_widening
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from engine.methods.base import FloatArray
+from engine.arrays import FloatArray
 
 CONVERGED_RELATIVE_SE = 0.01
 """A row has converged when every std_error is at most this fraction of the output's range."""

@@ -41,9 +41,10 @@ from typing import Any
 import numpy as np
 import shap
 
+from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, InvalidRequest
 from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask, FloatArray
+from engine.methods.base import Attributions, ExplainTask
 from engine.methods.trees.model import Tree, TreeEnsemble, not_applicable, read_ensemble, transform
 
 MAX_SOFTMAX_CLASSES = 12

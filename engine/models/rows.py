@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest, UnknownField
-from engine.methods.base import FloatArray
 from engine.models.card import ModelCard
 from engine.models.screening import Signature, is_single_tensor
 

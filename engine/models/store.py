@@ -22,20 +22,21 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest, NotFound, OnnxplainError
-from engine.methods.base import FloatArray
+from engine.files import write_atomic
 from engine.models.card import NAME_PATTERN, ModelCard
 from engine.models.probe import probe_model
 from engine.models.rows import frame_to_matrix, matrix_to_frame
 from engine.models.screening import Signature, screen_model
 from engine.settings import Settings
+from engine.timestamps import utc_now
 
 log = logging.getLogger(__name__)
 _BACKGROUND_CACHE = 16
@@ -147,12 +148,12 @@ class ModelRegistry:
         background = directory / "background.parquet"
         meta = {
             "sha256": hashlib.sha256(model).hexdigest(),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": utc_now(),
             "signature": signature.to_dict(),
             "background_rows": len(pd.read_parquet(background)) if background.exists() else 0,
             "background_sha256": hashlib.sha256(background.read_bytes()).hexdigest() if background.exists() else None,
         }
-        _atomic_write(directory / "meta.json", json.dumps(meta, indent=2))
+        write_atomic(directory / "meta.json", json.dumps(meta, indent=2))
 
     def _place(self, tmp: Path, name: str) -> ModelVersion:
         target_dir = self.root / name
@@ -291,9 +292,3 @@ class ModelRegistry:
                 self._backgrounds.pop(next(iter(self._backgrounds)))
             self._backgrounds[key] = found
         return found
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

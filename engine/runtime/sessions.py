@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed
-from engine.methods.base import FloatArray
 from engine.models.card import ModelCard
 from engine.models.rows import encode_feeds
 from engine.models.screening import Signature

@@ -24,9 +24,9 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from engine.errors import ExplanationFailed, InvalidRequest
+from engine.models.card import TASKS
 from engine.runtime.sessions import session_options
 
-TASKS = ("classification", "regression")
 ScoresFn = Callable[[ort.InferenceSession, NDArray[Any]], NDArray[Any]]
 ExplainFn = Callable[[bytes, NDArray[Any]], NDArray[Any]]
 

@@ -35,9 +35,9 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 from onnxruntime import quantization as oq
 
 from engine.errors import ExplanationFailed, InvalidRequest, ModelRejected
+from engine.models.card import VARIANT_KINDS
 from engine.runtime.sessions import session_options
 
-VARIANT_KINDS = ("int8_dynamic", "int8_static", "fp16")
 WEIGHTED_OPS = frozenset({"MatMul", "Gemm", "Conv"})
 DYNAMIC_OPS = ["MatMul", "Gemm"]  # never Conv: ConvInteger is ~10x slower than fp32
 CALIBRATION_MAX_ROWS = 1000

@@ -10,22 +10,20 @@ fp32 model.
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, InvalidRequest, NotFound, OnnxplainError
-from engine.methods.base import FloatArray
+from engine.files import write_atomic
 from engine.models.card import VARIANT_KINDS
 from engine.models.screening import is_single_tensor
 from engine.models.store import ModelVersion
 from engine.settings import Settings
+from engine.timestamps import utc_now
 
-KINDS = VARIANT_KINDS
 ALIASES = {"int8": ("int8_static", "int8_dynamic")}
 STATES = ("building", "ready", "rejected", "failed")
 
@@ -48,11 +46,9 @@ def write_state(model: ModelVersion, kind: str, state: str, **fields: Any) -> di
     """Record a variant's state atomically (keeping its earlier fields) and return it."""
     directory = variant_dir(model, kind)
     directory.mkdir(parents=True, exist_ok=True)
-    document = read_state(model, kind) or {"kind": kind, "created": _now()}
-    document.update(fields, state=state, updated=_now())
-    tmp = directory / f".state.{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(document, indent=2))
-    os.replace(tmp, directory / "state.json")
+    document = read_state(model, kind) or {"kind": kind, "created": utc_now()}
+    document.update(fields, state=state, updated=utc_now())
+    write_atomic(directory / "state.json", json.dumps(document, indent=2))
     return document
 
 
@@ -60,17 +56,15 @@ def publish(model: ModelVersion, kind: str, onnx_bytes: bytes) -> Path:
     """Place a variant's ONNX file so it can be served (call only after the gate passed)."""
     directory = variant_dir(model, kind)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".model.{uuid.uuid4().hex}"
-    tmp.write_bytes(onnx_bytes)
     target = directory / "model.onnx"
-    os.replace(tmp, target)
+    write_atomic(target, onnx_bytes)
     return target
 
 
 def list_variants(model: ModelVersion) -> list[dict[str, Any]]:
     """Return the state document of every requested variant of ``model``."""
     found = []
-    for kind in KINDS:
+    for kind in VARIANT_KINDS:
         state = read_state(model, kind)
         if state is not None:
             found.append(state)
@@ -83,8 +77,8 @@ def check_kind(kind: object) -> str:
     Raises:
         InvalidRequest: ``invalid_parameter`` naming ``kind``.
     """
-    if kind not in KINDS:
-        raise InvalidRequest(f"kind must be one of {list(KINDS)}", code="invalid_parameter", field="kind")
+    if kind not in VARIANT_KINDS:
+        raise InvalidRequest(f"kind must be one of {list(VARIANT_KINDS)}", code="invalid_parameter", field="kind")
     return str(kind)
 
 
@@ -249,7 +243,3 @@ def _drift_explainer(model: ModelVersion, rows: np.ndarray[Any, Any]) -> Any:
         return values[np.arange(len(X)), :, targets]
 
     return explain
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

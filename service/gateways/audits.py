@@ -17,13 +17,13 @@ from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.job import Dependency, Job, JobStatus
 
-from engine.audits.chunks import now_iso
 from engine.audits.dataset import CheckedDataset
 from engine.audits.spec import AuditSpec
 from engine.audits.store import Audit, AuditStore
 from engine.audits.summary import chunk_bounds
 from engine.errors import Conflict, NotFound, Unavailable
 from engine.models.store import ModelVersion
+from engine.timestamps import parse_utc, utc_now
 from service.extensions import Services
 from service.gateways.jobs import BATCH, JobGateway
 
@@ -71,7 +71,7 @@ class AuditGateway:
             },
             "ignored_columns": checked.ignored_columns,
             "chunks": chunk_bounds(len(checked.rows), size),
-            "created_at": now_iso(),
+            "created_at": utc_now(),
         }
         audit = self.store.create(info, checked.rows, row_group_rows=size)
         try:
@@ -127,7 +127,7 @@ class AuditGateway:
             status, progress, error = self._live(audit)
         started = audit.started()
         if status in ("queued", "running") and progress["rows_done"] and started:
-            elapsed = (datetime.now(UTC) - _parse(started)).total_seconds()
+            elapsed = (datetime.now(UTC) - parse_utc(started)).total_seconds()
             progress["eta_s"] = round(elapsed * (total - progress["rows_done"]) / progress["rows_done"], 1)
         base = url_for("audits.get_audit", audit_id=audit.id)
         body: dict[str, Any] = {
@@ -211,7 +211,7 @@ class AuditGateway:
         if view["status"] in ("succeeded", "failed") or merge == JobStatus.STARTED.value.encode():
             raise Conflict(f"audit {audit.id} already {view['status']}", code="audit_not_cancelable")
         # Recorded first: a merge that starts meanwhile sees it and stores nothing.
-        audit.mark_canceled({"canceled_at": now_iso()})
+        audit.mark_canceled({"canceled_at": utc_now()})
         for job_id in [audit.chunk_job(start) for start, _ in audit.chunks] + [audit.merge_job]:
             try:
                 self.jobs.cancel(job_id)
@@ -231,10 +231,6 @@ class AuditGateway:
         status = self.describe(audit)["status"]
         what = "report" if report else "rows"
         raise Conflict(f"audit {audit.id} is {status}; it has no {what} yet", code="audit_not_ready")
-
-
-def _parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _error(canceled: dict[str, Any] | None, state: dict[str, Any] | None) -> dict[str, Any] | None:

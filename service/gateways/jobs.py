@@ -23,6 +23,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from engine.errors import Conflict, NotFound, Unavailable
+from engine.timestamps import format_utc
 from service.errors import status_of_stored
 
 INTERACTIVE = "interactive"
@@ -50,7 +51,7 @@ def job_id_for(kind: str, payload: dict[str, Any]) -> str:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="milliseconds") + "Z" if value is not None else None
+    return format_utc(value) if value is not None else None
 
 
 class JobGateway:

@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from engine.methods.trees.model import FloatArray, IntArray, TreeEnsemble, not_applicable
+from engine.arrays import FloatArray, IntArray
+from engine.methods.trees.model import TreeEnsemble, not_applicable
 from engine.methods.trees.splits import Forest
 
 _LEGACY_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.methods.trees.model import FloatArray, IntArray, Tree, TreeEnsemble, not_applicable
+from engine.arrays import FloatArray, IntArray
+from engine.methods.trees.model import Tree, TreeEnsemble, not_applicable
 
 MAX_NODES = 2_000_000
 MAX_DEPTH = 400

@@ -26,6 +26,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 
+from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, InvalidRequest, UnknownField
 from engine.methods import (
     EXPLAINERS,
@@ -36,7 +37,7 @@ from engine.methods import (
     tree_shap,
     validate_params,
 )
-from engine.methods.base import Attributions, ExplainTask, FloatArray, ModelFn
+from engine.methods.base import Attributions, ExplainTask, ModelFn
 from engine.methods.kernel_shap import enumerated_coalitions, jackknife_std_errors
 from engine.methods.linear import is_linear
 from engine.methods.sampling import derived_seed, t_widening

@@ -39,8 +39,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
-from engine.methods.base import Attributions, ExplainTask, FloatArray
+from engine.methods.base import Attributions, ExplainTask
 from engine.methods.tree_shap import TreeShap
 from engine.methods.trees.model import is_tree_ensemble, load_ensemble, read_ensemble
 
