@@ -20,8 +20,8 @@ import pandas as pd
 from engine.audits.spec import AuditSpec
 from engine.audits.store import Audit
 from engine.audits.summary import FairnessThresholds, Task, merge_chunks, summarize
-from engine.errors import OnnxplainError
 from engine.explain.run import run_explanation
+from engine.jobs import CHUNK_LOST, JobError, job_error
 from engine.models.rows import frame_to_matrix
 from engine.models.store import ModelRegistry
 from engine.serving import Predictor
@@ -74,12 +74,12 @@ def explain_chunk(
     return len(X)
 
 
-def finish_audit(audit: Audit, failures: Mapping[int, Mapping[str, Any]], *, worker: str = "") -> dict[str, Any]:
+def finish_audit(audit: Audit, failures: Mapping[int, JobError], *, worker: str = "") -> dict[str, Any]:
     """Merge every chunk, summarise, render the report and store them; return the final state.
 
     Args:
         audit: The stored audit.
-        failures: Per chunk start, the ``{code, message}`` of a chunk that ended without results.
+        failures: Per chunk start, the error of a chunk that ended without results.
         worker: Name of the process merging, for the provenance.
 
     Returns:
@@ -90,24 +90,29 @@ def finish_audit(audit: Audit, failures: Mapping[int, Mapping[str, Any]], *, wor
     """
     spec, info = audit.spec, audit.info
     frames, metas, failed_chunks = [], [], []
+    errors: list[JobError] = []
     for start, stop in audit.chunks:
         found = audit.read_chunk(start)
         if found is not None:
             frames.append(found[0])
             metas.append(found[1])
             continue
-        error = dict(failures.get(start) or {"code": "chunk_lost", "message": "the chunk left no results"})
-        frames.append(_failed(audit.read_dataset(start, stop), start, spec, str(error.get("code"))))
-        failed_chunks.append({"start": start, "stop": stop, "code": error.get("code"), "message": error.get("message")})
+        error = failures.get(start) or job_error(CHUNK_LOST, message="the chunk left no results")
+        frames.append(_failed(audit.read_dataset(start, stop), start, spec, error.code))
+        failed_chunks.append({"start": start, "stop": stop, "code": error.code, "message": error.message})
+        errors.append(error)
     rows = merge_chunks(frames, expected_rows=int(info["rows"]["total"]))
     # Chunks number rows by position; users see the row numbers of their upload (bad rows skipped leave gaps).
     rows["row"] = audit.read_dataset()["row"].to_numpy()[rows["row"].to_numpy(dtype=np.int64)]
     ok = (rows["status"] == "ok").to_numpy(bool)
     state: dict[str, Any] = {"ended_at": utc_now(), "failed_rows": int((~ok).sum()), "failed_chunks": failed_chunks}
     if not ok.any():
-        first = failed_chunks[0] if failed_chunks else {"code": "no_rows", "message": "no row was explained"}
+        # The first chunk's whole record (with its error class), so the API answers its status.
+        first = (
+            errors[0] if errors else JobError("no_rows", "no row was explained", "Audit failed", "ExplanationFailed")
+        )
         audit.write_outputs(rows, None, None)
-        state |= {"state": "failed", "error": {"code": first["code"], "message": first["message"]}}
+        state |= {"state": "failed", "error": first.to_dict()}
         audit.set_state(state)
         return state
     summary = summarize(
@@ -133,13 +138,6 @@ def finish_audit(audit: Audit, failures: Mapping[int, Mapping[str, Any]], *, wor
     state["state"] = "succeeded"
     audit.set_state(state)
     return state
-
-
-def error_record(exc: BaseException) -> dict[str, str]:
-    """``{code, message}`` of an exception, as the merge reports a failed chunk."""
-    if isinstance(exc, OnnxplainError):
-        return {"code": exc.code, "message": exc.detail}
-    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
 
 
 def _task(spec: AuditSpec) -> Task:

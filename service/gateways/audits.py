@@ -1,8 +1,8 @@
 """Audits through Redis: queue the chunk and merge jobs, report progress, cancel.
 
 An audit is files in the store (:mod:`engine.audits.store`) plus RQ jobs on the ``batch`` queue: one
-``worker.audits.chunk`` per chunk and a ``worker.audits.merge`` that depends on all of them with
-``allow_failure``, so it runs however they end. While the audit runs, its progress is read from the chunk jobs
+``audit_chunk`` per chunk and an ``audit_merge`` that depends on all of them with ``allow_failure``, so it runs
+however they end (:data:`engine.jobs.JOBS`). While the audit runs, its progress is read from the chunk jobs
 (one pipelined read); once merged, from its files alone, so it outlives the jobs' TTL.
 """
 
@@ -22,14 +22,15 @@ from engine.audits.spec import AuditSpec
 from engine.audits.store import Audit, AuditStore
 from engine.audits.summary import chunk_bounds
 from engine.errors import Conflict, NotFound, Unavailable
+from engine.jobs import AUDIT_LOST, CANCELED, JOBS, JobError, MetaKey, job_error
 from engine.models.store import ModelVersion
 from engine.timestamps import parse_utc, utc_now
+from service.errors import problem_of
 from service.extensions import Services
-from service.gateways.jobs import BATCH, JobGateway
+from service.gateways.jobs import JobGateway
 
 _DONE, _FAILED = JobStatus.FINISHED.value, JobStatus.FAILED.value
 _ENDED = {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.CANCELED.value, JobStatus.STOPPED.value}
-_SERVER_SIDE = {"internal_error", "worker_lost", "chunk_lost", "timeout"}  # failures that are not the input's fault
 
 
 class AuditGateway:
@@ -82,7 +83,8 @@ class AuditGateway:
         return audit
 
     def _enqueue(self, audit: Audit) -> None:
-        queue = self.jobs.queue(BATCH)
+        chunk, merge = JOBS["audit_chunk"], JOBS["audit_merge"]
+        queue = self.jobs.queue(chunk.queue)
         common: dict[str, Any] = {
             "timeout": self.settings.batch_job_timeout_s,
             "result_ttl": self.settings.result_ttl_s,
@@ -91,21 +93,21 @@ class AuditGateway:
         }
         chunks = [
             Queue.prepare_data(
-                "worker.audits.chunk",
+                chunk.function,
                 ({"audit": audit.id, "start": start, "stop": stop},),
                 job_id=audit.chunk_job(start),
-                meta={"kind": "audit_chunk", "audit": audit.id, "rows": stop - start},
+                meta={MetaKey.KIND: chunk.name, MetaKey.AUDIT: audit.id, MetaKey.ROWS: stop - start},
                 **common,
             )
             for start, stop in audit.chunks
         ]
         queue.enqueue_many(chunks)
         queue.enqueue_call(
-            "worker.audits.merge",
+            merge.function,
             ({"audit": audit.id},),
             job_id=audit.merge_job,
             depends_on=Dependency(jobs=[c.job_id for c in chunks], allow_failure=True),
-            meta={"kind": "audit_merge", "audit": audit.id},
+            meta={MetaKey.KIND: merge.name, MetaKey.AUDIT: audit.id},
             **common,
         )
 
@@ -123,7 +125,6 @@ class AuditGateway:
             progress = {"rows_done": total - failed_rows, "chunks_done": len(chunks) - failed, "chunks_failed": failed}
             progress["eta_s"] = 0.0 if status == "succeeded" else None
         else:
-            self.sweep()
             status, progress, error = self._live(audit)
         started = audit.started()
         if status in ("queued", "running") and progress["rows_done"] and started:
@@ -180,23 +181,16 @@ class AuditGateway:
             elif status == _FAILED:
                 chunks_failed += 1
             elif status == JobStatus.STARTED.value and meta:
-                rows_done += int(json.loads(meta).get("rows_done", 0))
+                rows_done += int(json.loads(meta).get(MetaKey.ROWS_DONE, 0))
         progress = {"rows_done": rows_done, "chunks_done": chunks_done, "chunks_failed": chunks_failed, "eta_s": None}
         merge = statuses[-1]
         if merge == _FAILED:
             return "failed", progress, self.jobs.error_of(self.jobs.fetch(audit.merge_job))
         if merge is None or (merge in _ENDED and merge != _DONE):
             detail = "the audit's jobs were lost before it was merged"
-            return "failed", progress, _problem(500, "audit_lost", "Audit lost", detail)
+            return "failed", progress, problem_of(job_error(AUDIT_LOST, message=detail))
         running = any(s in _ENDED or s == JobStatus.STARTED.value for s in statuses)
         return ("running" if running else "queued"), progress, None
-
-    def sweep(self) -> None:
-        """Retry (or fail) batch jobs whose worker died: RQ only does so when someone cleans the registry."""
-        try:
-            self.jobs.queue(BATCH).started_job_registry.cleanup()
-        except RedisError as exc:
-            raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
 
     def cancel(self, audit: Audit) -> dict[str, Any]:
         """Cancel an audit: queued chunks are dropped, running ones stop at their next model call.
@@ -235,13 +229,6 @@ class AuditGateway:
 
 def _error(canceled: dict[str, Any] | None, state: dict[str, Any] | None) -> dict[str, Any] | None:
     if canceled is not None:
-        return _problem(409, "canceled", "Canceled", "the audit was canceled")
-    if state is not None and state.get("error"):
-        code = str(state["error"]["code"])
-        return _problem(500 if code in _SERVER_SIDE else 422, code, "Audit failed", str(state["error"]["message"]))
-    return None
-
-
-def _problem(status: int, code: str, title: str, detail: str) -> dict[str, Any]:
-    problem = {"type": f"https://onnxplain.dev/problems/{code}", "title": title, "status": status}
-    return problem | {"detail": detail, "code": code}
+        return problem_of(job_error(CANCELED, message="the audit was canceled"))
+    record = JobError.from_dict(state.get("error")) if state is not None else None
+    return problem_of(record) if record is not None else None

@@ -1,7 +1,7 @@
 """The one place where the API enqueues, reads, waits for and cancels jobs.
 
-Jobs are enqueued by dotted path (``"worker.jobs.explain"``), so the API never
-imports ``worker``. Payloads and results are plain JSON (RQ's JSON
+Jobs are enqueued by the dotted paths of the queue contract (:data:`engine.jobs.JOBS`),
+so the API never imports ``worker``. Payloads and results are plain JSON (RQ's JSON
 serializer, never pickle). A job's id is derived from its payload, so an
 identical request finds the job (and result) that already exists.
 """
@@ -23,12 +23,10 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from engine.errors import Conflict, NotFound, Unavailable
+from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error
 from engine.timestamps import format_utc
-from service.errors import status_of_stored
+from service.errors import problem_of
 
-INTERACTIVE = "interactive"
-BATCH = "batch"
-CANCEL_KEY = "onnxplain:cancel:{}"
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 _STATUS = {
@@ -72,13 +70,13 @@ class JobGateway:
         """Return the RQ queue ``name`` with the JSON serializer."""
         return Queue(name, connection=self.connection, serializer=JSONSerializer)
 
-    def submit(self, func: str, kind: str, payload: dict[str, Any], *, queue: str, timeout: int) -> Job:
-        """Enqueue ``func(payload)`` unless an identical job is queued, running or done.
+    def submit(self, kind: JobKind, payload: dict[str, Any], *, timeout: int) -> Job:
+        """Enqueue a job of ``kind`` on its queue unless an identical job is queued, running or done.
 
         Raises:
             Unavailable: Redis cannot be reached.
         """
-        job_id = job_id_for(kind, payload)
+        job_id = job_id_for(kind.name, payload)
         try:
             try:
                 existing = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
@@ -88,11 +86,11 @@ class JobGateway:
                 ):
                     return existing
                 existing.delete()
-                self.connection.delete(CANCEL_KEY.format(job_id))
+                self.connection.delete(cancel_key(job_id))
             except NoSuchJobError:
                 pass
-            return self.queue(queue).enqueue(
-                func,
+            return self.queue(kind.queue).enqueue(
+                kind.function,
                 payload,
                 job_id=job_id,
                 job_timeout=timeout,
@@ -100,7 +98,7 @@ class JobGateway:
                 failure_ttl=self.failure_ttl,
                 ttl=self.result_ttl,
                 retry=Retry(max=1),
-                meta={"kind": kind, "progress": 0.0},
+                meta={MetaKey.KIND: kind.name, MetaKey.PROGRESS: 0.0},
             )
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
@@ -143,13 +141,13 @@ class JobGateway:
             raise Conflict(f"job {job_id!r} already ended ({_STATUS[status]})", code="job_not_cancelable")
         # Workers run jobs in-process (SimpleWorker), so a running job is
         # stopped cooperatively: its model calls check this flag.
-        self.connection.set(CANCEL_KEY.format(job_id), 1, ex=self.result_ttl)
+        self.connection.set(cancel_key(job_id), 1, ex=self.result_ttl)
         if status != JobStatus.STARTED and status != JobStatus.CANCELED:
             job.cancel()
         return job
 
     def _canceled(self, job_id: str) -> bool:
-        return bool(self.connection.exists(CANCEL_KEY.format(job_id)))
+        return bool(self.connection.exists(cancel_key(job_id)))
 
     def describe(self, job: Job, *, location: str) -> dict[str, Any]:
         """Return the public JSON of a job: status, progress, times, result or error."""
@@ -160,9 +158,9 @@ class JobGateway:
             public = "canceled"
         body: dict[str, Any] = {
             "id": job.id,
-            "kind": meta.get("kind", "job"),
+            "kind": meta.get(MetaKey.KIND, "job"),
             "status": public,
-            "progress": 1.0 if public == "succeeded" else meta.get("progress"),
+            "progress": 1.0 if public == "succeeded" else meta.get(MetaKey.PROGRESS),
             "created_at": _iso(job.created_at),
             "started_at": _iso(job.started_at),
             "ended_at": _iso(job.ended_at),
@@ -175,27 +173,12 @@ class JobGateway:
         return body
 
     def error_of(self, job: Job, *, canceled: bool = False) -> dict[str, Any]:
-        """Return a failed job's error as a problem+json object."""
+        """Return a failed job's error as a problem body, with the status the same failure answers everywhere."""
+        return problem_of(self.record_of(job, canceled=canceled))
+
+    def record_of(self, job: Job, *, canceled: bool = False) -> JobError:
+        """Return why a job failed: canceled, its stored record, or what RQ noted (a worker that died)."""
         if canceled:
-            return _problem(409, "canceled", "Canceled", "the job was canceled")
-        stored = job.get_meta().get("error")
-        if isinstance(stored, dict) and "code" in stored:
-            return _problem(
-                status_of_stored(stored),
-                stored["code"],
-                stored.get("title", "Job failed"),
-                stored.get("message", ""),
-            )
+            return job_error(CANCELED, message="the job was canceled")
         result = job.latest_result()
-        detail = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
-        return _problem(500, "internal_error", "Job failed", detail[0] if detail else "the job failed")
-
-
-def _problem(status: int, code: str, title: str, detail: str) -> dict[str, Any]:
-    return {
-        "type": f"https://onnxplain.dev/problems/{code}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code,
-    }
+        return read_job_error(job.get_meta().get(MetaKey.ERROR), result.exc_string if result is not None else None)

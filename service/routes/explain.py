@@ -6,9 +6,10 @@ from flask import Blueprint, Response, jsonify, url_for
 
 from engine.errors import InvalidRequest
 from engine.explain.run import build_request
+from engine.jobs import JOBS
 from service.bodies import json_object, optional_int
+from service.errors import respond
 from service.extensions import services
-from service.gateways.jobs import INTERACTIVE
 
 bp = Blueprint("explain", __name__)
 
@@ -34,9 +35,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     variant, _ = svc.predictor.resolve(model, variant)
     request = build_request(body, model, svc.settings, variant)
     gateway = svc.jobs()
-    job = gateway.submit(
-        "worker.jobs.explain", "explain", request.to_payload(), queue=INTERACTIVE, timeout=svc.settings.job_timeout_s
-    )
+    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=svc.settings.job_timeout_s)
     gateway.wait(job, min(float(wait), svc.settings.max_wait_s))
     location = url_for("explain.get_job", job_id=job.id)
     view = gateway.describe(job, location=location)
@@ -44,10 +43,8 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     if view["status"] == "succeeded":
         return jsonify(view["result"]), 200, headers
     if view["status"] == "failed":
-        error = view["error"]
-        response = jsonify(error)
-        response.mimetype = "application/problem+json"
-        return response, int(error["status"]), headers
+        response = respond(view["error"])
+        return response, response.status_code, headers
     return jsonify(view), 202, {**headers, "Location": location}
 
 

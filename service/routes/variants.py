@@ -7,11 +7,11 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 
 from engine.errors import Unavailable
+from engine.jobs import JOBS
 from engine.models.store import ModelVersion
 from engine.variants import state as variants
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
-from service.gateways.jobs import BATCH
 
 bp = Blueprint("variants", __name__)
 
@@ -27,9 +27,7 @@ def submit_variant(svc: Services, model: ModelVersion, kind: str) -> dict[str, A
     gateway = svc.jobs()
     payload = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
     current = variants.read_state(model, kind)
-    job = gateway.submit(
-        "worker.jobs.build_variant", "variant", payload, queue=BATCH, timeout=svc.settings.batch_job_timeout_s
-    )
+    job = gateway.submit(JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s)
     if current is None or current["state"] in ("failed", "rejected"):
         variants.write_state(model, kind, "building", error=None, job=job.id)
     return gateway.describe(job, location=url_for("explain.get_job", job_id=job.id))
