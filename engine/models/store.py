@@ -159,7 +159,8 @@ class ModelRegistry:
         target_dir = self.root / name
         target_dir.mkdir(exist_ok=True)
         for _ in range(100):
-            version = max(self.versions(name), default=0) + 1
+            # Numbered past every directory, sealed or not, so a hand-copied version is never overwritten.
+            version = max((int(p.name) for p in target_dir.iterdir() if p.name.isdigit()), default=0) + 1
             try:
                 # rename() onto a missing path is atomic; a concurrent upload
                 # that took this number makes it fail, and we take the next.
@@ -206,7 +207,7 @@ class ModelRegistry:
         directory = self.root / name
         if not NAME_PATTERN.match(name) or not directory.is_dir():
             return []
-        return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "model.onnx").exists())
+        return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and _sealed(p))
 
     def get(self, name: str, version: int | None = None) -> ModelVersion:
         """Return one version (the latest when ``version`` is ``None``).
@@ -225,8 +226,6 @@ class ModelRegistry:
 
     def _load(self, directory: Path, name: str, version: int) -> ModelVersion:
         meta_path = directory / "meta.json"
-        if not meta_path.exists():
-            self._adopt(directory)
         stamp = meta_path.stat().st_mtime
         cached = self._cache.get(directory)
         if cached is not None and cached[0] == stamp:
@@ -268,13 +267,20 @@ class ModelRegistry:
     def scan(self) -> dict[str, str]:
         """Adopt every hand-deployed version; return the ones rejected with why."""
         rejected: dict[str, str] = {}
-        for name in self.names():
-            for version in self.versions(name):
-                try:
-                    self.get(name, version)
-                except (OnnxplainError, OSError, ValueError, KeyError) as exc:
-                    rejected[f"{name}/{version}"] = str(exc)
-                    log.warning("model %s/%s rejected at scan: %s", name, version, exc)
+        if not self.root.exists():
+            return rejected
+        # Only here are unsealed versions probed and sealed: reads (get, versions) never write to the store.
+        for directory in sorted(self.root.glob("*/*")):
+            name, version = directory.parent.name, directory.name
+            if not (NAME_PATTERN.match(name) and version.isdigit() and (directory / "model.onnx").exists()):
+                continue
+            try:
+                if not _sealed(directory):
+                    self._adopt(directory)
+                self.get(name, int(version))
+            except (OnnxplainError, OSError, ValueError, KeyError) as exc:
+                rejected[f"{name}/{version}"] = str(exc)
+                log.warning("model %s/%s rejected at scan: %s", name, version, exc)
         return rejected
 
     def background(self, model: ModelVersion) -> FloatArray:
@@ -292,3 +298,8 @@ class ModelRegistry:
                 self._backgrounds.pop(next(iter(self._backgrounds)))
             self._backgrounds[key] = found
         return found
+
+
+def _sealed(directory: Path) -> bool:
+    """Whether a version directory is servable: its model was probed and its meta written."""
+    return (directory / "model.onnx").exists() and (directory / "meta.json").exists()
