@@ -26,7 +26,8 @@ DEMO = Path(__file__).resolve().parent.parent / "demo"
 def _rows(source: str) -> list[Any]:
     text = sys.stdin.read() if source == "-" else Path(source).read_text() if Path(source).exists() else source
     data = json.loads(text)
-    return data["instances"] if isinstance(data, dict) else data
+    rows: list[Any] = data["instances"] if isinstance(data, dict) else data
+    return rows
 
 
 def _params(items: list[str]) -> dict[str, Any]:
