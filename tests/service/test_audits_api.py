@@ -329,7 +329,7 @@ def test_a_worker_killed_mid_chunk_loses_and_duplicates_no_row(worker_env, live_
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
         survivor = _worker(env, "survivor")
-        audit = poll(client, response.headers["Location"], timeout=150)  # each GET sweeps abandoned jobs
+        audit = poll(client, response.headers["Location"], timeout=150)  # the survivor sweeps the dead one's job
         assert audit["status"] == "succeeded", audit
         assert audit["summary"]["failed_rows"] == 0 and audit["progress"]["chunks_done"] == 4
         rows = pd.read_parquet(io.BytesIO(client.get(f"{audit['location']}/rows").data))
