@@ -97,9 +97,6 @@ class Settings:
     """Execution providers: ``auto`` (CUDA when present, else CPU) or a
     comma-separated list of onnxruntime provider names."""
 
-    exact_max_features: int = 14
-    """Most features for which ``exact`` enumerates every coalition."""
-
     max_explain_rows: int = 100
     """Most rows in one explain request (audits take more, in chunks)."""
 

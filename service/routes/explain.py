@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, url_for
 
 from engine.errors import InvalidRequest
-from engine.explain.run import build_request
+from engine.explain.plan import build_request
 from engine.jobs import JOBS
 from service.bodies import json_object, optional_int
 from service.errors import respond
