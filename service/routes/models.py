@@ -24,7 +24,7 @@ def model_resource(model: ModelVersion) -> dict[str, Any]:
     """Return the public JSON of a model version, with its other versions."""
     body = model.to_dict()
     body["versions"] = services().registry.versions(model.name)
-    body["variants"] = variants.list_variants(model)
+    body["variants"] = [v.to_dict() for v in variants.list_variants(model)]
     return body
 
 
