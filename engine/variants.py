@@ -68,11 +68,19 @@ def publish(model: ModelVersion, kind: str, onnx_bytes: bytes) -> Path:
 
 
 def list_variants(model: ModelVersion) -> list[dict[str, Any]]:
-    """Return the state document of every requested variant of ``model``."""
+    """Return the state document of every requested variant of ``model``.
+
+    A measured variant says whether its report was made on this kind of CPU
+    (``measured_on_this_cpu``); ``fastest`` trusts only those.
+    """
+    from engine.hardware import host_cpu, same_kind
+
     found = []
     for kind in KINDS:
         state = read_state(model, kind)
         if state is not None:
+            if isinstance(state.get("report"), dict):
+                state["measured_on_this_cpu"] = same_kind(state["report"].get("measured_on"), host_cpu())
             found.append(state)
     return found
 
