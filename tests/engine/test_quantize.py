@@ -18,8 +18,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from engine.errors import ExplanationFailed, InvalidRequest, ModelRejected
-from engine.hardware import profile_from
 from engine.fidelity import measure_variant
+from engine.hardware import profile_from
 from engine.quantize import VARIANT_KINDS, build_variant, has_quantizable_ops
 from tests.engine import quantize_models as models
 from tests.engine.quantize_models import FEATURES, Model
