@@ -159,7 +159,7 @@ def passes_gate(
 
 
 def pick_fastest(
-    reports: Mapping[str, Mapping[str, Any]], task: str, host: CpuProfile | None = None, **gate: float
+    reports: Mapping[str, Mapping[str, Any]], task: str, *, host: CpuProfile | None = None, **gate: float
 ) -> str:
     """Return the variant ``fastest`` should serve, ``"fp32"`` when none qualifies.
 
