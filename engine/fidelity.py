@@ -159,7 +159,12 @@ def passes_gate(
 
 
 def pick_fastest(
-    reports: Mapping[str, Mapping[str, Any]], task: str, *, host: CpuProfile | None = None, **gate: float
+    reports: Mapping[str, Mapping[str, Any]],
+    task: str,
+    *,
+    host: CpuProfile | None = None,
+    min_top1: float = 0.99,
+    max_norm_error: float = 0.02,
 ) -> str:
     """Return the variant ``fastest`` should serve, ``"fp32"`` when none qualifies.
 
@@ -172,7 +177,8 @@ def pick_fastest(
         reports: Variant name → its :func:`measure_variant` report.
         task: The model's task.
         host: The CPU that would serve (default: this host).
-        **gate: ``min_top1`` / ``max_norm_error`` for :func:`passes_gate`.
+        min_top1: The gate's least top-1 agreement (see :func:`passes_gate`).
+        max_norm_error: The gate's largest normalised error.
     """
     host = host or host_cpu()
     best, best_gain = "fp32", 0.0
@@ -181,7 +187,7 @@ def pick_fastest(
             continue
         speedup = report["latency"]["speedup"]
         gain = min(float(speedup["single_row"]), float(speedup["batch"]))
-        if gain >= 1.0 and gain > best_gain and passes_gate(report, task, **gate)[0]:
+        if gain >= 1.0 and gain > best_gain and passes_gate(report, task, min_top1, max_norm_error)[0]:
             best, best_gain = name, gain
     return best
 

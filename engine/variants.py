@@ -117,7 +117,7 @@ def resolve(model: ModelVersion, requested: str, gate: dict[str, float]) -> str:
         return "fp32"
     ready = {s["kind"]: s["report"] for s in list_variants(model) if s["state"] == "ready"}
     if requested == "fastest":
-        return pick_fastest(ready, model.card.task, **gate)
+        return pick_fastest(ready, model.card.task, min_top1=gate["min_top1"], max_norm_error=gate["max_norm_error"])
     options = [k for k in ALIASES.get(requested, (requested,)) if k in ready]
     if not options:
         raise NotFound(
@@ -125,7 +125,12 @@ def resolve(model: ModelVersion, requested: str, gate: dict[str, float]) -> str:
             code="variant_not_found",
             field="variant",
         )
-    fastest = pick_fastest({k: ready[k] for k in options}, model.card.task, **gate)
+    fastest = pick_fastest(
+        {k: ready[k] for k in options},
+        model.card.task,
+        min_top1=gate["min_top1"],
+        max_norm_error=gate["max_norm_error"],
+    )
     return fastest if fastest != "fp32" else options[0]
 
 
