@@ -179,7 +179,9 @@ def test_fastest_does_not_trust_a_report_from_another_kind_of_cpu() -> None:
     for measured_on in (other.to_dict(), older.to_dict(), None):
         assert pick_fastest({"int8_static": {**fast, "measured_on": measured_on}}, "classification") == "fp32"
     # Served from the other CPU, the same report is trusted there and not here.
-    assert pick_fastest({"int8_static": {**fast, "measured_on": other.to_dict()}}, "classification", host=other) != "fp32"
+    assert (
+        pick_fastest({"int8_static": {**fast, "measured_on": other.to_dict()}}, "classification", host=other) != "fp32"
+    )
 
 
 def test_gate_rejects_an_unknown_task() -> None:
