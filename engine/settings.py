@@ -107,6 +107,15 @@ class Settings:
     """Most model rows one explain request may cost (rows × samples × background),
     estimated before it is queued; more is 422 ``too_expensive``."""
 
+    def __post_init__(self) -> None:
+        # Made absolute once, against the working directory at start: Flask's send_file
+        # resolves a relative path against the app package, so var/audits/... was served
+        # from service/var/audits/... (a 500). No other module needs to think about it.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path) and not value.is_absolute():
+                object.__setattr__(self, f.name, value.expanduser().absolute())
+
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -46,6 +46,8 @@ class VariantState:
         error: ``{code, message}`` when it failed.
         report: The fidelity and speed report, once measured.
         gate: Why the gate passed or rejected it.
+        measured_on_this_cpu: Whether its report was made on this kind of CPU (set when listed, not stored);
+            ``fastest`` trusts only those.
     """
 
     kind: str
@@ -56,6 +58,7 @@ class VariantState:
     error: dict[str, Any] | None = None
     report: dict[str, Any] | None = None
     gate: Any = None
+    measured_on_this_cpu: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -66,7 +69,7 @@ class VariantState:
     def to_dict(self) -> dict[str, Any]:
         """The state as stored and shown (``openapi.yaml``'s Variant)."""
         out: dict[str, Any] = {"kind": self.kind, "created": self.created, **self.extra}
-        for name in ("job", "error", "report", "gate"):
+        for name in ("job", "error", "report", "gate", "measured_on_this_cpu"):
             value = getattr(self, name)
             if value is not None or name == "error":
                 out[name] = value
@@ -117,11 +120,19 @@ def publish(model: ModelVersion, kind: str, onnx_bytes: bytes) -> Path:
 
 
 def list_variants(model: ModelVersion) -> list[VariantState]:
-    """Return the state of every requested variant of ``model``."""
+    """Return the state of every requested variant of ``model``.
+
+    A measured variant says whether its report was made on this kind of CPU
+    (``measured_on_this_cpu``); ``fastest`` trusts only those.
+    """
+    from engine.runtime.hardware import host_cpu, same_kind
+
     found = []
     for kind in VARIANT_KINDS:
         state = read_state(model, kind)
         if state is not None:
+            if isinstance(state.report, dict):
+                state = replace(state, measured_on_this_cpu=same_kind(state.report.get("measured_on"), host_cpu()))
             found.append(state)
     return found
 
@@ -158,7 +169,7 @@ def resolve(model: ModelVersion, requested: str, gate: dict[str, float]) -> str:
         return "fp32"
     ready = {s.kind: s.report or {} for s in list_variants(model) if s.state is State.READY}
     if requested == "fastest":
-        return pick_fastest(ready, model.card.task, **gate)
+        return pick_fastest(ready, model.card.task, min_top1=gate["min_top1"], max_norm_error=gate["max_norm_error"])
     options = [k for k in ALIASES.get(requested, (requested,)) if k in ready]
     if not options:
         raise NotFound(
@@ -166,7 +177,12 @@ def resolve(model: ModelVersion, requested: str, gate: dict[str, float]) -> str:
             code="variant_not_found",
             field="variant",
         )
-    fastest = pick_fastest({k: ready[k] for k in options}, model.card.task, **gate)
+    fastest = pick_fastest(
+        {k: ready[k] for k in options},
+        model.card.task,
+        min_top1=gate["min_top1"],
+        max_norm_error=gate["max_norm_error"],
+    )
     return fastest if fastest != "fp32" else options[0]
 
 
