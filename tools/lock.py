@@ -38,6 +38,8 @@ LOCKED_EXTRAS = ("explain", "gradients")
 """Extras ``make setup`` installs (``gpu`` is left out: onnxruntime-gpu replaces onnxruntime)."""
 LOCKED_GROUPS = ("tests", "typing", "dev")
 """Dependency groups ``make setup`` installs."""
+EDITABLE_BUILD_REQUIRES = ("editables>=0.5",)
+"""What hatchling asks for to build ``pip install -e .`` (make setup builds it without isolation)."""
 TARGET = ("Linux", "x86_64", (3, 11))
 """The platform, machine and Python the lock is resolved for."""
 
@@ -69,13 +71,13 @@ def direct_requirements(pyproject: Path = PYPROJECT) -> list[str]:
         pyproject: the project file to read.
 
     Returns:
-        The build-system requires, the project's dependencies, the locked extras and
+        The build-system requires (and hatchling's editable ones), the project's dependencies, the locked extras and
         the locked groups, each requirement once.
     """
     data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
     extras = data["project"].get("optional-dependencies", {})
     groups = data.get("dependency-groups", {})
-    lines = [*data["build-system"]["requires"], *data["project"]["dependencies"]]
+    lines = [*data["build-system"]["requires"], *EDITABLE_BUILD_REQUIRES, *data["project"]["dependencies"]]
     for extra in LOCKED_EXTRAS:
         lines += extras[extra]
     for group in LOCKED_GROUPS:
