@@ -242,6 +242,32 @@ def test_agrees_with_shap_kernel_explainer_at_large_budgets(mlp10: tuple[Counted
         assert np.all(np.abs(ours - theirs).max(axis=0) <= tolerance * np.maximum(scale, 1.0))
 
 
+def test_background_rows_keep_enumeration_exact_and_the_error_honest(
+    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+) -> None:
+    f, X, B = mlp10
+    sub = KernelEstimator(f, B, background_rows=5)
+    whole = sub.explain(X[0], budget=2**10 - 2, seed=0)
+    assert whole.complete and whole.evaluations == (2**10 - 2) * len(B)
+    np.testing.assert_allclose(whole.values, brute_force_shapley(f, X[0], B)[1], rtol=0, atol=1e-9)
+    truth = np.stack([brute_force_shapley(f, x, B)[1][:, 1] for x in X[:3]])
+    errors, std_errors, means = [], [], []
+    for seed in range(20):
+        for i, e in enumerate(sub.explain_rows(X[:3], budget=300, seed=seed)):
+            assert not e.complete and e.evaluations <= 300 * len(B) + 2 * 5
+            assert e.coalitions > 300  # cheaper coalitions: more of them for the same model rows
+            np.testing.assert_allclose(e.values.sum(axis=0), e.output_value - e.base_value, rtol=0, atol=1e-12)
+            errors.append(np.abs(e.values[:, 1] - truth[i]))
+            std_errors.append(e.std_errors[:, 1])
+            means.append(e.values[:, 1] - truth[i])
+    error, se = np.array(errors), np.array(std_errors)
+    assert np.mean(error <= se) >= 0.6
+    assert np.mean(error <= 2 * se) >= 0.9
+    # Unbiased: the mean over seeds is within a few of its own standard errors of the truth.
+    bias = np.abs(np.array(means).reshape(20, 3, -1).mean(axis=0))
+    assert np.all(bias <= 4 * se.reshape(20, 3, -1).mean(axis=0) / np.sqrt(20) + 1e-12)
+
+
 # --------------------------------------------------------------------------- pieces
 
 
@@ -249,13 +275,27 @@ def test_allocation_enumerates_the_outer_sizes_first() -> None:
     # p = 10: pairs per size 10, 45, 120, 210 and 126 (the middle size's unordered pairs).
     units = [10, 45, 120, 210, 126]
     kernel = [2 * 9 / (s * (10 - s)) for s in range(1, 5)] + [9 / 25]
-    target = allocate(units, kernel, 200)
-    assert (
-        target[:2] == [10, 45] and sum(target) == 200 and all(t < u for t, u in zip(target[2:], units[2:], strict=True))
-    )
-    assert allocate(units, [2, 2, 2, 2, 1], 20) == [5, 5, 4, 4, 2]  # leverage: the same mass per size
-    assert allocate(units, kernel, 10_000) == units
-    assert allocate(units, kernel, 60, current=[10, 45, 30, 0, 0])[2] == 30
+    target, enumerated = allocate(units, kernel, 200)
+    assert target[:2] == [10, 45] and enumerated == [True, True, False, False, False]
+    assert sum(target) == 200 and all(t < u for t, u in zip(target[2:], units[2:], strict=True))
+    assert allocate(units, [2, 2, 2, 2, 1], 20)[0] == [5, 5, 4, 4, 2]  # leverage: the same mass per size
+    assert allocate(units, kernel, 10_000) == (units, [True] * 5)
+    assert allocate(units, kernel, 60, current=[10, 45, 30, 0, 0])[0][2] == 30
+
+
+def test_allocation_with_cheaper_sampled_pairs() -> None:
+    # p = 20; a sampled pair on a tenth of the background costs a tenth: ten times the pairs,
+    # but enumeration (which needs every row) only where the share pays for it whole.
+    units = [math.comb(20, s) for s in range(1, 10)] + [math.comb(20, 10) // 2]
+    masses = [2.0] * 9 + [1.0]
+    target, enumerated = allocate(units, masses, 1000, sample_cost=0.1)
+    assert enumerated == [True] + [False] * 9 and target[:3] == [20, 190, 1140]
+    assert 20 + 0.1 * sum(target[1:]) == pytest.approx(1000, abs=0.1)
+    # Budget left once every stratum is covered makes the small ones exact; frozen ones stay sampled.
+    small = [10, 45, 120, 210, 126]
+    assert allocate(small, [2, 2, 2, 2, 1], 110, sample_cost=0.1) == (small, [True, True, False, False, False])
+    frozen, whole = allocate(small, [2, 2, 2, 2, 1], 1000, sample_cost=0.1, sampled=[True] * 5)
+    assert frozen == small and not any(whole)
 
 
 @pytest.mark.parametrize("dof", [5, 8, 20, 100, 1000])
