@@ -149,7 +149,7 @@ class _Stratum:
     drawn: list[BoolArray] = field(default_factory=list)
     inside: list[FloatArray] = field(default_factory=list)
     outside: list[FloatArray] = field(default_factory=list)
-    keys: set[bytes] = field(default_factory=set)
+    seen: npt.NDArray[np.void] = field(default_factory=lambda: np.zeros(0, dtype=np.dtype((np.void, 1))))
     partial: bool = False
     evaluations: int = 0
 
@@ -635,14 +635,14 @@ def _inverse(a: FloatArray) -> FloatArray:
 def _sample(rng: np.random.Generator, p: int, stratum: _Stratum, count: int) -> BoolArray:
     """Draw ``count`` new pairs of ``stratum`` uniformly without replacement; return their size-``s`` members."""
     s = stratum.size
-    left = stratum.units - len(stratum.keys)
+    left = stratum.units - len(stratum.seen)
     count = min(count, left)
     if stratum.units <= ENUMERATE_UNITS or count * 2 >= left:
         every = _all_units(p, stratum)
         keys = _keys(every)
-        fresh = np.array([key not in stratum.keys for key in keys], dtype=bool)
-        pick = rng.choice(np.flatnonzero(fresh), size=count, replace=False)
-        stratum.keys.update(keys[i] for i in pick)
+        fresh = np.flatnonzero(~np.isin(keys, stratum.seen)) if len(stratum.seen) else np.arange(len(every))
+        pick = rng.choice(fresh, size=count, replace=False)
+        stratum.seen = np.concatenate([stratum.seen, keys[pick]]) if len(stratum.seen) else keys[pick]
         chosen: BoolArray = every[pick]
         return chosen
     out: list[BoolArray] = []
@@ -655,15 +655,15 @@ def _sample(rng: np.random.Generator, p: int, stratum: _Stratum, count: int) -> 
         np.put_along_axis(masks, idx, True, axis=1)
         if stratum.half:
             masks[~masks[:, 0]] ^= True  # the member holding player 0 names the pair
-        for mask, key in zip(masks, _keys(masks), strict=True):
-            if key in stratum.keys:
-                continue
-            stratum.keys.add(key)
-            out.append(mask)
-            got += 1
-            if got == count:
-                break
-    return np.array(out, dtype=bool).reshape(-1, p)
+        keys = _keys(masks)
+        first = np.sort(np.unique(keys, return_index=True)[1])  # first draw of each, in draw order
+        if len(stratum.seen):
+            first = first[~np.isin(keys[first], stratum.seen)]
+        first = first[:want]
+        stratum.seen = np.concatenate([stratum.seen, keys[first]]) if len(stratum.seen) else keys[first]
+        out.append(masks[first])
+        got += len(first)
+    return np.concatenate(out) if out else np.zeros((0, p), dtype=bool)
 
 
 def _all_units(p: int, stratum: _Stratum) -> BoolArray:
@@ -680,9 +680,11 @@ def _all_units(p: int, stratum: _Stratum) -> BoolArray:
     return masks
 
 
-def _keys(masks: BoolArray) -> list[bytes]:
-    packed = np.packbits(masks, axis=1)
-    return [r.tobytes() for r in packed]
+def _keys(masks: BoolArray) -> npt.NDArray[np.void]:
+    """One opaque, comparable key per mask (its packed bits)."""
+    packed = np.ascontiguousarray(np.packbits(masks, axis=1))
+    keys: npt.NDArray[np.void] = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    return keys
 
 
 def _balanced_rows(rng: np.random.Generator, pairs: int, m: int, r: int) -> npt.NDArray[np.intp]:
