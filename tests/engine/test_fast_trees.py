@@ -85,9 +85,12 @@ def test_margin_is_the_exact_interventional_shapley_value(
         base, truth = brute_force_shapley(f, x, background)
         np.testing.assert_allclose(margins[i], truth, rtol=0, atol=1e-6)
         np.testing.assert_allclose(ensemble.matrix @ expected + ensemble.offset, base, rtol=0, atol=1e-6)
-    # Exactly additive on the trees' own scores.
+    # Exactly additive on the trees' own scores, which the one-pass routing reproduces.
     scores = ensemble.scores(ensemble.prepare(rows))
     np.testing.assert_allclose(expected + phi.sum(axis=1), scores, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        trees.scores(ensemble.prepare(X[:50])), ensemble.scores(ensemble.prepare(X[:50])), atol=1e-12
+    )
 
 
 def test_per_reference_values_average_to_the_margin(models: dict[str, tuple[onnx.ModelProto, np.ndarray]]) -> None:

@@ -219,6 +219,16 @@ class InterventionalTrees:
         for e, rows in enumerate(members):
             self.membership[e, rows] = 1.0
 
+    def scores(self, Z: FloatArray) -> FloatArray:
+        """The ensemble's summed leaf weights plus base, ``(n, scores)``, routed in one pass over every split."""
+        Z = np.asarray(Z, dtype=np.float64)
+        base = np.tile(self.ensemble.base, (len(Z), 1))
+        if not len(self.paths.slot_leaf):
+            return base
+        reach = np.logical_and.reduceat(self.paths.satisfied(Z), self.paths.leaf_slots[:-1], axis=1)
+        out: FloatArray = base + reach @ self.paths.leaf_value
+        return out
+
     def margin(self, Z: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Interventional TreeSHAP values of the scores.
 
