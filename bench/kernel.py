@@ -75,9 +75,10 @@ class Model:
         self.batches: list[int] = []
 
     def __call__(self, X: FloatArray) -> FloatArray:
-        X = np.asarray(X, dtype=np.float64).reshape(-1, np.shape(X)[-1])
+        X = np.asarray(X)
+        X = X.reshape(-1, X.shape[-1])
         self.batches.append(len(X))
-        (y,) = self.session.run(["probabilities"], {self.input: X.astype(np.float32)})
+        (y,) = self.session.run(["probabilities"], {self.input: X.astype(np.float32, copy=False)})
         return np.asarray(y, dtype=np.float64)
 
     def replay(self, batches: list[int], pool: FloatArray) -> float:
@@ -134,7 +135,7 @@ def build(name: str, d: int, rows: int) -> Case:
 
 
 def ours(case: Case, background_rows: int | None) -> Explain:
-    estimator = KernelEstimator(case.model, case.background, background_rows=background_rows)
+    estimator = KernelEstimator(case.model, case.background, background_rows=background_rows, dtype=np.float32)
 
     def run(x: FloatArray, evaluations: int, seed: int) -> FloatArray:
         return estimator.explain(x, budget=evaluations // BACKGROUND, seed=seed).values[:, 1]

@@ -31,9 +31,11 @@ class Counted:
         self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         self.name = self.session.get_inputs()[0].name
         self.calls: list[int] = []
+        self.dtypes: set[np.dtype] = set()
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
         self.calls.append(len(z))
+        self.dtypes.add(np.asarray(z).dtype)
         y = self.session.run(["probabilities"], {self.name: np.asarray(z, dtype=np.float32)})[0]
         return np.asarray(y, dtype=np.float64).reshape(len(z), -1)
 
@@ -188,6 +190,18 @@ def test_coalitions_of_all_rows_go_to_the_model_in_few_large_calls(
     f.calls.clear()
     small.explain_rows(X[:4], budget=500, seed=0)
     assert max(f.calls[1:]) <= 100 * len(B) and sum(f.calls[1:]) == coalitions * len(B)
+
+
+def test_float32_coalition_rows_give_the_same_answer_for_a_float32_model(
+    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+) -> None:
+    f, X, B = mlp10
+    wide = KernelEstimator(f, B, background_rows=5).explain(X[0], budget=300, seed=4)
+    f.dtypes.clear()
+    narrow = KernelEstimator(f, B, background_rows=5, dtype=np.float32).explain(X[0], budget=300, seed=4)
+    assert np.dtype(np.float32) in f.dtypes
+    np.testing.assert_array_equal(narrow.values, wide.values)
+    np.testing.assert_array_equal(narrow.std_errors, wide.std_errors)
 
 
 def test_budget_below_two_coalitions_per_player_is_refused(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
