@@ -38,14 +38,19 @@ Sampling:
 Background rows per coalition (``background_rows=r``, default all): at a
 fixed number of model evaluations, a sampled pair may be evaluated on ``r``
 background rows instead of all ``m``, buying ``m / r`` times as many
-coalitions. ``v̂(S)`` over ``r`` rows is unbiased for ``v(S)``; its noise is
-cut by a control variate (the chosen rows' own mean output ``f̄_R`` is known
-and ``E f̄_R = E f(B)``; a coalition of ``s`` of ``p`` players gets
-``v̂ − (1 − s/p)(f̄_R − E f(B))``) and by dealing the rows out in shuffled
-rounds so each serves equally often. Enumerated strata always use every
-row, so they stay exact. Measured on 30- and 100-feature MLPs with 100
-background rows, ``r = 10`` gave 0.35–0.6 × the error of the whole
-background at the same model evaluations (``bench/kernel.py``).
+coalitions. ``v̂(S)`` over ``r`` rows is unbiased for ``v(S)``; its noise
+(which dominates once the pairs are many) is cut by two control variates
+whose mean over the rows is 0: a linear surrogate ``g(z) = wᵀz`` (least
+squares on the row's first batch of model rows) gives
+``Σ_{j∉S} w_j (b̄_{R,j} − b̄_j)``, the part of the rows' pull that ``g``
+explains; the rest of the rows' own output drift ``f̄_R − E f(B)`` enters
+with ``(1 − s/p)`` (a coalition of ``s`` of ``p`` players keeps about that
+share of it). The rows are dealt out in shuffled rounds so each serves
+equally often. Enumerated strata always use every row, so they stay exact.
+Measured on 30- and 100-feature MLPs with 100 background rows at 2 × 10⁵
+model evaluations per row, ``r = 10`` gave about half shap's error
+(``bench/kernel.py``); without the linear control variate the background
+noise dominated (0.68 × shap's error on the 30-feature model, 0.53 × with it).
 
 Standard error: the solve is a smooth function of the stratum totals of
 ``A`` and ``b``; linearising it gives each sampled pair ``j`` an influence
@@ -102,6 +107,9 @@ MAX_BATCH_VALUES = 1 << 24
 
 ENUMERATE_UNITS = 20_000
 """Strata with at most this many pairs are listed and sampled by index; larger ones by rejection."""
+
+SURROGATE_ROWS = 20_000
+"""At most this many model rows of a row's first batch fit its linear control variate."""
 
 FIRST_ROUND_SHARE = 16
 """``tolerance`` mode: the first round spends ``budget / FIRST_ROUND_SHARE`` coalitions."""
@@ -177,6 +185,7 @@ class _Row:
     strata: list[_Stratum]
     fx: FloatArray
     blocks: list[_Block] = field(default_factory=list)
+    surrogate: FloatArray | None = None
     estimate: KernelEstimate | None = None
 
 
@@ -351,6 +360,7 @@ class KernelEstimator:
         self.rows_per_call = max(len(self.background), min(max_batch_rows, MAX_BATCH_VALUES // max(d, 1)))
         self.background_output = np.asarray(self.f(self.background), dtype=np.float64).reshape(m, -1)
         self.base_value = self.background_output.mean(axis=0)
+        self.background_mean = self.background.mean(axis=0)
 
     @property
     def players(self) -> int:
@@ -510,7 +520,10 @@ class KernelEstimator:
                 offset += 2 * count * r
             y = np.asarray(self.f(buffer), dtype=np.float64).reshape(size, k)
             offset = 0
-            for _, block, _, count, r in call:
+            for row_, block, _, count, r in call:
+                if block.background is not None and row_.surrogate is None:
+                    take = slice(offset, offset + min(2 * count * r, SURROGATE_ROWS))
+                    row_.surrogate = _fit_linear(buffer[take].astype(np.float64), y[take])
                 results[id(block)].append(y[offset : offset + 2 * count * r].reshape(2 * count, r, k).mean(axis=1))
                 offset += 2 * count * r
         for row in rows:
@@ -521,12 +534,24 @@ class KernelEstimator:
                 outside = np.concatenate([part[len(part) // 2 :] for part in parts])
                 assert len(inside) == n
                 if block.background is not None:
-                    # Control variate: the chosen rows' own mean output is known, and E of its drift is 0; a
-                    # coalition of s of p players keeps about (1 − s/p) of it.
+                    # Control variates with mean 0 over the dealt rows: a linear surrogate's response to the
+                    # rows' features on S̄ (S for the complement), then (1 − s/p) of the rest of their drift.
                     drift = self.background_output[block.background].mean(axis=1) - self.base_value
                     share = block.stratum.size / len(row.players)
-                    inside = inside - (1 - share) * drift
-                    outside = outside - share * drift
+                    if row.surrogate is not None:
+                        w = row.surrogate  # (d, k)
+                        D = self.background[block.background].mean(axis=1) - self.background_mean  # (n, d)
+                        cols = np.zeros((n, self.players), dtype=bool)
+                        cols[:, row.players] = block.pairs
+                        z = cols[:, self.column_player]
+                        lin_in = (D * ~z) @ w  # rows from b on S̄
+                        lin_out = (D * z) @ w
+                        resid = drift - D @ w
+                        inside = inside - lin_in - (1 - share) * resid
+                        outside = outside - lin_out - share * resid
+                    else:
+                        inside = inside - (1 - share) * drift
+                        outside = outside - share * drift
                 block.stratum.inside.append(inside)
                 block.stratum.outside.append(outside)
 
@@ -707,3 +732,13 @@ def _balanced_rows(rng: np.random.Generator, pairs: int, m: int, r: int) -> npt.
     rounds = -(-pairs // per_round)
     order = np.argsort(rng.random((rounds, m)), axis=1)[:, : per_round * r]
     return order.reshape(rounds * per_round, r)[:pairs].astype(np.intp)
+
+
+def _fit_linear(rows: FloatArray, y: FloatArray) -> FloatArray:
+    """Least-squares slopes ``(d, k)`` of ``y`` on ``rows`` (with an intercept, a little ridge)."""
+    centred = rows - rows.mean(axis=0)
+    target = y - y.mean(axis=0)
+    gram = centred.T @ centred
+    gram[np.diag_indices_from(gram)] += 1e-6 * (np.trace(gram) / max(len(gram), 1) + 1e-12)
+    slopes: FloatArray = np.linalg.solve(gram, centred.T @ target)
+    return slopes

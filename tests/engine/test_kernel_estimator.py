@@ -200,8 +200,9 @@ def test_float32_coalition_rows_give_the_same_answer_for_a_float32_model(
     f.dtypes.clear()
     narrow = KernelEstimator(f, B, background_rows=5, dtype=np.float32).explain(X[0], budget=300, seed=4)
     assert np.dtype(np.float32) in f.dtypes
-    np.testing.assert_array_equal(narrow.values, wide.values)
-    np.testing.assert_array_equal(narrow.std_errors, wide.std_errors)
+    # The same model inputs; only the control variate's surrogate is fitted on float32-rounded rows.
+    np.testing.assert_allclose(narrow.values, wide.values, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(narrow.std_errors, wide.std_errors, rtol=1e-3)
 
 
 def test_budget_below_two_coalitions_per_player_is_refused(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
