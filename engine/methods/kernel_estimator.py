@@ -617,6 +617,10 @@ class KernelEstimator:
         se = np.zeros((p, k))
         for out in range(k):
             a, b_ = res_in[:, out], res_out[:, out]
+            twin = _proportional(res_in, res_out, out)
+            if twin is not None:  # e.g. two class probabilities that add up to one: same error, no second pass
+                se[:, out] = se[:, twin[0]] * abs(twin[1])
+                continue
             T = (a - b_)[:, None] * Z1 + b_[:, None]
             scaled = []
             for ids, n_h, N_h in groups:
@@ -639,6 +643,20 @@ class KernelEstimator:
             _conv(tolerance, float(se.max())),
             dof,
         )
+
+
+def _proportional(res_in: FloatArray, res_out: FloatArray, out: int) -> tuple[int, float] | None:
+    """An earlier output whose residuals are ``c ×`` this one's, as ``(index, c)``, or ``None``."""
+    a = np.concatenate([res_in[:, out], res_out[:, out]])
+    for earlier in range(out):
+        b = np.concatenate([res_in[:, earlier], res_out[:, earlier]])
+        scale = float(b @ b)
+        if scale == 0:
+            continue
+        c = float(a @ b) / scale
+        if np.allclose(a, c * b, rtol=0, atol=1e-12 * (1 + float(np.abs(a).max()))):
+            return earlier, c
+    return None
 
 
 def _conv(tolerance: float | None, worst: float) -> bool | None:
