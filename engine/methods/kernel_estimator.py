@@ -72,7 +72,7 @@ replacement, so the final sample is one stratified design.
 
 All coalitions of a round, for every row explained, are evaluated together
 (``len(coalitions) × len(background)`` model rows) in as few calls of ``f`` as
-:data:`MAX_BATCH_VALUES` allows. Framework-free: numpy and ``engine.errors``.
+:data:`MAX_BATCH_VALUES` allows. Framework-free: numpy, ``engine.errors`` and the array aliases.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from engine.arrays import BoolArray, FloatArray, IndexArray
 from engine.errors import InvalidRequest
 
 __all__ = [
@@ -97,8 +98,6 @@ __all__ = [
     "t_widening",
 ]
 
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 ModelFn = Callable[[FloatArray], FloatArray]
 Sampling = Literal["leverage", "kernel"]
 
@@ -172,7 +171,7 @@ class _Block:
 
     stratum: _Stratum
     pairs: BoolArray
-    background: npt.NDArray[np.intp] | None  # (pairs, r) row indices; None: the whole background
+    background: IndexArray | None  # (pairs, r) row indices; None: the whole background
 
 
 @dataclass
@@ -180,7 +179,7 @@ class _Row:
     """One row's state across rounds."""
 
     x: FloatArray
-    players: npt.NDArray[np.intp]
+    players: IndexArray
     rng: np.random.Generator
     strata: list[_Stratum]
     fx: FloatArray
@@ -572,7 +571,7 @@ class KernelEstimator:
         inside: list[FloatArray] = []
         outside: list[FloatArray] = []
         weights: list[FloatArray] = []
-        spans: list[tuple[npt.NDArray[np.intp], int, float]] = []  # pair indices, n_h, N_h per stratum
+        spans: list[tuple[IndexArray, int, float]] = []  # pair indices, n_h, N_h per stratum
         units = 0
         for st in row.strata:
             if not st.drawn:
@@ -664,11 +663,11 @@ def _conv(tolerance: float | None, worst: float) -> bool | None:
 
 
 def _pooled(
-    spans: list[tuple[npt.NDArray[np.intp], int, float]],
-) -> list[tuple[npt.NDArray[np.intp], int, float]]:
+    spans: list[tuple[IndexArray, int, float]],
+) -> list[tuple[IndexArray, int, float]]:
     """The sampled (not enumerated) strata, a stratum of one pair pooled with its neighbour (collapsed strata)."""
     sampled = [span for span in spans if span[1] < span[2]]
-    out: list[tuple[npt.NDArray[np.intp], int, float]] = []
+    out: list[tuple[IndexArray, int, float]] = []
     for ids, n_h, N_h in sampled:
         if out and (out[-1][1] < 2 or n_h < 2):
             last_ids, last_n, last_N = out.pop()
@@ -744,7 +743,7 @@ def _keys(masks: BoolArray) -> npt.NDArray[np.void]:
     return keys
 
 
-def _balanced_rows(rng: np.random.Generator, pairs: int, m: int, r: int) -> npt.NDArray[np.intp]:
+def _balanced_rows(rng: np.random.Generator, pairs: int, m: int, r: int) -> IndexArray:
     """``(pairs, r)`` background rows: chunks of shuffled rounds of all ``m``, so each row serves equally often."""
     per_round = m // r
     rounds = -(-pairs // per_round)

@@ -37,12 +37,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
-from engine.trees import FloatArray, TreeEnsemble
-
-IntArray = npt.NDArray[np.intp]
-BoolArray = npt.NDArray[np.bool_]
+from engine.arrays import BoolArray, FloatArray, IndexArray
+from engine.methods.trees.model import TreeEnsemble
 
 ROW_CHUNK_PAIRS = 1 << 22
 """Row × (leaf, slot) entries handled per numpy pass; bounds memory for many rows."""
@@ -57,17 +54,17 @@ class _Paths:
     index) and whether the path goes left there.
     """
 
-    node_feature: IntArray
+    node_feature: IndexArray
     node_threshold: FloatArray
     node_default_left: BoolArray
     leaf_value: FloatArray  # (leaves, scores)
-    slot_leaf: IntArray
-    slot_feature: IntArray
-    test_slot: IntArray
-    test_node: IntArray
+    slot_leaf: IndexArray
+    slot_feature: IndexArray
+    test_slot: IndexArray
+    test_node: IndexArray
     test_left: BoolArray
-    leaf_slots: IntArray  # (leaves + 1,) slot offsets: leaf l owns slots leaf_slots[l]:leaf_slots[l+1]
-    slot_tests: IntArray  # (slots,) first test of each slot (tests are sorted by slot)
+    leaf_slots: IndexArray  # (leaves + 1,) slot offsets: leaf l owns slots leaf_slots[l]:leaf_slots[l+1]
+    slot_tests: IndexArray  # (slots,) first test of each slot (tests are sorted by slot)
 
     def goes_left(self, Z: FloatArray) -> BoolArray:
         """``(n, nodes)``: at every split node, does the row go left (NaN follows the default child)."""
@@ -85,7 +82,7 @@ class _Paths:
 
 
 def _paths(ensemble: TreeEnsemble) -> _Paths:
-    features: list[IntArray] = []
+    features: list[IndexArray] = []
     thresholds: list[FloatArray] = []
     defaults: list[BoolArray] = []
     values: list[FloatArray] = []
@@ -167,7 +164,7 @@ class InterventionalTrees:
         phi, expected = trees.margin(ensemble.prepare(X))  # (n, d, scores), (scores,)
 
     Args:
-        ensemble: The trees (``engine.trees``), scores before ``ensemble.matrix``.
+        ensemble: The trees (:mod:`engine.methods.trees.model`), scores before ``ensemble.matrix``.
         background: Prepared background rows ``(m, d)`` (``ensemble.prepare``).
     """
 
@@ -190,7 +187,7 @@ class InterventionalTrees:
         self.expected = ensemble.base + reach.mean(axis=0) @ paths.leaf_value if m else ensemble.base.copy()
         # Margin: per leaf, the distinct patterns of background bits over its slots, weighted by their share.
         entry_leaf, entry_weight, pair_entry, pair_slot, pair_ok = [], [], [], [], []
-        members: list[IntArray] = []
+        members: list[IndexArray] = []
         entries = 0
         for leaf in range(len(slots_per_leaf)):
             lo, hi = paths.leaf_slots[leaf], paths.leaf_slots[leaf + 1]

@@ -18,7 +18,8 @@ from sklearn.datasets import make_classification, make_regression
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestRegressor
 
 from engine.methods.trees.fast import InterventionalTrees
-from engine.trees import read_ensemble, transform
+from engine.methods.trees.model import transform
+from engine.methods.trees.reader import read_ensemble
 from tests.shapley import brute_force_shapley
 
 Fn = Callable[[np.ndarray], np.ndarray]
