@@ -52,6 +52,7 @@ bench: setup
 	$(PY) bench/variants.py
 	$(PY) bench/explain.py
 	$(PY) bench/audit.py
+	$(PY) bench/kernel.py
 
 demo-model: setup
 	$(PY) demo/build_demo.py

@@ -13,3 +13,6 @@ IntArray = npt.NDArray[np.int64]
 
 IndexArray = npt.NDArray[np.intp]
 """Positions used to index other arrays (numpy's native index width)."""
+
+BoolArray = npt.NDArray[np.bool_]
+"""Masks (coalitions, routing decisions)."""

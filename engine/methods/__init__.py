@@ -110,6 +110,47 @@ METHODS: dict[str, Method] = {
             _TABULAR,
             {
                 "nsamples": ParamSpec(
+                    ("integer",),
+                    2048,
+                    "Budget in coalitions evaluated on the whole background (nsamples × background model rows); "
+                    "exact when it covers every coalition.",
+                    16,
+                    100_000,
+                ),
+                "background_rows": ParamSpec(
+                    ("integer",),
+                    10,
+                    "Background rows each sampled coalition is evaluated on (more coalitions for the same model "
+                    "rows); at least the background's size means all of them.",
+                    1,
+                    100_000,
+                ),
+                "tolerance": ParamSpec(
+                    ("number",),
+                    None,
+                    "Sample in rounds until every std_error is at most this (output units) or nsamples is spent.",
+                    1e-12,
+                    1e6,
+                ),
+                "time_budget_ms": ParamSpec(
+                    ("integer",),
+                    None,
+                    "Lower nsamples to what a timed model call says fits in this many milliseconds; "
+                    "the estimate comes with its error.",
+                    1,
+                    3_600_000,
+                ),
+                "seed": _SEED,
+            },
+            lambda params, d, background: int(params["nsamples"]) * background,
+            samples=True,
+        ),
+        Method(
+            "kernel_shap_reference",
+            "engine.methods.kernel_shap_reference:KernelShapReference",
+            _TABULAR,
+            {
+                "nsamples": ParamSpec(
                     ("integer",), 2048, "Coalitions evaluated per row, in one run; std_error by jackknife.", 16, 100_000
                 ),
                 "l1_reg": ParamSpec(

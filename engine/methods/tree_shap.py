@@ -1,11 +1,15 @@
-"""Exact interventional TreeSHAP on the trees of an ONNX tree ensemble.
+"""Exact interventional TreeSHAP on the trees of an ONNX tree ensemble, per request only the rows' work.
 
-The trees come from :mod:`engine.methods.trees.model` (routing identical to onnxruntime's)
-and are handed to ``shap.TreeExplainer`` as its dict format, with the
-background as an ``Independent`` masker holding *every* background row (a
-bare array is silently subsampled to 100 rows by shap). Node covers are
-recomputed from the background, and every explainer gets freshly built
-dicts because shap overwrites ``node_sample_weight`` in place.
+The trees come from :mod:`engine.methods.trees.model` (routing identical to
+onnxruntime's). The values are computed by our vectorised interventional
+TreeSHAP (:mod:`engine.methods.trees.fast`), the same numbers as
+``shap.TreeExplainer`` with an ``Independent`` masker holding every
+background row. Everything that depends only on the model and the background
+(the leaves' paths, which tests each background row passes, the background's
+leaf patterns and outputs, the onnxruntime cross-check of the background)
+is built once per (model, background) and kept in a small per-process LRU
+(:data:`CACHED_TREES`), so a one-row request routes its row through every
+split once and combines it with the precomputed patterns.
 
 Output spaces (``info["output_space"]``):
 
@@ -19,15 +23,16 @@ Output spaces (``info["output_space"]``):
   add up exactly but are not the Shapley values of the probability game.
   Under SOFTMAX (which shap does not handle) each background row's margin
   attributions are mapped through the Shapley split of ``p(x) − p(r)`` over
-  the K margins, which reduces to shap's rescaling for one margin.
+  the K margins, which reduces to shap's rescaling for one margin. Both maps
+  are summed per leaf pattern (:meth:`InterventionalTrees.mapped`): no
+  coalition is enumerated and no per-reference explanation is formed.
 
-The model's outputs computed from the trees are checked against
-``task.f`` (onnxruntime) before anything is explained, on the rows explained
-and at most :data:`VERIFY_BACKGROUND_ROWS` background rows.
+The model's outputs computed from the trees are checked against ``task.f``
+(onnxruntime) on the rows explained (every request) and on at most
+:data:`VERIFY_BACKGROUND_ROWS` background rows (once per model and background).
 
-Parsed ensembles are kept in a small per-process LRU keyed by the SHA-256 of
-the ONNX bytes (:data:`CACHED_ENSEMBLES` entries, arrays made read-only), so
-a warm worker does not re-read the graph for every request.
+Parsed ensembles are kept in a per-process LRU keyed by the SHA-256 of the
+ONNX bytes (:data:`CACHED_ENSEMBLES` entries, arrays made read-only).
 """
 
 from __future__ import annotations
@@ -39,12 +44,12 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-import shap
 
 from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, InvalidRequest
 from engine.methods.base import Attributions, ExplainTask, library_failures, require_background
-from engine.methods.trees.model import Tree, TreeEnsemble, not_applicable, transform
+from engine.methods.trees.fast import InterventionalTrees
+from engine.methods.trees.model import TreeEnsemble, not_applicable, transform
 from engine.methods.trees.reader import read_ensemble
 
 MAX_SOFTMAX_CLASSES = 12
@@ -56,8 +61,25 @@ CACHED_ENSEMBLES = 8
 VERIFY_BACKGROUND_ROWS = 32
 """Background rows (evenly spaced) checked against onnxruntime besides the explained rows."""
 
+CACHED_TREES = 8
+"""Precomputed (model, background) pairs kept per process."""
+
 _cache: OrderedDict[str, TreeEnsemble] = OrderedDict()
 _cache_lock = threading.Lock()
+_trees: OrderedDict[tuple[str, str], _Prepared] = OrderedDict()
+_last_bytes: list[tuple[bytes, str]] = []  # the latest graph bytes object and its hash: no rehash per request
+
+
+def _model_key(onnx_bytes: bytes) -> str:
+    """SHA-256 of the graph, remembered for the bytes object last seen (a warm worker passes the same one)."""
+    with _cache_lock:
+        for seen, key in _last_bytes:
+            if seen is onnx_bytes:
+                return key
+    key = hashlib.sha256(onnx_bytes).hexdigest()
+    with _cache_lock:
+        _last_bytes[:] = [(onnx_bytes, key)]
+    return key
 
 
 def cached_ensemble(onnx_bytes: bytes) -> TreeEnsemble:
@@ -66,7 +88,7 @@ def cached_ensemble(onnx_bytes: bytes) -> TreeEnsemble:
     Raises:
         InvalidRequest: As ``read_ensemble`` (failures are not cached).
     """
-    key = hashlib.sha256(onnx_bytes).hexdigest()
+    key = _model_key(onnx_bytes)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
@@ -79,6 +101,36 @@ def cached_ensemble(onnx_bytes: bytes) -> TreeEnsemble:
         while len(_cache) > CACHED_ENSEMBLES:
             _cache.popitem(last=False)
     return ensemble
+
+
+class _Prepared:
+    """One ensemble against one background: the fast TreeSHAP tables and the background's margins."""
+
+    def __init__(self, ensemble: TreeEnsemble, task: ExplainTask) -> None:
+        B = ensemble.prepare(task.background)
+        self.trees = InterventionalTrees(ensemble, B)
+        self.size = _scale(ensemble)
+        sample = np.unique(np.linspace(0, len(B) - 1, min(len(B), VERIFY_BACKGROUND_ROWS)).astype(np.intp))
+        _verify(task, ensemble, self.trees.scores(B[sample]), task.background[sample], self.size)
+        self.margins = self.trees.scores(B) @ ensemble.matrix.T + ensemble.offset
+
+
+def _prepared(ensemble: TreeEnsemble, task: ExplainTask) -> _Prepared:
+    """The tables of ``task``'s model and background, built (and the background cross-checked) on first use."""
+    assert task.onnx_model is not None
+    key = (_model_key(task.onnx_model), hashlib.sha256(np.ascontiguousarray(task.background).tobytes()).hexdigest())
+    with _cache_lock:
+        hit = _trees.get(key)
+        if hit is not None:
+            _trees.move_to_end(key)
+            return hit
+    prepared = _Prepared(ensemble, task)
+    with _cache_lock:
+        _trees[key] = prepared
+        _trees.move_to_end(key)
+        while len(_trees) > CACHED_TREES:
+            _trees.popitem(last=False)
+    return prepared
 
 
 def _read_only(ensemble: TreeEnsemble) -> TreeEnsemble:
@@ -105,7 +157,7 @@ class TreeShap:
                 probability was asked of a regressor (``invalid_parameter``);
                 no background.
             ExplanationFailed: The trees do not reproduce onnxruntime's
-                output, or shap failed.
+                output, or the attributions miss additivity.
         """
         require_background(task, self.name)
         if task.onnx_model is None:
@@ -120,19 +172,30 @@ class TreeShap:
                 field="parameters.output_space",
             )
         with library_failures(self.name):
-            Z, B = ensemble.prepare(task.X), ensemble.prepare(task.background)
-            sample = np.unique(np.linspace(0, len(B) - 1, min(len(B), VERIFY_BACKGROUND_ROWS)).astype(np.intp))
-            _verify(task, ensemble, np.vstack([Z, B[sample]]), np.vstack([task.X, task.background[sample]]))
+            prepared = _prepared(ensemble, task)
+            trees = prepared.trees
+            Z = ensemble.prepare(task.X)
+            scores = trees.scores(Z)
+            _verify(task, ensemble, scores, task.X, prepared.size)
+            margins = scores @ ensemble.matrix.T + ensemble.offset
             if space == "margin" or ensemble.post_transform == "NONE":
-                values, base = _margin_values(ensemble, Z, B)
-                output = ensemble.margins(Z) if space == "margin" else ensemble.outputs(Z)
-            elif ensemble.post_transform == "LOGISTIC":
-                values, base = _logistic_values(ensemble, Z, B)
-                output = ensemble.outputs(Z)
+                phi, expected = trees.margin(Z)
+                values = phi @ ensemble.matrix.T
+                base = ensemble.matrix @ expected + ensemble.offset
+                output = margins if space == "margin" else transform(margins, ensemble.post_transform)
             else:
-                values, base = _softmax_values(ensemble, Z, B)
-                output = ensemble.outputs(Z)
-            _check_additivity(ensemble, values, base, output)
+                if ensemble.post_transform == "LOGISTIC":
+                    maps = _logistic_maps(margins, prepared.margins)
+                else:
+                    if ensemble.n_outputs > MAX_SOFTMAX_CLASSES:
+                        raise not_applicable(
+                            f"output_space 'probability' handles at most {MAX_SOFTMAX_CLASSES} softmax classes"
+                        )
+                    maps = _softmax_maps(margins, prepared.margins)
+                values = trees.mapped(Z, maps, ensemble.matrix)
+                base = transform(prepared.margins, ensemble.post_transform).mean(axis=0)
+                output = transform(margins, ensemble.post_transform)
+            _check_additivity(values, base, output, prepared.size)
         return Attributions(
             base_values=np.tile(base, (len(Z), 1)),
             values=values,
@@ -142,103 +205,25 @@ class TreeShap:
         )
 
 
-def shap_model(ensemble: TreeEnsemble, background: FloatArray, *, log_odds: bool = False) -> dict[str, Any]:
-    """Build shap's dict model of the ensemble (fresh arrays: shap writes into them).
-
-    Args:
-        ensemble: The ensemble.
-        background: Prepared background rows, for the node covers.
-        log_odds: Declare the scores log-odds, so that shap's
-            ``model_output="probability"`` applies the logistic.
-
-    Returns:
-        ``{"trees": [...], "base_offset": ...}`` for ``shap.TreeExplainer``.
-    """
-    trees = []
-    for tree in ensemble.trees:
-        covers = tree.node_counts(background)
-        trees.append(
-            {
-                "children_left": tree.left.astype(np.int32),
-                "children_right": tree.right.astype(np.int32),
-                "children_default": tree.default.astype(np.int32),
-                "features": tree.feature.astype(np.int32),
-                "thresholds": tree.threshold.astype(np.float64),
-                "values": _inner_values(tree, covers),
-                "node_sample_weight": covers,
-            }
-        )
-    return {
-        "trees": trees,
-        "base_offset": ensemble.base.copy(),
-        "input_dtype": np.float64,  # rows arrive already cast the way the graph casts them
-        "internal_dtype": np.float64,
-        "tree_output": "log_odds" if log_odds else "raw_value",
-    }
+def _logistic_maps(m_x: FloatArray, m_b: FloatArray) -> FloatArray:
+    """``(n, m, K, K)`` diagonal maps ``(σ(m_x) − σ(m_r)) / (m_x − m_r)`` per output (σ' at the midpoint if equal)."""
+    delta = m_x[:, None, :] - m_b[None, :, :]
+    rise = transform(m_x, "LOGISTIC")[:, None, :] - transform(m_b, "LOGISTIC")[None, :, :]
+    mid = transform(m_b[None, :, :] + delta / 2, "LOGISTIC")
+    small = np.abs(delta) < 1e-6
+    ratio = np.where(small, mid * (1 - mid), rise / np.where(small, 1.0, delta))
+    K = m_x.shape[1]
+    maps: FloatArray = ratio[..., :, None] * np.eye(K)
+    return maps
 
 
-def _inner_values(tree: Tree, covers: FloatArray) -> FloatArray:
-    """Fill inner nodes with the cover-weighted mean of their children (leaves keep theirs)."""
-    values = tree.value.copy()
-    for node in range(len(values) - 1, -1, -1):  # children come after their parent
-        left, right = tree.left[node], tree.right[node]
-        if left >= 0:
-            total = covers[left] + covers[right]
-            w = 0.5 if total == 0 else covers[left] / total
-            values[node] = w * values[left] + (1 - w) * values[right]
-    return values
-
-
-def _fresh(model: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a shap dict model whose arrays shap may overwrite (it fills in covers in place)."""
-    trees = [{key: array.copy() for key, array in tree.items()} for tree in model["trees"]]
-    return {**model, "trees": trees, "base_offset": model["base_offset"].copy()}
-
-
-def _tree_shap(
-    ensemble: TreeEnsemble, model: dict[str, Any], Z: FloatArray, B: FloatArray, output: str
-) -> tuple[FloatArray, FloatArray]:
-    """Run shap: ``(n, d, n_scores)`` attributions and the ``(n_scores,)`` expected value."""
-    if not ensemble.trees:
-        expected = transform(ensemble.base[None, :], "LOGISTIC")[0] if output == "probability" else ensemble.base
-        return np.zeros((len(Z), Z.shape[1], len(ensemble.base))), expected
-    explainer = shap.TreeExplainer(
-        _fresh(model),
-        data=shap.maskers.Independent(B, max_samples=len(B)),
-        feature_perturbation="interventional",
-        model_output=output,
-    )
-    phi = np.asarray(explainer.shap_values(Z, check_additivity=False), dtype=np.float64)
-    expected = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
-    return phi.reshape(len(Z), Z.shape[1], -1), expected
-
-
-def _margin_values(ensemble: TreeEnsemble, Z: FloatArray, B: FloatArray) -> tuple[FloatArray, FloatArray]:
-    phi, expected = _tree_shap(ensemble, shap_model(ensemble, B), Z, B, "raw")
-    return phi @ ensemble.matrix.T, ensemble.matrix @ expected + ensemble.offset
-
-
-def _logistic_values(ensemble: TreeEnsemble, Z: FloatArray, B: FloatArray) -> tuple[FloatArray, FloatArray]:
-    phi, expected = _tree_shap(ensemble, shap_model(ensemble, B, log_odds=True), Z, B, "probability")
-    if ensemble.single_column_binary:
-        # σ(−s) = 1 − σ(s): class 0 gets the opposite attributions and 1 − the base.
-        return np.concatenate([-phi, phi], axis=2), np.array([1 - expected[0], expected[0]])
-    return phi, expected
-
-
-def _softmax_values(ensemble: TreeEnsemble, Z: FloatArray, B: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Per background row, map margin attributions to probability ones through ``_softmax_split``."""
-    k = ensemble.n_outputs
-    if k > MAX_SOFTMAX_CLASSES:
-        raise not_applicable(f"output_space 'probability' handles at most {MAX_SOFTMAX_CLASSES} softmax classes")
-    m_x, m_b = ensemble.margins(Z), ensemble.margins(B)
-    masks = ((np.arange(2**k)[:, None] >> np.arange(k)) & 1).astype(bool)
-    model = shap_model(ensemble, B)  # built once: shap recomputes the covers for each reference row
-    values = np.zeros((len(Z), Z.shape[1], k))
-    for j in range(len(B)):
-        phi, _ = _tree_shap(ensemble, model, Z, B[j : j + 1], "raw")
-        values += np.einsum("nkc,ndc->ndk", _softmax_split(m_x, m_b[j], masks), phi)
-    return values / len(B), transform(m_b, "SOFTMAX").mean(axis=0)
+def _softmax_maps(m_x: FloatArray, m_b: FloatArray) -> FloatArray:
+    """``(n, m, K, K)``: :func:`_softmax_split` for every (row, background row) pair at once."""
+    n, K = m_x.shape
+    m = len(m_b)
+    masks = ((np.arange(2**K)[:, None] >> np.arange(K)) & 1).astype(bool)
+    split = _softmax_split(np.repeat(m_x, m, axis=0), np.tile(m_b, (n, 1)), masks)
+    return split.reshape(n, m, K, K)
 
 
 def _softmax_split(m_x: FloatArray, m_r: FloatArray, masks: Any) -> FloatArray:
@@ -249,8 +234,9 @@ def _softmax_split(m_x: FloatArray, m_r: FloatArray, masks: Any) -> FloatArray:
     midpoint stands in; it agrees with the split to first order.
     """
     n, k = m_x.shape
+    m_r = np.broadcast_to(m_r, m_x.shape)  # one reference for every row, or one per row
     delta = m_x - m_r
-    points = m_r + masks[None, :, :] * delta[:, None, :]
+    points = m_r[:, None, :] + masks[None, :, :] * delta[:, None, :]
     p = transform(points.reshape(-1, k), "SOFTMAX").reshape(n, len(masks), k)
     sizes = masks.sum(axis=1)
     split = np.zeros((n, k, k))
@@ -269,10 +255,26 @@ def _check_shapes(task: ExplainTask, ensemble: TreeEnsemble) -> None:
     d = task.X.shape[1]
     if ensemble.n_features and ensemble.n_features != d:
         raise not_applicable(f"the graph reads {ensemble.n_features} features, the model card has {d}")
-    if any(int(t.feature.max()) >= d for t in ensemble.trees):
+    if _widest_feature(ensemble) >= d:
         raise not_applicable(f"a split uses a feature beyond the card's {d}")
     if ensemble.n_outputs != len(task.output_names):
         raise not_applicable(f"the graph has {ensemble.n_outputs} outputs, the model card {len(task.output_names)}")
+
+
+_widest: dict[int, tuple[TreeEnsemble, int]] = {}
+
+
+def _widest_feature(ensemble: TreeEnsemble) -> int:
+    """The highest feature index any split reads (remembered per cached ensemble: 200 trees cost ~3 ms)."""
+    hit = _widest.get(id(ensemble))
+    if hit is not None and hit[0] is ensemble:
+        return hit[1]
+    widest = max((int(t.feature.max()) for t in ensemble.trees), default=-1)
+    with _cache_lock:
+        if len(_widest) > 4 * CACHED_ENSEMBLES:
+            _widest.clear()
+        _widest[id(ensemble)] = (ensemble, widest)
+    return widest
 
 
 def _scale(ensemble: TreeEnsemble) -> float:
@@ -280,13 +282,13 @@ def _scale(ensemble: TreeEnsemble) -> float:
     return float(np.abs(ensemble.base).max() + sum(np.abs(t.value).max() for t in ensemble.trees))
 
 
-def _verify(task: ExplainTask, ensemble: TreeEnsemble, Z: FloatArray, raw: FloatArray) -> None:
-    """Raise unless the trees reproduce ``task.f`` (onnxruntime sums in float32, hence the tolerance)."""
-    expected = ensemble.outputs(Z)
+def _verify(task: ExplainTask, ensemble: TreeEnsemble, scores: FloatArray, raw: FloatArray, size: float) -> None:
+    """Raise unless the trees' ``scores`` reproduce ``task.f`` (onnxruntime sums in float32, hence the tolerance)."""
+    expected = transform(scores @ ensemble.matrix.T + ensemble.offset, ensemble.post_transform)
     actual = np.asarray(task.f(raw), dtype=np.float64).reshape(len(raw), -1)
     if actual.shape != expected.shape:
         raise not_applicable(f"the model returns {actual.shape[1]} outputs, the trees {expected.shape[1]}")
-    scale = (1 + _scale(ensemble)) * float(np.abs(ensemble.matrix).sum(axis=1).max() + 1)
+    scale = (1 + size) * float(np.abs(ensemble.matrix).sum(axis=1).max() + 1)
     tolerance = (1e-5 + 2 * len(ensemble.trees) * _EPS32) * scale
     worst = float(np.abs(expected - actual).max())
     if not worst <= tolerance:
@@ -296,7 +298,7 @@ def _verify(task: ExplainTask, ensemble: TreeEnsemble, Z: FloatArray, raw: Float
         )
 
 
-def _check_additivity(ensemble: TreeEnsemble, values: FloatArray, base: FloatArray, output: FloatArray) -> None:
+def _check_additivity(values: FloatArray, base: FloatArray, output: FloatArray, size: float) -> None:
     gap = float(np.abs(base[None, :] + values.sum(axis=1) - output).max()) if len(output) else 0.0
-    if not gap <= 1e-6 * (1 + _scale(ensemble)):
+    if not gap <= 1e-6 * (1 + size):
         raise ExplanationFailed(f"tree_shap: attributions miss additivity by {gap:.3g}")

@@ -34,12 +34,12 @@ from engine.methods import (
     PARAMETERS,
     choose_auto,
     get_explainer,
-    kernel_shap,
+    kernel_shap_reference,
     tree_shap,
     validate_params,
 )
 from engine.methods.base import Attributions, ExplainTask, ModelFn
-from engine.methods.kernel_shap import enumerated_coalitions, jackknife_std_errors
+from engine.methods.kernel_shap_reference import enumerated_coalitions, jackknife_std_errors
 from engine.methods.linear import is_linear
 from engine.methods.sampling import derived_seed, t_widening
 from tests.shapley import brute_force_shapley
@@ -289,14 +289,14 @@ def _raw_kernel_shap(model: Model, x: FloatArray, nsamples: int, seed: int) -> F
     )
 
 
-def test_kernel_shap_is_one_raw_kernel_explainer_run_per_row(mlp_wide: Model) -> None:
+def test_kernel_shap_reference_is_one_raw_kernel_explainer_run_per_row(mlp_wide: Model) -> None:
     # The point estimate is shap's own at the whole budget: no accuracy is spent on the error estimate.
-    a = _run(mlp_wide, "kernel_shap", [0, 1], nsamples=300, seed=5)
+    a = _run(mlp_wide, "kernel_shap_reference", [0, 1], nsamples=300, seed=5)
     for i, x in enumerate(mlp_wide.X[:2]):
         np.testing.assert_allclose(a.values[i], _raw_kernel_shap(mlp_wide, x, 300, 5), rtol=0, atol=1e-12)
 
 
-def test_kernel_shap_jackknife_matches_brute_force_deletion(mlp_wide: Model) -> None:
+def test_kernel_shap_reference_jackknife_matches_brute_force_deletion(mlp_wide: Model) -> None:
     # Re-solve shap's constrained regression without each draw, by brute force, and compare.
     explainer = shap.KernelExplainer(mlp_wide.f, mlp_wide.background)
     np.random.seed(3)
@@ -347,23 +347,46 @@ def test_kernel_shap_explains_a_class_that_was_not_predicted(mlp_multiclass: Mod
     assert additivity_residual(a) < 1e-6
 
 
-def test_kernel_shap_keeps_every_feature_by_default(linear_regression_12: Model) -> None:
+def test_kernel_shap_reference_keeps_every_feature_by_default(linear_regression_12: Model) -> None:
     # shap's own default would keep 10 of these 12 attributions and zero the rest.
     model = linear_regression_12
-    a = get_explainer("kernel_shap").explain(model.task("kernel_shap", [0], nsamples=1000))
+    a = get_explainer("kernel_shap_reference").explain(model.task("kernel_shap_reference", [0], nsamples=1000))
     assert not any(q["exact"] for q in a.quality)
     np.testing.assert_allclose(a.values, exact_truth(model, model.X[:1]), atol=1e-5 * output_range(model)[0])
     assert np.all(a.values != 0)
 
 
-def test_kernel_shap_records_truncation(linear_regression_12: Model) -> None:
-    a = get_explainer("kernel_shap").explain(linear_regression_12.task("kernel_shap", nsamples=1000, l1_reg=4))
+def test_kernel_shap_reference_records_truncation(linear_regression_12: Model) -> None:
+    task = linear_regression_12.task("kernel_shap_reference", nsamples=1000, l1_reg=4)
+    a = get_explainer("kernel_shap_reference").explain(task)
     assert a.info["l1_reg"] == "num_features(4)"
     kept = a.values != 0
     assert np.all(kept.sum(axis=1) <= 5)
     # std_error is conditional on the kept features; the dropped ones get 0.
     assert a.std_errors is not None and np.all(a.std_errors[~kept] == 0)
     assert additivity_residual(a) < 1e-6
+
+
+def test_kernel_shap_on_the_whole_background_is_exact_for_a_linear_model_whatever_the_sample(
+    linear_regression_12: Model,
+) -> None:
+    # An additive game leaves no residual: the constrained regression recovers it from any sample.
+    model = linear_regression_12
+    a = get_explainer("kernel_shap").explain(model.task("kernel_shap", [0, 1], nsamples=300, background_rows=10_000))
+    assert not any(q["exact"] for q in a.quality) and a.info["background_rows"] == len(model.background)
+    np.testing.assert_allclose(a.values, exact_truth(model, model.X[:2]), atol=1e-5 * output_range(model)[0])
+    assert a.std_errors is not None and a.std_errors.max() <= 1e-5 * output_range(model)[0]
+
+
+def test_kernel_shap_tolerance_reports_rounds_and_convergence(mlp_wide: Model) -> None:
+    a = _run(mlp_wide, "kernel_shap", [0, 1], nsamples=4000, tolerance=5e-3)
+    assert a.std_errors is not None
+    for i, quality in enumerate(a.quality):
+        assert quality["rounds"] >= 1
+        assert quality["converged"] == bool(a.std_errors[i].max() <= 5e-3)
+    assert additivity_residual(a) < 1e-6
+    with pytest.raises(UnknownField):
+        validate_params("kernel_shap", {"l1_reg": 4})  # truncation is kernel_shap_reference's
 
 
 def _run(model: Model, method: str, rows: Sequence[int], **params: Any) -> Attributions:
@@ -431,9 +454,9 @@ def test_kernel_shap_refuses_fewer_than_two_coalitions_per_feature(mlp_wide: Mod
     assert (err.value.code, err.value.field) == ("invalid_parameter", "parameters.nsamples")
 
 
-def test_kernel_shap_splits_runs_to_bound_memory(mlp_wide: Model, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernel_shap, "MAX_SYNTHETIC_ROWS", 300 * len(mlp_wide.background) // 2)
-    a = _run(mlp_wide, "kernel_shap", [0], nsamples=300)
+def test_kernel_shap_reference_splits_runs_to_bound_memory(mlp_wide: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel_shap_reference, "MAX_SYNTHETIC_ROWS", 300 * len(mlp_wide.background) // 2)
+    a = _run(mlp_wide, "kernel_shap_reference", [0], nsamples=300)
     assert (a.info["runs"], a.info["samples_per_run"]) == (2, 150)
     assert a.std_errors is not None and np.all(a.std_errors > 0)
     error = np.abs(a.values - exact_truth(mlp_wide, mlp_wide.X[:1]))[:, :, 1]
@@ -627,6 +650,7 @@ def test_is_linear_reads_linear_graphs(
 def test_registry_names_every_method() -> None:
     assert EXPLAINERS == {
         "kernel_shap": "engine.methods.kernel_shap:KernelShap",
+        "kernel_shap_reference": "engine.methods.kernel_shap_reference:KernelShapReference",
         "lime": "engine.methods.lime_tabular:LimeTabular",
         "exact": "engine.methods.exact:Exact",
         "permutation": "engine.methods.permutation:Permutation",
@@ -656,6 +680,13 @@ def test_get_explainer_refuses_an_unknown_method() -> None:
 def test_validate_params_fills_defaults() -> None:
     assert validate_params("kernel_shap", {"nsamples": 100}) == {
         "nsamples": 100,
+        "background_rows": 10,
+        "tolerance": None,
+        "time_budget_ms": None,
+        "seed": 0,
+    }
+    assert validate_params("kernel_shap_reference", {"nsamples": 100}) == {
+        "nsamples": 100,
         "l1_reg": False,
         "time_budget_ms": None,
         "seed": 0,
@@ -667,7 +698,7 @@ def test_validate_params_fills_defaults() -> None:
 
 @pytest.mark.parametrize("value", [False, 5, "num_features(3)", "aic", "bic"])
 def test_validate_params_accepts_l1_reg(value: Any) -> None:
-    assert validate_params("kernel_shap", {"l1_reg": value})["l1_reg"] == value
+    assert validate_params("kernel_shap_reference", {"l1_reg": value})["l1_reg"] == value
 
 
 @pytest.mark.parametrize(
@@ -680,9 +711,12 @@ def test_validate_params_accepts_l1_reg(value: Any) -> None:
         ("kernel_shap", {"nsamples": "100"}, "parameters.nsamples"),
         ("kernel_shap", {"nsamples": True}, "parameters.nsamples"),
         ("kernel_shap", {"nsamples": None}, "parameters.nsamples"),
-        ("kernel_shap", {"l1_reg": True}, "parameters.l1_reg"),
-        ("kernel_shap", {"l1_reg": "num_features(x)"}, "parameters.l1_reg"),
-        ("kernel_shap", {"l1_reg": 0}, "parameters.l1_reg"),
+        ("kernel_shap_reference", {"l1_reg": True}, "parameters.l1_reg"),
+        ("kernel_shap_reference", {"l1_reg": "num_features(x)"}, "parameters.l1_reg"),
+        ("kernel_shap_reference", {"l1_reg": 0}, "parameters.l1_reg"),
+        ("kernel_shap", {"background_rows": 0}, "parameters.background_rows"),
+        ("kernel_shap", {"tolerance": 0}, "parameters.tolerance"),
+        ("kernel_shap", {"tolerance": "small"}, "parameters.tolerance"),
         ("lime", {"discretize_continuous": 1}, "parameters.discretize_continuous"),
         ("exact", {"max_features": 17}, "parameters.max_features"),
         ("permutation", {"seed": -1}, "parameters.seed"),

@@ -1,0 +1,319 @@
+"""Our Kernel SHAP estimator against brute-force Shapley values and shap, on real ONNX models run by onnxruntime."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import shap
+from scipy import stats
+from skl2onnx import to_onnx
+from sklearn.neural_network import MLPClassifier
+
+from engine.errors import InvalidRequest
+from engine.methods.kernel_estimator import KernelEstimator, allocate, t_widening
+from tests.shapley import brute_force_shapley
+
+Fn = Callable[[np.ndarray], np.ndarray]
+
+
+class Counted:
+    """An onnxruntime session as ``(n, d)`` float64 → ``(n, k)`` probabilities, counting its calls."""
+
+    def __init__(self, onnx_bytes: bytes) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.name = self.session.get_inputs()[0].name
+        self.calls: list[int] = []
+        self.dtypes: set[np.dtype] = set()
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        self.calls.append(len(z))
+        self.dtypes.add(np.asarray(z).dtype)
+        y = self.session.run(["probabilities"], {self.name: np.asarray(z, dtype=np.float32)})[0]
+        return np.asarray(y, dtype=np.float64).reshape(len(z), -1)
+
+
+def _mlp(d: int, classes: int, seed: int) -> tuple[Counted, np.ndarray, np.ndarray]:
+    """A real MLP classifier exported with skl2onnx: ``(f, rows to explain, background of 25 rows)``."""
+    X = np.random.default_rng(seed).normal(size=(300, d))
+    score = X[:, 0] * X[:, 1] + np.sin(2 * X[:, 2]) + 0.5 * X[:, 3:].sum(axis=1)
+    y = np.digitize(score, np.quantile(score, np.linspace(0, 1, classes + 1)[1:-1]))
+    est = MLPClassifier(hidden_layer_sizes=(16,), max_iter=400, random_state=0).fit(X, y)
+    onx = to_onnx(est, X[:1].astype(np.float32), options={"zipmap": False})
+    return Counted(onx.SerializeToString()), X[25:], X[:25]
+
+
+@pytest.fixture(scope="module")
+def mlp10() -> tuple[Counted, np.ndarray, np.ndarray]:
+    return _mlp(10, 2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def mlp6_multiclass() -> tuple[Counted, np.ndarray, np.ndarray]:
+    return _mlp(6, 3, seed=1)
+
+
+def group_shapley(f: Fn, x: np.ndarray, background: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """Brute-force Shapley values of the game whose players are column groups, ``(groups, k)``."""
+    g = len(groups)
+    values = {}
+    for size in range(g + 1):
+        for subset in itertools.combinations(range(g), size):
+            rows = background.copy()
+            cols = [c for j in subset for c in groups[j]]
+            rows[:, cols] = x[cols]
+            values[subset] = f(rows).mean(axis=0)
+    phi = np.zeros((g, len(values[()])))
+    for i in range(g):
+        others = [j for j in range(g) if j != i]
+        for size in range(g):
+            weight = math.factorial(size) * math.factorial(g - size - 1) / math.factorial(g)
+            for subset in itertools.combinations(others, size):
+                phi[i] += weight * (values[tuple(sorted(subset + (i,)))] - values[subset])
+    return phi
+
+
+def _range(f: Fn, *parts: np.ndarray) -> np.ndarray:
+    spread: np.ndarray = np.ptp(f(np.vstack(parts)), axis=0)
+    return spread
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+def test_complete_enumeration_is_exact(mlp6_multiclass: tuple[Counted, np.ndarray, np.ndarray]) -> None:
+    f, X, B = mlp6_multiclass
+    estimator = KernelEstimator(f, B)
+    for x in X[:3]:
+        e = estimator.explain(x, budget=2**6 - 2, seed=0)
+        base, truth = brute_force_shapley(f, x, B)
+        assert e.complete and e.coalitions == 2**6 - 2 and e.dof == 0
+        np.testing.assert_allclose(e.values, truth, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(e.base_value, base, rtol=0, atol=1e-12)
+        assert np.all(e.std_errors == 0)
+
+
+def test_budget_beyond_every_coalition_evaluates_each_once(
+    mlp6_multiclass: tuple[Counted, np.ndarray, np.ndarray],
+) -> None:
+    f, X, B = mlp6_multiclass
+    e = KernelEstimator(f, B).explain(X[0], budget=10_000, seed=0)
+    assert e.complete and e.coalitions == 62
+    np.testing.assert_allclose(e.values, brute_force_shapley(f, X[0], B)[1], rtol=0, atol=1e-9)
+
+
+def test_sampled_estimate_is_close_to_exact_and_exactly_additive(
+    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+) -> None:
+    f, X, B = mlp10
+    estimator = KernelEstimator(f, B)
+    scale = _range(f, B, X)
+    for x in X[:3]:
+        e = estimator.explain(x, budget=600, seed=1)
+        assert not e.complete and e.coalitions <= 600 and e.dof > 0
+        truth = brute_force_shapley(f, x, B)[1]
+        assert np.all(np.abs(e.values - truth).max(axis=0) <= 1e-2 * scale)
+        np.testing.assert_allclose(e.values.sum(axis=0), e.output_value - e.base_value, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(e.output_value, f(x[None, :])[0], rtol=0, atol=0)
+
+
+def test_feature_groups_are_players(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
+    # Groups the way one-hot columns of one raw feature are grouped: one attribution per group.
+    f, X, B = mlp10
+    groups = [[0, 1], [2], [3, 4, 5], [6], [7, 9], [8]]
+    estimator = KernelEstimator(f, B, groups=groups)
+    assert estimator.players == 6
+    e = estimator.explain(X[0], budget=62, seed=0)
+    assert e.complete and e.values.shape == (6, 2)
+    np.testing.assert_allclose(e.values, group_shapley(f, X[0], B, groups), rtol=0, atol=1e-9)
+    sampled = estimator.explain(X[0], budget=30, seed=0)
+    assert not sampled.complete
+    np.testing.assert_allclose(sampled.values.sum(axis=0), e.values.sum(axis=0), rtol=0, atol=1e-12)
+
+
+def test_groups_must_partition_the_columns(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
+    f, _, B = mlp10
+    for groups in ([[0, 1], [1, 2, 3, 4, 5, 6, 7, 8, 9]], [[0], [1]]):
+        with pytest.raises(InvalidRequest) as err:
+            KernelEstimator(f, B, groups=groups)
+        assert (err.value.code, err.value.field) == ("invalid_parameter", "groups")
+
+
+def test_players_equal_to_every_background_value_get_zero(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
+    f, X, B = mlp10
+    background = B.copy()
+    background[:, [2, 5]] = 0.25
+    x = X[0].copy()
+    x[[2, 5]] = 0.25
+    e = KernelEstimator(f, background).explain(x, budget=2**8 - 2, seed=0)
+    assert e.complete and np.all(e.values[[2, 5]] == 0)
+    np.testing.assert_allclose(e.values, brute_force_shapley(f, x, background)[1], rtol=0, atol=1e-9)
+    # One varying feature takes the whole difference.
+    lone = background[0].copy()
+    lone[4] = 3.0
+    one = KernelEstimator(f, np.repeat(background[:1], 3, axis=0)).explain(lone, budget=100)
+    assert one.complete and np.count_nonzero(one.values[:, 1]) <= 1
+    np.testing.assert_allclose(one.values[4], one.output_value - one.base_value, rtol=0, atol=1e-15)
+
+
+# --------------------------------------------------------------------------- seeds, batching, budget
+
+
+def test_same_seed_same_answer_whatever_the_other_rows(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
+    f, X, B = mlp10
+    estimator = KernelEstimator(f, B)
+    together = estimator.explain_rows(X[:3], budget=200, seed=7)
+    alone = estimator.explain(X[1], budget=200, seed=7)
+    np.testing.assert_array_equal(together[1].values, alone.values)
+    np.testing.assert_array_equal(together[1].std_errors, alone.std_errors)
+    np.testing.assert_array_equal(KernelEstimator(f, B).explain(X[1], budget=200, seed=7).values, alone.values)
+    assert not np.array_equal(estimator.explain(X[1], budget=200, seed=8).values, alone.values)
+
+
+def test_coalitions_of_all_rows_go_to_the_model_in_few_large_calls(
+    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+) -> None:
+    f, X, B = mlp10
+    estimator = KernelEstimator(f, B)
+    f.calls.clear()
+    estimates = estimator.explain_rows(X[:4], budget=500, seed=0)
+    coalitions = sum(e.coalitions for e in estimates)
+    assert f.calls == [4, coalitions * len(B)]  # f(X), then every coalition of every row at once
+    small = KernelEstimator(f, B, max_batch_rows=100 * len(B))
+    f.calls.clear()
+    small.explain_rows(X[:4], budget=500, seed=0)
+    assert max(f.calls[1:]) <= 100 * len(B) and sum(f.calls[1:]) == coalitions * len(B)
+
+
+def test_float32_coalition_rows_give_the_same_answer_for_a_float32_model(
+    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+) -> None:
+    f, X, B = mlp10
+    wide = KernelEstimator(f, B, background_rows=5).explain(X[0], budget=300, seed=4)
+    f.dtypes.clear()
+    narrow = KernelEstimator(f, B, background_rows=5, dtype=np.float32).explain(X[0], budget=300, seed=4)
+    assert np.dtype(np.float32) in f.dtypes
+    # The same model inputs; only the control variate's surrogate is fitted on float32-rounded rows.
+    np.testing.assert_allclose(narrow.values, wide.values, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(narrow.std_errors, wide.std_errors, rtol=1e-3)
+
+
+def test_budget_below_two_coalitions_per_player_is_refused(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
+    f, X, B = mlp10
+    with pytest.raises(InvalidRequest) as err:
+        KernelEstimator(f, B).explain(X[0], budget=19)
+    assert (err.value.code, err.value.field) == ("invalid_parameter", "parameters.nsamples")
+    assert KernelEstimator(f, B).explain(X[0], budget=20).coalitions == 20
+
+
+# --------------------------------------------------------------------------- error estimate
+
+
+def test_std_error_is_calibrated_over_seeds(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
+    f, X, B = mlp10
+    estimator = KernelEstimator(f, B)
+    truth = np.stack([brute_force_shapley(f, x, B)[1][:, 1] for x in X[:3]])
+    errors, std_errors = [], []
+    for seed in range(20):
+        for i, e in enumerate(estimator.explain_rows(X[:3], budget=512, seed=seed)):
+            errors.append(np.abs(e.values[:, 1] - truth[i]))
+            std_errors.append(e.std_errors[:, 1])
+    error, se = np.array(errors), np.array(std_errors)
+    assert np.all(se > 0)
+    assert np.mean(error <= se) >= 0.6
+    assert np.mean(error <= 2 * se) >= 0.9
+
+
+def test_tolerance_mode_samples_in_rounds_until_every_error_is_below_it(
+    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+) -> None:
+    f, X, B = mlp10
+    estimator = KernelEstimator(f, B)
+    e = estimator.explain(X[0], budget=1000, seed=2, tolerance=2e-3)
+    assert e.converged and e.rounds > 1 and e.coalitions < 1000
+    assert e.std_errors.max() <= 2e-3
+    tight = estimator.explain(X[0], budget=300, seed=2, tolerance=1e-9)
+    assert tight.converged is False and tight.coalitions == 300 and tight.rounds > 1
+    np.testing.assert_allclose(tight.values.sum(axis=0), tight.output_value - tight.base_value, rtol=0, atol=1e-12)
+    assert estimator.explain(X[0], budget=300, seed=2).converged is None
+
+
+def test_agrees_with_shap_kernel_explainer_at_large_budgets(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
+    f, X, B = mlp10
+    explainer = shap.KernelExplainer(f, B)
+    scale = _range(f, B, X)
+    for budget, tolerance in ((2**10 - 2, 1e-9), (900, 1e-2)):
+        ours = KernelEstimator(f, B).explain(X[0], budget=budget, seed=0).values
+        np.random.seed(0)
+        theirs = np.asarray(explainer.shap_values(X[:1], nsamples=budget, l1_reg=False, silent=True))
+        theirs = theirs.reshape(10, -1)
+        assert np.all(np.abs(ours - theirs).max(axis=0) <= tolerance * np.maximum(scale, 1.0))
+
+
+def test_background_rows_keep_enumeration_exact_and_the_error_honest(
+    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+) -> None:
+    f, X, B = mlp10
+    sub = KernelEstimator(f, B, background_rows=5)
+    whole = sub.explain(X[0], budget=2**10 - 2, seed=0)
+    assert whole.complete and whole.evaluations == (2**10 - 2) * len(B)
+    np.testing.assert_allclose(whole.values, brute_force_shapley(f, X[0], B)[1], rtol=0, atol=1e-9)
+    truth = np.stack([brute_force_shapley(f, x, B)[1][:, 1] for x in X[:3]])
+    errors, std_errors, means = [], [], []
+    for seed in range(20):
+        for i, e in enumerate(sub.explain_rows(X[:3], budget=300, seed=seed)):
+            assert not e.complete and e.evaluations <= 300 * len(B) + 2 * 5
+            assert e.coalitions > 300  # cheaper coalitions: more of them for the same model rows
+            np.testing.assert_allclose(e.values.sum(axis=0), e.output_value - e.base_value, rtol=0, atol=1e-12)
+            errors.append(np.abs(e.values[:, 1] - truth[i]))
+            std_errors.append(e.std_errors[:, 1])
+            means.append(e.values[:, 1] - truth[i])
+    error, se = np.array(errors), np.array(std_errors)
+    assert np.mean(error <= se) >= 0.6
+    assert np.mean(error <= 2 * se) >= 0.9
+    # Unbiased: the mean over seeds is within a few of its own standard errors of the truth.
+    bias = np.abs(np.array(means).reshape(20, 3, -1).mean(axis=0))
+    assert np.all(bias <= 4 * se.reshape(20, 3, -1).mean(axis=0) / np.sqrt(20) + 1e-12)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_allocation_enumerates_the_outer_sizes_first() -> None:
+    # p = 10: pairs per size 10, 45, 120, 210 and 126 (the middle size's unordered pairs).
+    units = [10, 45, 120, 210, 126]
+    kernel = [2 * 9 / (s * (10 - s)) for s in range(1, 5)] + [9 / 25]
+    target, enumerated = allocate(units, kernel, 200)
+    assert target[:2] == [10, 45] and enumerated == [True, True, False, False, False]
+    assert sum(target) == 200 and all(t < u for t, u in zip(target[2:], units[2:], strict=True))
+    assert allocate(units, [2, 2, 2, 2, 1], 20)[0] == [5, 5, 4, 4, 2]  # leverage: the same mass per size
+    assert allocate(units, kernel, 10_000) == (units, [True] * 5)
+    assert allocate(units, kernel, 60, current=[10, 45, 30, 0, 0])[0][2] == 30
+
+
+def test_allocation_with_cheaper_sampled_pairs() -> None:
+    # p = 20; a sampled pair on a tenth of the background costs a tenth: ten times the pairs,
+    # but enumeration (which needs every row) only where the share pays for it whole.
+    units = [math.comb(20, s) for s in range(1, 10)] + [math.comb(20, 10) // 2]
+    masses = [2.0] * 9 + [1.0]
+    target, enumerated = allocate(units, masses, 1000, sample_cost=0.1)
+    assert enumerated == [True] + [False] * 9 and target[:3] == [20, 190, 1140]
+    assert 20 + 0.1 * sum(target[1:]) == pytest.approx(1000, abs=0.1)
+    # Budget left once every stratum is covered makes the small ones exact; frozen ones stay sampled.
+    small = [10, 45, 120, 210, 126]
+    assert allocate(small, [2, 2, 2, 2, 1], 110, sample_cost=0.1) == (small, [True, True, False, False, False])
+    frozen, whole = allocate(small, [2, 2, 2, 2, 1], 1000, sample_cost=0.1, sampled=[True] * 5)
+    assert frozen == small and not any(whole)
+
+
+@pytest.mark.parametrize("dof", [5, 8, 20, 100, 1000])
+def test_t_widening_matches_scipy(dof: int) -> None:
+    exact = stats.t.ppf(0.975, dof) / stats.norm.ppf(0.975)
+    assert t_widening(dof) == pytest.approx(exact, rel=2e-3)
