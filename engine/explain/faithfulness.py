@@ -93,7 +93,8 @@ def faithfulness(
         },
     }
     out["better_than_random"] = bool(
-        out["deletion"]["auc"] < out["deletion"]["random_auc"] and out["insertion"]["auc"] > out["insertion"]["random_auc"]
+        out["deletion"]["auc"] < out["deletion"]["random_auc"]
+        and out["insertion"]["auc"] > out["insertion"]["random_auc"]
     )
     return out
 

@@ -135,7 +135,7 @@ def conv_layers(model: onnx.ModelProto, output: str) -> list[str]:
     except KeyError:
         return []
     weights = {t.name: len(t.dims) for t in sub.graph.initializer}
-    names = []
+    names: list[str] = []
     for node in sub.graph.node:
         if node.op_type == "Conv" and len(node.input) > 1 and weights.get(node.input[1]) == 4:
             names.append(node.name or f"Conv_{len(names)}")

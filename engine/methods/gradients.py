@@ -159,7 +159,7 @@ def _convert(
             f"(over {TOLERANCE:g}), so its gradients cannot be trusted"
         )
     layers = conv_layers(model, output)
-    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs: list[torch.nn.Module] = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
     return Converted(module, diff, len(inputs), layers[: len(convs)], convs[: len(layers)])
 
 
@@ -178,6 +178,8 @@ class _UnitImages(torch.nn.Module):
         super().__init__()
         self.module = module
         self.spec = spec
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(spec.channel_mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(spec.channel_std, dtype=torch.float32))
 
@@ -222,7 +224,13 @@ def _layer(converted: Converted, name: str | None) -> tuple[str, torch.nn.Module
 
 
 def grad_cam(
-    converted: Converted, spec: ImageSpec, f: ImageFn, image: FloatArray, targets: list[int], *, layer: str | None = None
+    converted: Converted,
+    spec: ImageSpec,
+    f: ImageFn,
+    image: FloatArray,
+    targets: list[int],
+    *,
+    layer: str | None = None,
 ) -> MapAttribution:
     """Grad-CAM of one unit image at a convolution layer (default: the last), upsampled to ``(H, W)``."""
     name, module = _layer(converted, layer)
@@ -255,7 +263,9 @@ def saliency(
         for t in targets
     ]
     out = np.asarray(f(image[None]), dtype=np.float64)[0]
-    return MapAttribution(list(targets), np.stack(maps), out[targets], info={"conversion": converted.facts()}, signed=False)
+    return MapAttribution(
+        list(targets), np.stack(maps), out[targets], info={"conversion": converted.facts()}, signed=False
+    )
 
 
 def smoothgrad(
@@ -375,7 +385,9 @@ def tabular_gradients(
             output = scores[0, targets[i]]
         else:
             grad = Saliency(forward)
-            maps = [grad.attribute(x.requires_grad_(), target=t, abs=False).detach().double().numpy()[0] for t in targets[i]]
+            maps = [
+                grad.attribute(x.requires_grad_(), target=t, abs=False).detach().double().numpy()[0] for t in targets[i]
+            ]
             output = np.asarray(f(row[None]), dtype=np.float64)[0, targets[i]]
         out.append(
             MapAttribution(
@@ -384,7 +396,10 @@ def tabular_gradients(
                 output,
                 base_values=base_values,
                 quality=quality,
-                info={"conversion": converted.facts(), **({"steps": steps} if method == "integrated_gradients" else {})},
+                info={
+                    "conversion": converted.facts(),
+                    **({"steps": steps} if method == "integrated_gradients" else {}),
+                },
             )
         )
     return out

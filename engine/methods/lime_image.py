@@ -59,10 +59,12 @@ def lime_image(
     """
     if segmentation not in SEGMENTATIONS:
         raise InvalidRequest(
-            f"segmentation must be one of {list(SEGMENTATIONS)}", code="invalid_parameter", field="parameters.segmentation"
+            f"segmentation must be one of {list(SEGMENTATIONS)}",
+            code="invalid_parameter",
+            field="parameters.segmentation",
         )
     channels = image.shape[-1]
-    # LIME segments and perturbs RGB images: grey images go in as 2-D (LIME makes them RGB) and come back as one channel.
+    # LIME segments and perturbs RGB images: grey ones go in 2-D (LIME makes them RGB) and come back as one channel.
     picture = image[..., 0] if channels == 1 else image
 
     def classifier(batch: FloatArray) -> FloatArray:
@@ -72,7 +74,9 @@ def lime_image(
     if segmentation == "slic":
         segmenter = SegmentationAlgorithm("slic", n_segments=segments, compactness=10, start_label=0, random_seed=seed)
     elif segmentation == "quickshift":
-        segmenter = SegmentationAlgorithm("quickshift", kernel_size=2, max_dist=max(2, 64 // segments), random_seed=seed)
+        segmenter = SegmentationAlgorithm(
+            "quickshift", kernel_size=2, max_dist=max(2, 64 // segments), random_seed=seed
+        )
     else:
         segmenter = SegmentationAlgorithm("felzenszwalb", scale=max(1, 400 // segments), min_size=2)
     explainer = LimeImageExplainer(random_state=seed)

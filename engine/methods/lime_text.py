@@ -27,9 +27,7 @@ def _split(text: str) -> list[str]:
     return [token.text for token in words(text)]
 
 
-def lime_text(
-    f: TextFn, text: str, targets: list[int], *, num_samples: int = 1000, seed: int = 0
-) -> MapAttribution:
+def lime_text(f: TextFn, text: str, targets: list[int], *, num_samples: int = 1000, seed: int = 0) -> MapAttribution:
     """Explain one text with LIME, one attribution per word (in order).
 
     Args:

@@ -82,11 +82,15 @@ def baseline_image(image: FloatArray, kind: str, background: FloatArray | None, 
     if kind == "blurred":
         from scipy.ndimage import gaussian_filter
 
-        return np.asarray(gaussian_filter(image, sigma=(sigma, sigma, 0), mode="nearest"), dtype=np.float64)
+        blurred: FloatArray = np.asarray(
+            gaussian_filter(image, sigma=(sigma, sigma, 0), mode="nearest"), dtype=np.float64
+        )
+        return blurred
     if kind == "background":
         if background is None or len(background) == 0:
             raise InvalidRequest(
                 "baseline 'background' needs background images", code="background_required", field="parameters.baseline"
             )
-        return np.asarray(background, dtype=np.float64).mean(axis=0)
+        mean: FloatArray = np.asarray(background, dtype=np.float64).mean(axis=0)
+        return mean
     raise InvalidRequest(f"unknown baseline {kind!r}", code="invalid_parameter", field="parameters.baseline")

@@ -35,8 +35,9 @@ class WordTokenizer:
     def __call__(self, s: str, return_offsets_mapping: bool = True) -> dict[str, Any]:
         tokens = words(s)
         if not tokens:
-            # shap tokenizes its mask token ("...") and needs one token back.
-            return {"input_ids": [""], "offset_mapping": [(0, 0)]}
+            # As shap's SimpleTokenizer: no token for "", one empty token for a non-word string
+            # (shap tokenizes its mask token "..." and needs one token back).
+            return {"input_ids": [""], "offset_mapping": [(0, 0)]} if s else {"input_ids": [], "offset_mapping": []}
         out: dict[str, Any] = {"input_ids": [t.text for t in tokens]}
         if return_offsets_mapping:
             out["offset_mapping"] = [(t.start, t.end) for t in tokens]

@@ -230,17 +230,17 @@ class ImageSpec:
             raise InvalidRequest(
                 f"the image is not a readable PNG or JPEG: {exc}", code="invalid_image", field=field
             ) from exc
-        image = image.convert("L" if self.channels == "L" else "RGB")
-        if image.size != (self.width, self.height):
+        picture: Image.Image = image.convert("L" if self.channels == "L" else "RGB")
+        if picture.size != (self.width, self.height):
             if not self.resize:
                 raise InvalidRequest(
-                    f"the image is {image.size[0]}×{image.size[1]} (width×height); the model takes "
+                    f"the image is {picture.size[0]}×{picture.size[1]} (width×height); the model takes "
                     f"{self.width}×{self.height} and does not resize",
                     code="wrong_image_size",
                     field=field,
                 )
-            image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, dtype=np.float64) / 255.0
+            picture = picture.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(picture, dtype=np.float64) / 255.0
         return pixels.reshape(self.shape)
 
     def _decode_array(self, value: list[Any], field: str) -> FloatArray:
@@ -324,5 +324,7 @@ def _floats(value: object, n: int, field: str, *, positive: bool) -> tuple[float
         or (positive and not all(v > 0 for v in value))
     ):
         kind = "positive " if positive else ""
-        raise InvalidRequest(f"must be a list of {n} finite {kind}numbers (one per channel)", code="invalid_card", field=field)
+        raise InvalidRequest(
+            f"must be a list of {n} finite {kind}numbers (one per channel)", code="invalid_card", field=field
+        )
     return tuple(float(v) for v in value)

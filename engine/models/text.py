@@ -165,7 +165,7 @@ def parse_texts(instances: object, spec: TextSpec, *, max_rows: int, where: str 
                 code="text_too_long",
                 field=field,
             )
-    return list(instances)  # type: ignore[arg-type]  # every item was checked to be a str above
+    return [str(text) for text in instances]
 
 
 class TokenIds:

@@ -35,7 +35,13 @@ def test_spec_round_trips_and_refuses_paths_as_tokenizer():
 
 @pytest.mark.parametrize(
     ("value", "code"),
-    [(3, "invalid_text"), ("", "empty_text"), ("  ... !", "empty_text"), ("x" * 51, "text_too_long"), ("a " * 11, "text_too_long")],
+    [
+        (3, "invalid_text"),
+        ("", "empty_text"),
+        ("  ... !", "empty_text"),
+        ("x" * 51, "text_too_long"),
+        ("a " * 11, "text_too_long"),
+    ],
 )
 def test_bad_texts_get_codes(value, code):
     spec = TextSpec(max_chars=50, max_words=10)
@@ -49,7 +55,9 @@ def test_token_ids_from_a_local_tokenizer_file(tmp_path):
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(["the food was great", "the food was awful"], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    tokenizer.train_from_iterator(
+        ["the food was great", "the food was awful"], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"])
+    )
     path = tmp_path / "tokenizer.json"
     tokenizer.save(str(path))
     ids, mask = TokenIds(path, max_length=6).encode(["the food was great", "great unknownword"])
