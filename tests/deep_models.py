@@ -205,3 +205,65 @@ def tfidf_classifier() -> TextModel:
 
 def onnx_model(onnx_bytes: bytes) -> onnx.ModelProto:
     return onnx.load_from_string(onnx_bytes)
+
+
+@dataclass
+class TokenModel:
+    onnx_bytes: bytes
+    tokenizer_path: Any
+    texts: list[str]
+
+    def encoder(self) -> Any:
+        from engine.models.text import TokenIds
+
+        return TokenIds(self.tokenizer_path, max_length=16)
+
+    def f(self) -> Callable[[Sequence[str]], np.ndarray]:
+        sess = session(self.onnx_bytes)
+        encoder = self.encoder()
+
+        def score(texts: Sequence[str]) -> np.ndarray:
+            ids, _ = encoder.encode(list(texts))
+            return np.asarray(sess.run(None, {"input_ids": ids})[0], dtype=np.float64)
+
+        return score
+
+
+@functools.cache
+def token_classifier(directory: Any) -> TokenModel:
+    """A mean-of-embeddings classifier over token ids, with a WordLevel ``tokenizer.json`` trained offline."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    texts, labels = sentences(400, seed=2)
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    path = directory / "tokenizer.json"
+    tokenizer.save(str(path))
+
+    class MeanEmbedding(torch.nn.Module):
+        def __init__(self, vocabulary: int) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(vocabulary, 8, padding_idx=0)
+            self.classifier = torch.nn.Linear(8, 2)
+
+        def forward(self, ids: Any) -> Any:
+            mask = (ids != 0).float().unsqueeze(-1)
+            mean = (self.embedding(ids) * mask).sum(1) / (mask.sum(1) + 1e-6)
+            return torch.softmax(self.classifier(mean), dim=1)
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = MeanEmbedding(tokenizer.get_vocab_size())
+    model = TokenModel(b"", path, texts)
+    ids = torch.tensor(model.encoder().encode(texts)[0])
+    y = torch.tensor(labels)
+    optimizer = torch.optim.Adam(net.parameters(), 5e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        torch.nn.functional.nll_loss(torch.log(net(ids) + 1e-9), y).backward()
+        optimizer.step()
+    model.onnx_bytes = export(net.eval(), ids[:1], "input_ids")
+    return model

@@ -140,3 +140,58 @@ def conv_layers(model: onnx.ModelProto, output: str) -> list[str]:
         if node.op_type == "Conv" and len(node.input) > 1 and weights.get(node.input[1]) == 4:
             names.append(node.name or f"Conv_{len(names)}")
     return names
+
+
+@dataclass(frozen=True)
+class EmbeddingVerdict:
+    """Whether integrated gradients on a token model's embedding lookup can be taken.
+
+    Attributes:
+        ok: True when the output is a differentiable function of the embeddings.
+        reason: Why not, when ``ok`` is false.
+        gather_index: Position of the embedding ``Gather`` among the subgraph's ``Gather`` nodes.
+        ids_input: The token-id input's name.
+        operator: The offending operator, when one is to blame.
+    """
+
+    ok: bool
+    reason: str = ""
+    gather_index: int = -1
+    ids_input: str = ""
+    operator: str | None = None
+
+
+def check_embedding(model: onnx.ModelProto, output: str) -> EmbeddingVerdict:
+    """Find the embedding lookup of a token-id model and check everything downstream of it is differentiable.
+
+    The embedding is the first ``Gather`` whose table is a float initializer
+    and whose indices are an integer graph input. Operators that only read
+    the ids (padding masks: ``Equal``, ``Not``, ``Cast``) are fine; every
+    operator that depends on the embeddings must be differentiable.
+    """
+    try:
+        sub = output_subgraph(model, output)
+    except KeyError:
+        return EmbeddingVerdict(False, f"the graph has no output {output!r}")
+    floats = {t.name for t in sub.graph.initializer if t.data_type in _FLOAT_TYPES}
+    int_inputs = {i.name for i in sub.graph.input if i.type.tensor_type.elem_type not in _FLOAT_TYPES}
+    gathers = [n for n in sub.graph.node if n.op_type == "Gather"]
+    found = next(
+        (i for i, n in enumerate(gathers) if n.input[0] in floats and n.input[1] in int_inputs and not n.domain),
+        None,
+    )
+    if found is None:
+        return EmbeddingVerdict(False, "no embedding lookup (a Gather from a float table by a token-id input)")
+    tainted = set(gathers[found].output)
+    for node in sub.graph.node:
+        if not any(name in tainted for name in node.input):
+            continue
+        if node.domain not in ("", "ai.onnx") or node.op_type in NON_DIFFERENTIABLE:
+            operator = f"{node.domain}:{node.op_type}" if node.domain else node.op_type
+            return EmbeddingVerdict(
+                False,
+                f"operator {operator} ({node.name or 'unnamed'}) after the embedding has no useful gradient",
+                operator=operator,
+            )
+        tainted.update(node.output)
+    return EmbeddingVerdict(True, gather_index=found, ids_input=gathers[found].input[1])

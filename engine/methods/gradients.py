@@ -23,7 +23,10 @@ the input's resolution. Captum does the attributions:
   torch generator seeded per explanation (same seed, same map).
 
 Tabular models (MLPs) get ``integrated_gradients`` and ``saliency`` over
-their feature vector.
+their feature vector. Token-id text models get ``integrated_gradients`` on
+their embedding lookup (``LayerIntegratedGradients``, from the embeddings
+of padding), summed per token and then per word through the tokenizer's
+character offsets.
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ import torch
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
 
 from engine.errors import InvalidRequest
-from engine.methods.differentiable import check, conv_layers, output_subgraph
-from engine.methods.maps import FloatArray, ImageFn, MapAttribution, baseline_image
+from engine.methods.differentiable import check, check_embedding, conv_layers, output_subgraph
+from engine.methods.maps import FloatArray, ImageFn, MapAttribution, TextFn, baseline_image
 from engine.models.image import ImageSpec
+from engine.models.text import TokenIds, words
 
 TOLERANCE = 1e-4
 """Largest |torch − onnxruntime| on the reference rows for gradients to be trusted."""
@@ -72,6 +76,7 @@ class Converted:
     checked_rows: int
     layers: list[str]
     layer_modules: list[torch.nn.Module]
+    embedding: torch.nn.Module | None = None
 
     def facts(self) -> dict[str, Any]:
         """What the response records about the conversion."""
@@ -94,6 +99,7 @@ def convert(
     check_inputs: np.ndarray,
     reference: Callable[[np.ndarray], np.ndarray],
     reference_key: str = "fp32",
+    token_ids: bool = False,
 ) -> Converted:
     """Convert the graph to torch once and check it against ``reference`` (onnxruntime).
 
@@ -103,6 +109,7 @@ def convert(
         check_inputs: Rows in the model's input layout (background rows) to compare on.
         reference: onnxruntime's explained output for ``check_inputs`` (the session that is served).
         reference_key: Names the served session (``fp32`` or a variant), part of the cache key.
+        token_ids: The model takes token ids: gradients are taken at its embedding lookup.
 
     Returns:
         The converted module; cached per (model sha256, output, reference_key).
@@ -111,14 +118,14 @@ def convert(
         InvalidRequest: ``method_not_supported_for_model`` naming the operator
             or the disagreement.
     """
-    key = (hashlib.sha256(onnx_bytes).hexdigest(), output, reference_key)
+    key = (hashlib.sha256(onnx_bytes).hexdigest(), output, reference_key + (":tokens" if token_ids else ""))
     with _lock:
         found = _cache.get(key)
         if found is not None:
             _cache.move_to_end(key)
     if found is None:
         try:
-            found = _convert(onnx_bytes, output, check_inputs, reference)
+            found = _convert(onnx_bytes, output, check_inputs, reference, token_ids)
         except InvalidRequest as exc:
             found = exc
         with _lock:
@@ -131,14 +138,24 @@ def convert(
 
 
 def _convert(
-    onnx_bytes: bytes, output: str, check_inputs: np.ndarray, reference: Callable[[np.ndarray], np.ndarray]
+    onnx_bytes: bytes,
+    output: str,
+    check_inputs: np.ndarray,
+    reference: Callable[[np.ndarray], np.ndarray],
+    token_ids: bool,
 ) -> Converted:
     from onnx2torch import convert as onnx_to_torch
+    from onnx2torch.node_converters.gather import OnnxGather
 
     model = onnx.load_from_string(onnx_bytes)
-    verdict = check(model, output)
-    if not verdict.ok:
-        raise refuse(f"gradient methods need a differentiable graph: {verdict.reason}")
+    if token_ids:
+        embedding = check_embedding(model, output)
+        if not embedding.ok:
+            raise refuse(f"integrated gradients on token ids needs an embedding lookup: {embedding.reason}")
+    else:
+        verdict = check(model, output)
+        if not verdict.ok:
+            raise refuse(f"gradient methods need a differentiable graph: {verdict.reason}")
     try:
         module = onnx_to_torch(output_subgraph(model, output))
     except NotImplementedError as exc:
@@ -147,8 +164,9 @@ def _convert(
         raise refuse(f"the graph cannot be converted to torch: operator {operator} is not supported") from exc
     except Exception as exc:  # onnx2torch raises bare errors on graphs it cannot read
         raise refuse(f"the graph cannot be converted to torch: {type(exc).__name__}: {exc}") from exc
-    module = module.eval().float()
-    inputs = np.ascontiguousarray(check_inputs, dtype=np.float32)
+    module = module.eval()
+    integer = np.issubdtype(np.asarray(check_inputs).dtype, np.integer)
+    inputs = np.ascontiguousarray(check_inputs, dtype=np.int64 if integer else np.float32)
     with torch.no_grad():
         mine = _output(module(torch.from_numpy(inputs))).double().numpy()
     theirs = np.asarray(reference(inputs), dtype=np.float64).reshape(mine.shape)
@@ -160,7 +178,14 @@ def _convert(
         )
     layers = conv_layers(model, output)
     convs: list[torch.nn.Module] = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
-    return Converted(module, diff, len(inputs), layers[: len(convs)], convs[: len(layers)])
+    lookup = None
+    if token_ids:
+        # onnx2torch adds one module per node in graph order, so the i-th Gather node is the i-th OnnxGather.
+        gathers = [m for m in module.modules() if isinstance(m, OnnxGather)]
+        lookup = gathers[embedding.gather_index] if embedding.gather_index < len(gathers) else None
+        if lookup is None:
+            raise refuse("the embedding lookup was not found in the converted module")
+    return Converted(module, diff, len(inputs), layers[: len(convs)], convs[: len(layers)], lookup)
 
 
 def _output(value: Any) -> torch.Tensor:
@@ -403,3 +428,66 @@ def tabular_gradients(
             )
         )
     return out
+
+
+class _TokenIds(torch.nn.Module):
+    """Token ids ``(n, L)`` straight into the model."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return _output(self.module(ids))
+
+
+def token_integrated_gradients(
+    converted: Converted, encoder: TokenIds, f: TextFn, text: str, targets: list[int], *, steps: int = 64
+) -> MapAttribution:
+    """Integrated gradients at the embedding lookup of a token-id model, one value per word of ``text``.
+
+    The baseline replaces every token by padding (``encoder.pad_id``). Token
+    attributions (summed over the embedding) are added up per word through the
+    tokenizer's character offsets; tokens past ``max_length`` were never seen
+    and leave their words at 0. ``base_values`` are the model at the all-padding
+    baseline, so the residual is the completeness gap.
+    """
+    from captum.attr import LayerIntegratedGradients
+
+    if converted.embedding is None:
+        raise refuse("the model was not converted for token ids")
+    ids, _ = encoder.encode([text])
+    encoding = encoder.tokenizer.encode(text)
+    offsets = encoding.offsets[: encoder.max_length]
+    forward = _TokenIds(converted.module)
+    method = LayerIntegratedGradients(forward, converted.embedding)
+    x = torch.from_numpy(ids)
+    baseline = torch.full_like(x, encoder.pad_id)
+    tokens = words(text)
+    maps, quality = [], []
+    for t in targets:
+        attr, delta = method.attribute(
+            x, baselines=baseline, target=t, n_steps=steps, internal_batch_size=steps, return_convergence_delta=True
+        )
+        per_token = attr.detach().double().numpy()[0].sum(-1)
+        per_word = np.zeros(len(tokens))
+        for j, (start, end) in enumerate(offsets):
+            if end <= start:
+                continue  # special tokens ([CLS], padding) carry no characters
+            for w, token in enumerate(tokens):
+                if start < token.end and token.start < end:
+                    per_word[w] += per_token[j]
+                    break
+        maps.append(per_word)
+        quality.append({"convergence_delta": float(delta.detach().double().reshape(-1)[0])})
+    with torch.no_grad():
+        base = forward(baseline).double().numpy()[0]
+    out = np.asarray(f([text]), dtype=np.float64)[0]
+    return MapAttribution(
+        list(targets),
+        np.stack(maps),
+        out[targets],
+        base_values=base[targets],
+        quality=quality,
+        info={"steps": steps, "baseline": "padding", "tokens": len(offsets), "conversion": converted.facts()},
+    )

@@ -103,3 +103,44 @@ def test_faithfulness_of_occlusion_beats_a_random_order(model):
     assert report["insertion"]["auc"] > report["insertion"]["random_auc"]
     assert report["better_than_random"] is True
     assert report["deletion"]["curve"][0] == pytest.approx(f([text])[0, label])
+
+
+def test_integrated_gradients_on_embeddings_finds_the_planted_word(tmp_path_factory):
+    """A token-id model (embedding lookup, mean, linear) with a local tokenizer.json: IG per word, complete."""
+    pytest.importorskip("captum")
+    from engine.methods import gradients
+
+    model = deep_models.token_classifier(tmp_path_factory.mktemp("tokens"))
+    encoder = model.encoder()
+    f = model.f()
+    sess = deep_models.session(model.onnx_bytes)
+    check = encoder.encode(model.texts[:16])[0]
+    converted = gradients.convert(
+        model.onnx_bytes,
+        "probabilities",
+        check_inputs=check,
+        reference=lambda ids: sess.run(None, {"input_ids": ids})[0],
+        token_ids=True,
+    )
+    for text, planted, label in CASES:
+        result = gradients.token_integrated_gradients(converted, encoder, f, text, [label, 1 - label], steps=64)
+        tokens = words(text)
+        assert result.maps.shape == (2, len(tokens))
+        top = int(np.argmax(result.maps[0]))
+        assert tokens[top].text == planted and result.maps[0, top] > 0
+        assert int(np.argmin(result.maps[1])) == top
+        residual = result.additivity_residual()
+        for j in range(2):
+            assert abs(residual[j]) <= abs(result.quality[j]["convergence_delta"]) + 2 * gradients.TOLERANCE
+
+
+def test_a_string_model_has_no_embedding_to_differentiate(model):
+    pytest.importorskip("captum")
+    from engine.errors import InvalidRequest
+    from engine.methods import gradients
+
+    with pytest.raises(InvalidRequest) as caught:
+        gradients.convert(
+            model.onnx_bytes, "probabilities", check_inputs=np.zeros((1, 1)), reference=lambda x: x, token_ids=True
+        )
+    assert caught.value.code == "method_not_supported_for_model" and "embedding" in caught.value.detail
