@@ -44,8 +44,9 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from engine.explainers import get_explainer, validate_params
-from engine.explainers.base import ExplainTask, FloatArray
+from engine.arrays import FloatArray
+from engine.methods import get_explainer, validate_params
+from engine.methods.base import ExplainTask
 
 ROOT = Path(__file__).resolve().parents[1]
 

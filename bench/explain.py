@@ -53,9 +53,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engine.explainers import get_explainer, validate_params
-from engine.explainers.base import ExplainTask, FloatArray
-from engine.explainers.exact import shapley_values
+from engine.arrays import FloatArray
+from engine.methods import get_explainer, validate_params
+from engine.methods.base import ExplainTask
+from engine.methods.exact import shapley_values
 
 ROWS, BACKGROUND, REPEATS, WARMUP_ROWS = 20, 100, 5, 2
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,7 +297,7 @@ def groups(case: Case) -> list[list[tuple[str, Run]]]:
     out.append([("permutation 2048", engine(case, "permutation", {"max_evals": 2048})),
                 ("shap.Permutation 2048", raw(case, "permutation", 2048))])  # fmt: skip
     out.append([("lime 5000", engine(case, "lime", {"num_samples": 5000})), ("lime raw 5000", raw(case, "lime", 5000))])
-    if case.name == "gbm" and (ROOT / "engine/explainers/tree_shap.py").exists():
+    if case.name == "gbm" and (ROOT / "engine/methods/tree_shap.py").exists():
         out.append([("tree_shap", engine(case, "tree_shap", {})), ("shap.Tree (sklearn)", raw(case, "tree", 0))])
     return out
 

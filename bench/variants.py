@@ -6,9 +6,9 @@ Run from the repository root (about a minute)::
 
 Three real models are built in the run: (a) a StandardScaler + MLP classifier
 on 20 features, (b) a wider StandardScaler + MLP regressor on 100 features,
-(c) a small torch CNN. Each variant is built with :func:`engine.quantize.build_variant`
+(c) a small torch CNN. Each variant is built with :func:`engine.variants.quantize.build_variant`
 (static calibration on 100 rows, the service's background summary size) and
-measured with :func:`engine.fidelity.measure_variant` against raw fp32
+measured with :func:`engine.variants.fidelity.measure_variant` against raw fp32
 onnxruntime in the same run, sessions interleaved call by call, one
 intra-op thread, no spinning. fp16 targets GPUs; on the CPU it is measured
 for reference only and is left out of the ``fastest`` pick.
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engine.fidelity import measure_variant, passes_gate, pick_fastest
-from engine.quantize import VARIANT_KINDS, build_variant
+from engine.variants.fidelity import measure_variant, passes_gate, pick_fastest
+from engine.variants.quantize import VARIANT_KINDS, build_variant
 
 CALIBRATION_ROWS = 100
 TARGET = ("mlp_regressor_100", "int8_static", 1.4)  # issue 5: int8 static >= 1.4x fp32 batched

@@ -15,6 +15,7 @@ statuses; the engine itself knows nothing of HTTP::
     ├── PayloadTooLarge         an upload or body is over its configured cap
     ├── Unavailable             a dependency (Redis, the store) cannot be reached
     ├── JobCanceled             a running job saw its cancel flag and stopped
+    ├── JobRefused              a queued job names a function outside the queue contract
     └── ExplanationFailed       the model or an explainer failed on valid input
 
 Example::
@@ -106,6 +107,13 @@ class JobCanceled(OnnxplainError):
 
     code = "canceled"
     title = "Canceled"
+
+
+class JobRefused(OnnxplainError):
+    """A queued job names a function that is not in the queue contract (``engine/jobs.py``); it never ran."""
+
+    code = "job_refused"
+    title = "Job refused"
 
 
 class ExplanationFailed(OnnxplainError):

@@ -19,12 +19,14 @@ from engine.errors import (
     ExplanationFailed,
     InvalidRequest,
     JobCanceled,
+    JobRefused,
     ModelRejected,
     NotFound,
     OnnxplainError,
     PayloadTooLarge,
     Unavailable,
 )
+from engine.jobs import CANCELED, TIMEOUT, JobError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 #   1. subclass it in engine/errors.py with a default ``code``;
 #   2. add it here, most specific first;
 #   3. list its codes in openapi.yaml's Problem schema description.
+# Job errors carry the class name (engine/jobs.py), so a job answers what a direct call would.
 _STATUS: list[tuple[type[OnnxplainError], int]] = [
     (InvalidRequest, 422),
     (ModelRejected, 422),
@@ -40,6 +43,7 @@ _STATUS: list[tuple[type[OnnxplainError], int]] = [
     (PayloadTooLarge, 413),
     (Unavailable, 503),
     (JobCanceled, 409),
+    (JobRefused, 500),
     (ExplanationFailed, 422),
 ]
 
@@ -53,6 +57,10 @@ _HTTP_CODES = {
 }
 
 
+# Job codes that are no engine error: the failure is on the server's side, or the job's limit or state.
+_JOB_STATUS = {TIMEOUT: 504, CANCELED: 409}
+
+
 def status_of(exc: OnnxplainError) -> int:
     """Return the HTTP status for an engine error."""
     for cls, status in _STATUS:
@@ -61,34 +69,53 @@ def status_of(exc: OnnxplainError) -> int:
     return 500
 
 
-def status_of_stored(error: dict[str, Any]) -> int:
-    """Return the HTTP status of an error a worker stored as ``{code, error_class, ...}``."""
-    cls = getattr(engine_errors, str(error.get("error_class", "")), None)
+def status_for(record: JobError) -> int:
+    """Return the HTTP status of a stored job error: the status the same error answers on a direct call.
+
+    An engine error is known by its class name; ``timeout`` is 504, ``canceled`` 409, and every other code
+    (``internal_error``, ``worker_lost``, ``chunk_lost``, ``audit_lost``, ``job_refused``) 500.
+    """
+    cls = getattr(engine_errors, record.error_class or "", None)
     if isinstance(cls, type) and issubclass(cls, OnnxplainError):
         return status_of(cls(""))
-    return 504 if error.get("code") == "timeout" else 500
+    return _JOB_STATUS.get(record.code, 500)
 
 
-def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
-    """Build a problem+json response (RFC 9457) with a stable ``code``."""
-    body = {"type": f"https://onnxplain.dev/problems/{code}", "title": title, "status": status, "detail": detail}
-    body["code"] = code
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """Build a problem body (RFC 9457) with a stable ``code``: the one builder, for responses and job views."""
+    body: dict[str, Any] = {
+        "type": f"https://onnxplain.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
     body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def problem_of(error: OnnxplainError | JobError, **extra: Any) -> dict[str, Any]:
+    """The problem body of an engine error or of a stored job error, with its one status."""
+    if isinstance(error, JobError):
+        return problem(status_for(error), error.code, error.title, error.message, field=error.field, **extra)
+    return problem(status_of(error), error.code, error.title, error.detail, field=error.field, **extra)
+
+
+def respond(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """Turn a problem body into a response: problem+json on ``/v1``, ``{"error"}`` on ``/v2``."""
     if request.path.startswith("/v2/"):
-        response = jsonify({"error": detail})
+        response = jsonify({"error": body["detail"]})
     else:
         response = jsonify(body)
         response.mimetype = "application/problem+json"
-    response.status_code = status
+    response.status_code = int(body["status"])
+    response.headers.update(headers or {})
     return response
 
 
 def _engine_error(exc: OnnxplainError) -> Response:
-    status = status_of(exc)
-    response = problem(status, exc.code, exc.title, exc.detail, field=exc.field)
-    if status == 503:
-        response.headers["Retry-After"] = "5"
-    return response
+    body = problem_of(exc)
+    return respond(body, {"Retry-After": "5"} if body["status"] == 503 else None)
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -97,7 +124,7 @@ def _http_error(exc: HTTPException) -> Response:
     detail = exc.description or exc.name
     if status == 413:
         detail = "the request body is larger than the configured limit"
-    response = problem(status, code, exc.name, detail)
+    response = respond(problem(status, code, exc.name, detail))
     if status == 405 and exc.get_response().headers.get("Allow"):
         response.headers["Allow"] = exc.get_response().headers["Allow"]
     return response
@@ -105,7 +132,9 @@ def _http_error(exc: HTTPException) -> Response:
 
 def _unexpected(exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
-    return problem(500, "internal_error", "Internal server error", "an unexpected error occurred; it has been logged")
+    return respond(
+        problem(500, "internal_error", "Internal server error", "an unexpected error occurred; it has been logged")
+    )
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -9,10 +9,10 @@ from flask import Flask, current_app
 from redis import Redis
 
 from engine.errors import Unavailable
-from engine.prediction import Predictor
-from engine.registry import ModelRegistry
+from engine.models.store import ModelRegistry
+from engine.serving import Predictor
 from engine.settings import Settings
-from service.jobs import JobGateway
+from service.gateways.jobs import JobGateway
 
 KEY = "onnxplain"
 

@@ -1,4 +1,4 @@
-"""``python -m worker``: an RQ SimpleWorker (that beats while it works) on ``interactive`` before ``batch``."""
+"""``python -m worker``: an RQ SimpleWorker (beating, sweeping) on ``interactive`` before ``batch``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from engine.jobs import QUEUES
 from engine.settings import Settings
 from worker.failures import record_failure
 from worker.heartbeat import HeartbeatWorker
-
-QUEUES = ("interactive", "batch")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,6 +27,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=30,
         help="seconds between heartbeats of a running job; it counts as abandoned after three missed (default 30)",
+    )
+    parser.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=5.0,
+        help="seconds between sweeps that retry (or fail) the jobs of dead workers; 0 turns it off (default 5)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -48,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         # Abandoned jobs of dead workers are swept every minute, not every ten.
         maintenance_interval=60,
         job_monitoring_interval=args.job_monitoring_interval,
+        sweep_interval=args.sweep_interval,
     )
     worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
 

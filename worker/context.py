@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from engine.prediction import Predictor
-from engine.registry import ModelRegistry
+from engine.models.store import ModelRegistry
+from engine.serving import Predictor
 from engine.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""Record why a job failed, as ``{code, message}`` the API can show."""
+"""Record why a job failed, as the :class:`~engine.jobs.JobError` the API shows."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from engine.errors import OnnxplainError
+from engine.jobs import MetaKey, job_error
 
 log = logging.getLogger(__name__)
 
@@ -26,26 +27,15 @@ def record_failure(
     """
     # Library wrappers may re-raise RQ's timeout as an engine error: look down the chain.
     if any(isinstance(e, JobTimeoutException) for e in _chain(exc_value)):
-        exc_value = JobTimeoutException(str(exc_value))
-    if isinstance(exc_value, OnnxplainError):
-        # The class name lets the API give the same status as a synchronous error (service/errors.py).
-        error = {**exc_value.to_dict(), "title": exc_value.title, "error_class": type(exc_value).__name__}
+        error = job_error(exc_value, timeout_s=float(job.timeout or 0))
         job.retries_left = 0
-    elif isinstance(exc_value, JobTimeoutException):
-        error = {
-            "code": "timeout",
-            "message": f"the job ran past its {job.timeout} s limit",
-            "title": "Timeout",
-        }
+    elif isinstance(exc_value, OnnxplainError):
+        error = job_error(exc_value)
         job.retries_left = 0
     else:
-        error = {
-            "code": "internal_error",
-            "message": f"{exc_type.__name__}: {exc_value}",
-            "title": "Job failed",
-        }
+        error = job_error(exc_value)
         log.error("job %s failed unexpectedly", job.id, exc_info=(exc_type, exc_value, traceback))
-    job.meta["error"] = error
+    job.meta[MetaKey.ERROR] = error.to_dict()
     job.save_meta()
     return True
 

@@ -1,10 +1,14 @@
-"""A SimpleWorker that keeps beating while a job runs, so a dead worker's job is noticed in seconds.
+"""The worker: an RQ SimpleWorker that runs only the contract's jobs, beats while it works, and sweeps.
 
 RQ's forking ``Worker`` refreshes a running job's heartbeat every ``job_monitoring_interval`` from its parent
 process, and a job whose heartbeat lapses is *abandoned*: ``StartedJobRegistry.cleanup()`` retries or fails it.
 A ``SimpleWorker`` runs the job in its only thread and never beats meanwhile, so RQ gives the job
 ``timeout + 60`` seconds: a batch chunk on a killed worker would sit ``started`` for half an hour. Here a daemon
 thread beats instead; it dies with the process, which is exactly the signal wanted.
+
+RQ itself cleans the registries only every ``maintenance_interval``; a second daemon thread sweeps abandoned
+jobs every few seconds (one worker per interval, under a Redis lock), so a dead worker's chunk runs again
+elsewhere without anyone reading the API.
 """
 
 from __future__ import annotations
@@ -17,11 +21,63 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 
+from engine.errors import JobRefused
+from engine.jobs import FUNCTIONS
+
 _MISSED_BEATS = 3  # a job is abandoned after this many intervals without a beat
+_SWEEP_LOCK = "onnxplain:sweep"
+
+
+class ContractJob(Job):
+    """An RQ job that refuses, before importing anything, a function outside :data:`engine.jobs.FUNCTIONS`."""
+
+    def _execute(self) -> Any:
+        # func_name is the stored string; self.func would import it, which is what must not happen.
+        if self.func_name not in FUNCTIONS:
+            raise JobRefused(f"{self.func_name!r} is not a job of onnxplain; nothing was run", code="job_refused")
+        return super()._execute()
 
 
 class HeartbeatWorker(SimpleWorker):
-    """A ``SimpleWorker`` whose running job's heartbeat lapses ``3 × job_monitoring_interval`` after it died."""
+    """A ``SimpleWorker`` whose running job's heartbeat lapses ``3 × job_monitoring_interval`` after it died.
+
+    Args:
+        sweep_interval: Seconds between sweeps of abandoned jobs (0 turns the sweeper off).
+        *args, **kwargs: As for :class:`rq.SimpleWorker`; ``job_class`` defaults to :class:`ContractJob`.
+    """
+
+    def __init__(self, *args: Any, sweep_interval: float = 5.0, **kwargs: Any) -> None:
+        kwargs.setdefault("job_class", ContractJob)
+        super().__init__(*args, **kwargs)
+        self.sweep_interval = sweep_interval
+        self._stop_sweeping = threading.Event()
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """Run RQ's loop with the sweeper thread beside it."""
+        sweeper = None
+        if self.sweep_interval > 0:
+            sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name="onnxplain-sweeper")
+            sweeper.start()
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            self._stop_sweeping.set()
+            if sweeper is not None:
+                sweeper.join(timeout=self.sweep_interval + 5)
+
+    def sweep(self) -> None:
+        """Retry (or fail) jobs of every queue whose worker died, unless another worker just did."""
+        if not self.connection.set(_SWEEP_LOCK, self.name, nx=True, px=max(1, int(self.sweep_interval * 900))):
+            return
+        for queue in self.queues:
+            queue.started_job_registry.cleanup()
+
+    def _sweep_loop(self) -> None:
+        while not self._stop_sweeping.wait(self.sweep_interval):
+            try:
+                self.sweep()
+            except Exception:  # a failed sweep is tried again at the next interval
+                self.log.warning("sweeping abandoned jobs failed", exc_info=True)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Seconds until the running job counts as abandoned, unless beaten again."""

@@ -8,13 +8,13 @@ import pandas as pd
 from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.exceptions import UnsupportedMediaType
 
-from engine.audit_data import CheckedDataset, as_table, bad_rows_error, read_table
-from engine.audit_spec import SPEC_FIELDS, prepare_audit
+from engine.audits.dataset import CheckedDataset, as_table, bad_rows_error, read_table
+from engine.audits.spec import SPEC_FIELDS, prepare_audit
 from engine.errors import InvalidRequest, UnknownField
-from service.audits import AuditGateway
 from service.bodies import check_object, check_parts, json_object, json_part, optional_int
-from service.errors import problem
+from service.errors import problem_of, respond
 from service.extensions import services
+from service.gateways.audits import AuditGateway
 
 bp = Blueprint("audits", __name__)
 
@@ -113,4 +113,4 @@ def _bad_rows(checked: CheckedDataset) -> Response:
     error = bad_rows_error(checked)
     cells = [{"field": c.field, "code": c.code, "detail": c.detail} for c in checked.listed]
     extra = {"bad_rows": checked.bad_rows, "bad_cells": checked.bad_cells, "errors": cells}
-    return problem(422, error.code, error.title, error.detail, field=error.field, **extra)
+    return respond(problem_of(error, **extra))

@@ -5,14 +5,16 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, url_for
 
 from engine.errors import InvalidRequest
-from engine.explanation import build_request
+from engine.explain.plan import build_request
+from engine.jobs import JOBS
 from service.bodies import json_object, optional_int
+from service.errors import respond
 from service.extensions import services
-from service.jobs import INTERACTIVE
 
 bp = Blueprint("explain", __name__)
 
 _FIELDS = {"instances", "method", "parameters", "targets", "version", "variant", "wait"}
+_MAX_WAIT_S = 3600  # longer waits are capped by max_wait_s anyway; past this it is a client bug
 
 
 @bp.post("/v1/models/<model_name:name>:explain")
@@ -26,17 +28,18 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     body = json_object(_FIELDS, required={"instances"})
     model = svc.registry.get(name, optional_int(body.get("version"), "version"))
     wait = body.get("wait", svc.settings.default_wait_s)
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
-        raise InvalidRequest("wait must be a number of seconds ≥ 0", code="invalid_parameter", field="wait")
+    # A chained comparison: NaN fails it, and a 400-digit integer is compared exactly, never turned into a float.
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= _MAX_WAIT_S:
+        raise InvalidRequest(
+            f"wait must be a number of seconds from 0 to {_MAX_WAIT_S}", code="invalid_parameter", field="wait"
+        )
     variant = body.get("variant", "fp32")
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
     variant, _ = svc.predictor.resolve(model, variant)
     request = build_request(body, model, svc.settings, variant)
     gateway = svc.jobs()
-    job = gateway.submit(
-        "worker.jobs.explain", "explain", request.to_payload(), queue=INTERACTIVE, timeout=svc.settings.job_timeout_s
-    )
+    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=svc.settings.job_timeout_s)
     gateway.wait(job, min(float(wait), svc.settings.max_wait_s))
     location = url_for("explain.get_job", job_id=job.id)
     view = gateway.describe(job, location=location)
@@ -44,10 +47,8 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     if view["status"] == "succeeded":
         return jsonify(view["result"]), 200, headers
     if view["status"] == "failed":
-        error = view["error"]
-        response = jsonify(error)
-        response.mimetype = "application/problem+json"
-        return response, int(error["status"]), headers
+        response = respond(view["error"])
+        return response, response.status_code, headers
     return jsonify(view), 202, {**headers, "Location": location}
 
 

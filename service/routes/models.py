@@ -6,11 +6,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from engine import variants
-from engine.card import ModelCard
 from engine.errors import InvalidRequest, UnknownField
-from engine.instances import parse_instances
-from engine.registry import ModelVersion
+from engine.models.card import ModelCard
+from engine.models.rows import parse_instances
+from engine.models.store import ModelVersion
+from engine.variants import state as variants
 from service.bodies import check_parts, json_object, json_part, optional_int
 from service.extensions import services
 from service.routes.variants import request_card_variants
@@ -24,7 +24,7 @@ def model_resource(model: ModelVersion) -> dict[str, Any]:
     """Return the public JSON of a model version, with its other versions."""
     body = model.to_dict()
     body["versions"] = services().registry.versions(model.name)
-    body["variants"] = variants.list_variants(model)
+    body["variants"] = [v.to_dict() for v in variants.list_variants(model)]
     return body
 
 
@@ -60,9 +60,7 @@ def register_model() -> tuple[Response, int, dict[str, str]]:
 @bp.get("/v1/models")
 def list_models() -> Response:
     """List models (latest version of each), paginated by ``limit`` and ``cursor``."""
-    limit = optional_int(request.args.get("limit"), "limit") or 50
-    if limit > 200:
-        raise InvalidRequest("limit must be at most 200", code="invalid_parameter", field="limit")
+    limit = optional_int(request.args.get("limit"), "limit", maximum=200, text=True) or 50
     cursor = request.args.get("cursor", "")
     for key in request.args:
         if key not in {"limit", "cursor"}:
@@ -77,14 +75,14 @@ def list_models() -> Response:
 @bp.get("/v1/models/<model_name:name>")
 def get_model(name: str) -> Response:
     """Describe the latest version of a model, or ``?version=``. Errors: 404."""
-    version = optional_int(request.args.get("version"), "version")
+    version = optional_int(request.args.get("version"), "version", text=True)
     return jsonify(model_resource(services().registry.get(name, version)))
 
 
 @bp.delete("/v1/models/<model_name:name>")
 def delete_model(name: str) -> Response:
     """Delete every version of a model, or ``?version=``. Errors: 404."""
-    version = optional_int(request.args.get("version"), "version")
+    version = optional_int(request.args.get("version"), "version", text=True)
     deleted = services().registry.delete(name, version)
     return jsonify({"name": name, "deleted_versions": deleted})
 

@@ -192,6 +192,7 @@ def test_bad_rows_are_refused_by_number_or_skipped_and_counted(live_client, bina
         "skipped_rows": 3,
         "bad_cells": 3,
         "ignored_columns": [],
+        "label_encoding": "names",
     }
     audit = poll(live_client, accepted.headers["Location"])
     assert audit["summary"]["skipped_rows"] == 3 and audit["summary"]["rows"] == 117
@@ -329,7 +330,7 @@ def test_a_worker_killed_mid_chunk_loses_and_duplicates_no_row(worker_env, live_
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
         survivor = _worker(env, "survivor")
-        audit = poll(client, response.headers["Location"], timeout=150)  # each GET sweeps abandoned jobs
+        audit = poll(client, response.headers["Location"], timeout=150)  # the survivor sweeps the dead one's job
         assert audit["status"] == "succeeded", audit
         assert audit["summary"]["failed_rows"] == 0 and audit["progress"]["chunks_done"] == 4
         rows = pd.read_parquet(io.BytesIO(client.get(f"{audit['location']}/rows").data))
@@ -468,3 +469,41 @@ def test_worker_exposes_heartbeat_option():
     """``python -m worker --help`` documents the heartbeat interval used to notice dead workers."""
     out = subprocess.run([sys.executable, "-m", "worker", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "--job-monitoring-interval" in out.stdout
+
+
+def test_an_audit_of_a_deleted_version_answers_like_a_direct_explain(client, settings, binary_model, monkeypatch):
+    """Deleted between submit and run: the audit fails with the same status and code as explaining it directly."""
+    from rq.serializers import JSONSerializer as Serializer
+
+    from engine.jobs import QUEUES
+    from worker import context as worker_context
+    from worker.failures import record_failure
+    from worker.heartbeat import HeartbeatWorker
+
+    assert upload(client, binary_model, name="gone").status_code == 201
+    assert upload(client, binary_model, name="gone").status_code == 201
+    frame = planted_bias(binary_model, 20)
+    spec = {"model": "gone", "version": 1, "method": "exact", "label": "y"}
+    response = submit(client, frame.to_csv(index=False).encode(), spec)
+    assert response.status_code == 202, response.json
+    assert client.delete("/v1/models/gone?version=1").json["deleted_versions"] == [1]
+
+    monkeypatch.setenv("ONNXPLAIN_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("ONNXPLAIN_MODEL_DIR", str(settings.model_dir))
+    monkeypatch.setenv("ONNXPLAIN_AUDIT_DIR", str(settings.audit_dir))
+    worker_context.context.cache_clear()
+    try:
+        conn = Redis.from_url(settings.redis_url)
+        queues = [Queue(name, connection=conn, serializer=Serializer) for name in QUEUES]
+        worker = HeartbeatWorker(
+            queues, connection=conn, serializer=Serializer, exception_handlers=[record_failure], sweep_interval=0
+        )
+        worker.work(burst=True)
+    finally:
+        worker_context.context.cache_clear()
+
+    audit = client.get(response.headers["Location"]).json
+    direct = client.post("/v1/models/gone:explain", json={"instances": binary_model.X[:1].tolist(), "version": 1})
+    assert audit["status"] == "failed"
+    assert direct.status_code == 404 and direct.json["code"] == "version_not_found"
+    assert (audit["error"]["status"], audit["error"]["code"]) == (direct.status_code, direct.json["code"])

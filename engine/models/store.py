@@ -1,0 +1,305 @@
+"""The model store: versioned, content-addressed, written atomically.
+
+Layout under the store root (so a repository can be prepared by hand)::
+
+    name/version/model.onnx        the graph, exactly as uploaded
+    name/version/card.json         the model card
+    name/version/background.parquet  optional reference rows (feature columns)
+    name/version/meta.json         sha256, signature, created time (written by us)
+    name/version/variants/KIND/    quantized variants (model.onnx, state.json)
+
+A version directory is assembled in ``.tmp/`` and renamed into place, so a
+reader sees a whole version or none, and a failed upload leaves nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.arrays import FloatArray
+from engine.errors import InvalidRequest, NotFound, OnnxplainError
+from engine.files import write_atomic
+from engine.models.card import NAME_PATTERN, ModelCard
+from engine.models.probe import probe_model
+from engine.models.rows import frame_to_matrix, matrix_to_frame
+from engine.models.screening import Signature, screen_model
+from engine.settings import Settings
+from engine.timestamps import utc_now
+
+log = logging.getLogger(__name__)
+_BACKGROUND_CACHE = 16
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One stored version of a model."""
+
+    name: str
+    version: int
+    sha256: str
+    created: str
+    card: ModelCard
+    signature: Signature
+    path: Path
+    background_rows: int
+    background_sha256: str | None
+
+    @property
+    def model_path(self) -> Path:
+        """Path of the fp32 ONNX file."""
+        return self.path / "model.onnx"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the model resource as JSON."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "created": self.created,
+            "card": self.card.to_dict(),
+            "signature": self.signature.to_dict(),
+            "background": {"rows": self.background_rows, "sha256": self.background_sha256},
+        }
+
+
+class ModelRegistry:
+    """Reads and writes the model store.
+
+    Args:
+        settings: Supplies the store root, caps and probe limits.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = Path(settings.model_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._cache: dict[Path, tuple[float, ModelVersion]] = {}
+        self._backgrounds: dict[tuple[str, str], FloatArray] = {}
+
+    # -- writing -----------------------------------------------------------
+
+    def register(
+        self, model: bytes, card: ModelCard, background: bytes | None = None, background_format: str = "csv"
+    ) -> ModelVersion:
+        """Validate an upload and store it as the next version of its name.
+
+        Args:
+            model: The ONNX file's bytes.
+            card: The validated model card.
+            background: Optional CSV or Parquet bytes of reference rows.
+            background_format: ``csv`` or ``parquet``.
+
+        Returns:
+            The stored version.
+
+        Raises:
+            ModelRejected: The model is unsafe or does not match its card.
+            InvalidRequest: The background does not match the features.
+        """
+        _, signature = screen_model(model, card)
+        frame = self._read_background(background, background_format, card) if background is not None else None
+        tmp = self.root / ".tmp" / uuid.uuid4().hex
+        tmp.mkdir(parents=True)
+        try:
+            (tmp / "model.onnx").write_bytes(model)
+            (tmp / "card.json").write_text(json.dumps(card.to_dict(), indent=2))
+            if frame is not None:
+                frame.to_parquet(tmp / "background.parquet", index=False)
+            self._probe_and_seal(tmp, model, card, signature)
+            return self._place(tmp, card.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _read_background(self, data: bytes, fmt: str, card: ModelCard) -> pd.DataFrame:
+        try:
+            frame = pd.read_parquet(io.BytesIO(data)) if fmt == "parquet" else pd.read_csv(io.BytesIO(data))
+        except Exception as exc:  # pandas/pyarrow raise many parser errors
+            raise InvalidRequest(
+                f"background is not readable {fmt}: {exc}", code="invalid_background", field="background"
+            ) from exc
+        if len(frame) == 0:
+            raise InvalidRequest("background has no rows", code="invalid_background", field="background")
+        if len(frame) > self.settings.max_background_rows:
+            raise InvalidRequest(
+                f"background has {len(frame)} rows, more than {self.settings.max_background_rows}",
+                code="invalid_background",
+                field="background",
+            )
+        unknown = [str(c) for c in frame.columns if c not in card.feature_names]
+        if unknown:
+            raise InvalidRequest(
+                f"background column {unknown[0]!r} is not a feature", code="unknown_field", field="background"
+            )
+        return matrix_to_frame(frame_to_matrix(frame, card, where="background"), card)
+
+    def _write_meta(self, directory: Path, model: bytes, signature: Signature) -> None:
+        background = directory / "background.parquet"
+        meta = {
+            "sha256": hashlib.sha256(model).hexdigest(),
+            "created": utc_now(),
+            "signature": signature.to_dict(),
+            "background_rows": len(pd.read_parquet(background)) if background.exists() else 0,
+            "background_sha256": hashlib.sha256(background.read_bytes()).hexdigest() if background.exists() else None,
+        }
+        write_atomic(directory / "meta.json", json.dumps(meta, indent=2))
+
+    def _place(self, tmp: Path, name: str) -> ModelVersion:
+        target_dir = self.root / name
+        target_dir.mkdir(exist_ok=True)
+        for _ in range(100):
+            # Numbered past every directory, sealed or not, so a hand-copied version is never overwritten.
+            version = max((int(p.name) for p in target_dir.iterdir() if p.name.isdigit()), default=0) + 1
+            try:
+                # rename() onto a missing path is atomic; a concurrent upload
+                # that took this number makes it fail, and we take the next.
+                os.rename(tmp, target_dir / str(version))
+            except OSError:
+                continue
+            return self.get(name, version)
+        raise InvalidRequest("could not allocate a version number", code="version_conflict")
+
+    def delete(self, name: str, version: int | None = None) -> list[int]:
+        """Delete one version, or every version, of a model.
+
+        Returns:
+            The deleted version numbers.
+
+        Raises:
+            NotFound: ``model_not_found`` or ``version_not_found``.
+        """
+        versions = [self.get(name, version).version] if version is not None else self.versions(name)
+        if not versions:
+            raise NotFound(f"no model named {name!r}", code="model_not_found", field="name")
+        trash = self.root / ".trash"
+        trash.mkdir(exist_ok=True)
+        for v in versions:
+            moved = trash / uuid.uuid4().hex
+            os.rename(self.root / name / str(v), moved)
+            shutil.rmtree(moved, ignore_errors=True)
+        if not self.versions(name):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        return versions
+
+    # -- reading -----------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Return every model name that has at least one version, sorted."""
+        if not self.root.exists():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name) and self.versions(p.name)
+        )
+
+    def versions(self, name: str) -> list[int]:
+        """Return the version numbers of ``name``, ascending."""
+        directory = self.root / name
+        if not NAME_PATTERN.match(name) or not directory.is_dir():
+            return []
+        return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and _sealed(p))
+
+    def get(self, name: str, version: int | None = None) -> ModelVersion:
+        """Return one version (the latest when ``version`` is ``None``).
+
+        Raises:
+            NotFound: ``model_not_found`` or ``version_not_found``.
+        """
+        versions = self.versions(name)
+        if not versions:
+            raise NotFound(f"no model named {name!r}", code="model_not_found", field="name")
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise NotFound(f"model {name!r} has no version {version}", code="version_not_found", field="version")
+        return self._load(self.root / name / str(version), name, version)
+
+    def _load(self, directory: Path, name: str, version: int) -> ModelVersion:
+        meta_path = directory / "meta.json"
+        stamp = meta_path.stat().st_mtime
+        cached = self._cache.get(directory)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        meta = json.loads(meta_path.read_text())
+        card = ModelCard.from_dict(json.loads((directory / "card.json").read_text()), name=name)
+        loaded = ModelVersion(
+            name=name,
+            version=version,
+            sha256=meta["sha256"],
+            created=meta["created"],
+            card=card,
+            signature=Signature.from_dict(meta["signature"]),
+            path=directory,
+            background_rows=int(meta["background_rows"]),
+            background_sha256=meta["background_sha256"],
+        )
+        self._cache[directory] = (stamp, loaded)
+        return loaded
+
+    def _adopt(self, directory: Path) -> None:
+        """Screen a version deployed by copying files, and write its meta."""
+        model = (directory / "model.onnx").read_bytes()
+        card = ModelCard.from_dict(json.loads((directory / "card.json").read_text()), name=directory.parent.name)
+        _, signature = screen_model(model, card)
+        self._probe_and_seal(directory, model, card, signature)
+
+    def _probe_and_seal(self, directory: Path, model: bytes, card: ModelCard, signature: Signature) -> None:
+        """Load the model in the sandboxed child, then write the meta that makes the version servable."""
+        probe_model(
+            directory / "model.onnx",
+            card,
+            signature,
+            timeout_s=self.settings.probe_timeout_s,
+            memory_bytes=self.settings.probe_memory_bytes,
+        )
+        self._write_meta(directory, model, signature)
+
+    def scan(self) -> dict[str, str]:
+        """Adopt every hand-deployed version; return the ones rejected with why."""
+        rejected: dict[str, str] = {}
+        if not self.root.exists():
+            return rejected
+        # Only here are unsealed versions probed and sealed: reads (get, versions) never write to the store.
+        for directory in sorted(self.root.glob("*/*")):
+            name, version = directory.parent.name, directory.name
+            if not (NAME_PATTERN.match(name) and version.isdigit() and (directory / "model.onnx").exists()):
+                continue
+            try:
+                if not _sealed(directory):
+                    self._adopt(directory)
+                self.get(name, int(version))
+            except (OnnxplainError, OSError, ValueError, KeyError) as exc:
+                rejected[f"{name}/{version}"] = str(exc)
+                log.warning("model %s/%s rejected at scan: %s", name, version, exc)
+        return rejected
+
+    def background(self, model: ModelVersion) -> FloatArray:
+        """Return the stored background rows in raw feature space (``(0, d)`` when none)."""
+        path = model.path / "background.parquet"
+        if not path.exists():
+            return np.empty((0, len(model.card.features)), dtype=np.float64)
+        # A version directory never changes its background or card, so a warm worker parses each once.
+        key = (str(model.path), model.background_sha256 or "")
+        found = self._backgrounds.get(key)
+        if found is None:
+            found = frame_to_matrix(pd.read_parquet(path), model.card, where="background")
+            found.flags.writeable = False
+            if len(self._backgrounds) >= _BACKGROUND_CACHE:
+                self._backgrounds.pop(next(iter(self._backgrounds)))
+            self._backgrounds[key] = found
+        return found
+
+
+def _sealed(directory: Path) -> bool:
+    """Whether a version directory is servable: its model was probed and its meta written."""
+    return (directory / "model.onnx").exists() and (directory / "meta.json").exists()

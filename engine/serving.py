@@ -1,0 +1,87 @@
+"""Predictions from stored models, through warm per-process sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.arrays import FloatArray
+from engine.errors import NotFound
+from engine.models.card import VARIANT_KINDS
+from engine.models.store import ModelRegistry, ModelVersion
+from engine.runtime.providers import resolve_providers
+from engine.runtime.sessions import ModelSession, SessionCache
+from engine.settings import Settings
+from engine.variants.state import State, gate_of, read_state, resolve, variant_dir
+
+
+class Predictor:
+    """Turns raw-feature rows into predictions for any stored model and variant.
+
+    Args:
+        settings: Threads, cache size and execution providers.
+        registry: The model store.
+    """
+
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._sessions: SessionCache | None = None
+
+    @property
+    def sessions(self) -> SessionCache:
+        """The session cache, created on first use (never before a fork)."""
+        if self._sessions is None:
+            self._sessions = SessionCache(
+                self.settings.session_cache_size, self.settings.ort_threads, resolve_providers(self.settings.providers)
+            )
+        return self._sessions
+
+    def session(self, model: ModelVersion, variant: str = "fp32") -> ModelSession:
+        """Return the warm session of ``model``'s ``variant`` (a kind, or ``fp32``).
+
+        Raises:
+            NotFound: ``variant_not_found`` when the variant is not ready.
+        """
+        if variant == "fp32":
+            return self.sessions.get(model.model_path, model.sha256, model.card, model.signature)
+        path = variant_dir(model, variant) / "model.onnx"
+        state = read_state(model, variant) if variant in VARIANT_KINDS else None
+        if state is None or state.state is not State.READY or not path.exists():
+            raise NotFound(
+                f"model {model.name!r} v{model.version} has no ready variant {variant!r}",
+                code="variant_not_found",
+                field="variant",
+            )
+        return self.sessions.get(path, f"{model.sha256}:{variant}", model.card, model.signature)
+
+    def resolve(self, model: ModelVersion, variant: str) -> tuple[str, ModelSession]:
+        """Resolve a requested variant (``fp32``, ``int8``, ``fastest``, a kind) to the served one and its session.
+
+        Raises:
+            NotFound: ``variant_not_found`` when it is not ready.
+        """
+        kind = resolve(model, variant, gate_of(self.settings))
+        return kind, self.session(model, kind)
+
+    def predict(self, model: ModelVersion, X: FloatArray, variant: str = "fp32") -> list[dict[str, Any]]:
+        """Predict rows in raw feature space.
+
+        Returns:
+            Per row, ``{"label", "scores"}`` for a classifier or ``{"value"}``
+            for a regressor.
+        """
+        scores = self.session(model, variant).scores(X)
+        return format_predictions(scores, model.card.class_names)
+
+
+def format_predictions(scores: FloatArray, class_names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Format an ``(n, k)`` score matrix as prediction objects."""
+    if not class_names:
+        return [{"value": float(v)} for v in scores[:, 0]]
+    labels = np.argmax(scores, axis=1)
+    return [
+        {"label": class_names[int(label)], "scores": {c: float(p) for c, p in zip(class_names, row, strict=True)}}
+        for label, row in zip(labels, scores, strict=True)
+    ]

@@ -1,0 +1,29 @@
+"""The cooperative cancel flag of the running job (workers run jobs in-process, so they stop themselves)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rq import get_current_job
+
+from engine.jobs import cancel_key
+
+_CHECK_EVERY_S = 0.25
+
+
+def cancel_flag() -> Callable[[], bool]:
+    """Return a cheap check of the current job's cancel flag (at most one Redis read per 250 ms)."""
+    job = get_current_job()
+    if job is None:
+        return lambda: False
+    key = cancel_key(job.id)
+    last = [0.0, False]
+
+    def should_stop() -> bool:
+        now = time.monotonic()
+        if now - last[0] >= _CHECK_EVERY_S:
+            last[0], last[1] = now, bool(job.connection.exists(key))
+        return bool(last[1])
+
+    return should_stop
