@@ -97,7 +97,7 @@ def main() -> None:
     (HERE / "digit.png").write_bytes(png.getvalue())
     body = {
         "instances": [base64.b64encode(png.getvalue()).decode("ascii")],
-        "method": "grad_cam",
+        "method": "occlusion",
         "wait": 30,
     }
     (HERE / "digits_example.json").write_text(json.dumps(body) + "\n")

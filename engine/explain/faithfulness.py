@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
+from engine.arrays import FloatArray
+
 BoolArray = npt.NDArray[np.bool_]
 
 

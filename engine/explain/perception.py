@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
 from engine.explain.faithfulness import faithfulness, image_composer, text_composer
 from engine.explain.visual import encode_map, heatmap_png, highlight_html
-from engine.methods.maps import FloatArray, MapAttribution, baseline_image
+from engine.methods.maps import MapAttribution, baseline_image
 from engine.models.image import ImageSpec
 from engine.models.text import TextSpec, TokenIds, words
 

@@ -20,11 +20,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from engine.arrays import FloatArray
 from engine.models.text import Token
 
-FloatArray = npt.NDArray[np.float64]
 MAP_ENCODING = "float16-base64"
 
 

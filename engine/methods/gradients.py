@@ -44,9 +44,10 @@ import onnx
 import torch
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
 from engine.methods.differentiable import check, check_embedding, conv_layers, output_subgraph
-from engine.methods.maps import FloatArray, ImageFn, MapAttribution, TextFn, baseline_image
+from engine.methods.maps import ImageFn, MapAttribution, TextFn, baseline_image
 from engine.models.image import ImageSpec
 from engine.models.text import TokenIds, words
 

@@ -22,8 +22,9 @@ import numpy as np
 from lime.lime_image import LimeImageExplainer
 from lime.wrappers.scikit_image import SegmentationAlgorithm
 
+from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, InvalidRequest, OnnxplainError
-from engine.methods.maps import FloatArray, ImageFn, MapAttribution
+from engine.methods.maps import ImageFn, MapAttribution
 
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
 

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 from lime.lime_text import LimeTextExplainer
 
+from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, OnnxplainError
-from engine.methods.maps import FloatArray, MapAttribution, TextFn
+from engine.methods.maps import MapAttribution, TextFn
 from engine.models.text import words
 
 

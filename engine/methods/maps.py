@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
 
-FloatArray = npt.NDArray[np.float64]
 ImageFn = Callable[[FloatArray], FloatArray]
 """Unit images ``(n, H, W, C)`` → explained outputs ``(n, k)``."""
 TextFn = Callable[[Sequence[str]], FloatArray]

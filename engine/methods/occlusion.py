@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
-from engine.methods.maps import FloatArray, ImageFn, MapAttribution, TextFn, baseline_image, scores_in_batches
+from engine.methods.maps import ImageFn, MapAttribution, TextFn, baseline_image, scores_in_batches
 from engine.models.text import remove_words, words
 
 

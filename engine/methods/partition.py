@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import shap
 
+from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, OnnxplainError
-from engine.methods.maps import FloatArray, ImageFn, MapAttribution, TextFn, baseline_image
+from engine.methods.maps import ImageFn, MapAttribution, TextFn, baseline_image
 from engine.models.text import words
 
 

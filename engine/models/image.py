@@ -29,9 +29,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from engine.arrays import FloatArray
 from engine.errors import InvalidRequest, UnknownField
-
-FloatArray = npt.NDArray[np.float64]
 
 LAYOUTS = ("NCHW", "NHWC")
 CHANNEL_ORDERS = ("L", "RGB", "BGR")
