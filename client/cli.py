@@ -7,6 +7,7 @@ talk to a running server (``--url``, or ``ONNXPLAIN_URL``).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -23,11 +24,35 @@ from client.sdk import ApiError, Client
 DEMO = Path(__file__).resolve().parent.parent / "demo"
 
 
-def _rows(source: str) -> list[Any]:
+def _rows(source: str | None) -> list[Any]:
+    if source is None:
+        return []
     text = sys.stdin.read() if source == "-" else Path(source).read_text() if Path(source).exists() else source
     data = json.loads(text)
     rows: list[Any] = data["instances"] if isinstance(data, dict) else data
     return rows
+
+
+def _inputs(args: argparse.Namespace) -> list[Any]:
+    """Rows from the positional JSON, then each ``--image`` file (as base64) and each ``--text``."""
+    inputs = _rows(args.rows)
+    inputs += [base64.b64encode(Path(path).read_bytes()).decode("ascii") for path in args.image]
+    inputs += list(args.text)
+    if not inputs:
+        raise SystemExit("give rows (JSON), --image FILE or --text STRING")
+    return inputs
+
+
+def _save_heatmaps(result: dict[str, Any], directory: str) -> None:
+    """Write each image target's heatmap as ``<input>-<target>.png`` under ``directory``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, explanation in enumerate(result.get("explanations", [])):
+        for target in explanation["targets"]:
+            if "heatmap_png" in target:
+                path = out / f"{i}-{target['target']}.png"
+                path.write_bytes(base64.b64decode(target["heatmap_png"]))
+                print(f"wrote {path}", file=sys.stderr)
 
 
 def _params(items: list[str]) -> dict[str, Any]:
@@ -87,6 +112,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         card = json.loads((DEMO / "card.json").read_text())
         if not any(m["name"] == card["name"] for m in api.models()):
             api.register(DEMO / "credit.onnx", card, background=DEMO / "background.csv")
+        _register_demos(api)
         row = json.loads((DEMO / "example.json").read_text())
         print(f"\nonnxplain is running at {url} with the demo model '{card['name']}'. Try:\n")
         print(f"  curl -s {url}/v1/models/{card['name']}:predict -H 'Content-Type: application/json' \\")
@@ -96,6 +122,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("  and audit 2,000 applicants (report and per-row file written here):\n")
         print(f"  {_self_command()} --url {url} audit {card['name']} {DEMO / 'applicants.csv'} \\")
         print("    --label outcome --sensitive sex --sensitive age_band --out report.html --rows rows.parquet\n")
+        print("  explain a handwritten digit (8×8 PNG) and write its heatmap, and route a support ticket:\n")
+        print(f"  curl -s {url}/v1/models/digits:explain -H 'Content-Type: application/json' \\")
+        print(f"    -d @{DEMO / 'digits_example.json'}\n")
+        print(f"  {_self_command()} --url {url} explain digits --image {DEMO / 'digit.png'} --heatmaps heatmaps\n")
+        print(f"  curl -s {url}/v1/models/tickets:explain -H 'Content-Type: application/json' \\")
+        print(f"    -d @{DEMO / 'tickets_example.json'}\n")
         print("Press Ctrl-C to stop.", flush=True)
         if args.exit_after_start:
             return 0
@@ -109,6 +141,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         launcher.stop_processes(procs)
         if redis is not None:
             redis.stop()
+
+
+def _register_demos(api: Client) -> None:
+    """Register the demo image (digits CNN) and text (ticket router) models unless they are there."""
+    known = {m["name"] for m in api.models()}
+    if "digits" not in known:
+        api.register(
+            DEMO / "digits.onnx",
+            json.loads((DEMO / "digits_card.json").read_text()),
+            background=DEMO / "digits_background.csv",
+        )
+    if "tickets" not in known:
+        api.register(DEMO / "tickets.onnx", json.loads((DEMO / "tickets_card.json").read_text()))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -139,7 +184,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict rows given as JSON (a file, '-' for stdin, or inline)."""
-    _print(Client(args.url).predict(args.model, _rows(args.rows), version=args.version, variant=args.variant))
+    _print(Client(args.url).predict(args.model, _inputs(args), version=args.version, variant=args.variant))
     return 0
 
 
@@ -147,13 +192,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Explain rows, waiting for the job."""
     result = Client(args.url).explain(
         args.model,
-        _rows(args.rows),
+        _inputs(args),
         method=args.method,
         parameters=_params(args.param) or None,
         targets=args.target or None,
         version=args.version,
         variant=args.variant,
     )
+    if args.heatmaps:
+        _save_heatmaps(result, args.heatmaps)
     _print(result)
     return 0
 
@@ -279,9 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     for name, func in (("predict", cmd_predict), ("explain", cmd_explain)):
-        p = sub.add_parser(name, help=f"{name} rows")
+        p = sub.add_parser(name, help=f"{name} rows, images or texts")
         p.add_argument("model")
-        p.add_argument("rows", help="JSON rows: a file, '-' for stdin, or inline JSON")
+        p.add_argument("rows", nargs="?", help="JSON rows: a file, '-' for stdin, or inline JSON")
+        p.add_argument("--image", action="append", default=[], help="a PNG/JPEG file to send (repeatable)")
+        p.add_argument("--text", action="append", default=[], help="a text to send (repeatable)")
         p.add_argument("--version", type=int)
         p.add_argument("--variant")
         p.set_defaults(func=func)
@@ -289,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--method", default="auto")
             p.add_argument("--param", action="append", default=[], help="method parameter, key=value")
             p.add_argument("--target", action="append", default=[], help="class to explain (repeatable)")
+            p.add_argument("--heatmaps", help="write each image answer's heatmap PNG into this directory")
 
     audit = sub.add_parser("audit", help="audit a dataset and download its report")
     audit.add_argument("model")

@@ -9,6 +9,7 @@ import numpy as np
 from engine.arrays import FloatArray
 from engine.errors import NotFound
 from engine.models.card import VARIANT_KINDS
+from engine.models.rows import Inputs
 from engine.models.store import ModelRegistry, ModelVersion
 from engine.runtime.providers import resolve_providers
 from engine.runtime.sessions import ModelSession, SessionCache
@@ -65,8 +66,8 @@ class Predictor:
         kind = resolve(model, variant, gate_of(self.settings))
         return kind, self.session(model, kind)
 
-    def predict(self, model: ModelVersion, X: FloatArray, variant: str = "fp32") -> list[dict[str, Any]]:
-        """Predict rows in raw feature space.
+    def predict(self, model: ModelVersion, X: Inputs, variant: str = "fp32") -> list[dict[str, Any]]:
+        """Predict rows in raw feature space, unit images or texts (by the card's input kind).
 
         Returns:
             Per row, ``{"label", "scores"}`` for a classifier or ``{"value"}``

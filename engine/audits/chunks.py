@@ -21,6 +21,7 @@ from engine.audits.fairness import FairnessThresholds
 from engine.audits.spec import AuditSpec
 from engine.audits.store import Audit
 from engine.audits.summary import Task, merge_chunks, summarize
+from engine.errors import InvalidRequest
 from engine.explain.result import Explanation
 from engine.explain.run import run_explanation
 from engine.jobs import CHUNK_LOST, JobError, job_error
@@ -69,6 +70,8 @@ def explain_chunk(
         result = run_explanation(
             spec.explain_request(X[lo : lo + step].tolist()), registry, predictor, should_stop=should_stop
         )
+        if not isinstance(result, Explanation):  # audits are of tabular models only (refused at submission)
+            raise InvalidRequest("audits explain tabular models only", code="method_not_applicable", field="model")
         parts.append(_results(result, frame.iloc[lo : lo + step], start + lo, spec))
         meta = result.header()
         on_progress(min(lo + step, len(X)))

@@ -107,6 +107,12 @@ def prepare_audit(
         msg = f"{len(frame)} rows is more than the limit of {settings.max_audit_rows}"
         raise InvalidRequest(msg, code="too_many_rows", field=where)
     card = model.card
+    if card.input_kind != "tabular":
+        raise InvalidRequest(
+            f"audits of {card.input_kind} models are not supported yet; explain inputs with :explain",
+            code="method_not_applicable",
+            field="model",
+        )
     label = _optional_str(body, "label")
     sensitive = body.get("sensitive", [])
     if not isinstance(sensitive, list) or not all(isinstance(s, str) for s in sensitive):

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.errors import InvalidRequest
 from engine.methods import METHODS, choose_auto, evaluations_per_row, validate_params
-from engine.models.rows import parse_instances
+from engine.models.rows import parse_inputs
 from engine.models.store import ModelVersion
 from engine.settings import Settings
 
@@ -47,7 +47,8 @@ class ExplainRequest:
     """A plan and the rows it explains (raw feature space), as carried in a job payload."""
 
     plan: ExplainPlan
-    rows: list[list[float]]
+    rows: list[Any]
+    """Raw-feature rows, unit images (nested ``H × W × C`` lists) or texts, by the model's input kind."""
 
     def to_payload(self) -> dict[str, Any]:
         """Return the request as a JSON-ready dict (the plan's fields and ``rows``)."""
@@ -68,14 +69,22 @@ def build_request(body: dict[str, Any], model: ModelVersion, settings: Settings,
         InvalidRequest: Bad rows, method, parameters or targets; or no
             background data for a method that needs it.
     """
-    X = parse_instances(body.get("instances"), model.card, max_rows=settings.max_explain_rows)
-    return ExplainRequest(plan_explanation(body, model, settings, variant, rows=len(X)), X.tolist())
+    X = parse_inputs(body.get("instances"), model.card, max_rows=settings.max_explain_rows)
+    width = None
+    if model.card.input_kind == "text":
+        from engine.models.text import words
+
+        width = max(len(words(str(t))) for t in X)
+    rows = X if isinstance(X, list) else X.tolist()
+    return ExplainRequest(plan_explanation(body, model, settings, variant, rows=len(X), width=width), rows)
 
 
 def plan_explanation(
-    body: dict[str, Any], model: ModelVersion, settings: Settings, variant: str, *, rows: int
+    body: dict[str, Any], model: ModelVersion, settings: Settings, variant: str, *, rows: int, width: int | None = None
 ) -> ExplainPlan:
     """Validate what to explain (``method``, ``parameters``, ``targets`` of ``body``) for ``rows`` rows.
+
+    ``width`` is the most words of the texts to explain (text models), for the cost.
 
     Raises:
         InvalidRequest: Bad method, parameters or targets; a method that does not apply to the model; no
@@ -86,36 +95,52 @@ def plan_explanation(
         raise InvalidRequest(
             f"method must be 'auto' or one of {sorted(METHODS)}", code="unknown_method", field="method"
         )
+    kind = model.card.input_kind
     reason = None
     if method == "auto":
-        method, reason = _choose(model)
+        method, reason = _choose(model) if kind == "tabular" else _choose_perception(model)
     entry = METHODS[method]
     raw_params = body.get("parameters", {})
     if not isinstance(raw_params, dict):
         raise InvalidRequest("parameters must be an object", code="invalid_parameter", field="parameters")
-    params = validate_params(method, raw_params)
+    params = validate_params(method, raw_params, kind)
     if model.card.input_kind not in entry.input_kinds:
         raise InvalidRequest(
             f"{method} explains {', '.join(entry.input_kinds)} models, not {model.card.input_kind}",
             code="method_not_applicable",
             field="method",
         )
-    if entry.needs_background and model.background_rows == 0:
+    # Image and text methods remove information towards a baseline, not background rows, unless asked to.
+    wants_background = entry.needs_background if kind == "tabular" else params.get("baseline") == "background"
+    if wants_background and model.background_rows == 0:
         raise InvalidRequest(
             f"model {model.name!r} v{model.version} has no background data, which {method} needs; "
             "register it with a 'background' part",
             code="background_required",
             field="method",
         )
-    d = len(model.card.features)
-    if entry.samples and d > settings.max_explain_features:
+    if entry.gradients:
+        verdict = gradient_verdict(model)
+        if verdict is not None:
+            raise InvalidRequest(
+                f"{method} needs gradients of the model, and {verdict}",
+                code="method_not_supported_for_model",
+                field="method",
+            )
+    if model.card.image is not None:
+        d = model.card.image.height * model.card.image.width
+    elif kind == "text":
+        d = width or 1
+    else:
+        d = len(model.card.features)
+    if kind == "tabular" and entry.samples and d > settings.max_explain_features:
         raise InvalidRequest(
             f"{method} explains at most {settings.max_explain_features} features; the model has {d}",
             code="too_many_features",
             field="method",
         )
     background_rows = min(model.background_rows, settings.background_summary_rows)
-    cost = rows * evaluations_per_row(method, params, d, background_rows)
+    cost = rows * evaluations_per_row(method, params, d, background_rows, kind)
     if cost > settings.max_model_evaluations:
         raise InvalidRequest(
             f"this request would cost about {cost:,} model evaluations, over the limit of "
@@ -158,3 +183,68 @@ def _graph_kind(sha256: str, path: Path) -> tuple[bool, bool]:
 
     onnx_bytes = path.read_bytes()
     return is_tree_ensemble(onnx_bytes), is_linear(onnx_bytes)
+
+
+def _choose_perception(model: ModelVersion) -> tuple[str, str]:
+    from engine.explain.perception import choose_auto as choose_for_kind
+
+    return choose_for_kind(model.card.input_kind, gradient_verdict(model) is None, bool(convolutions(model)))
+
+
+def gradient_verdict(model: ModelVersion) -> str | None:
+    """Why gradient methods cannot explain ``model`` (naming the operator or input), or ``None`` when they can."""
+    if model.card.input_kind == "text":
+        return "this text model takes strings (integrated gradients needs a token-id model)"
+    return _gradient_verdict(model.sha256, model.model_path, model.signature.explained_output)
+
+
+def convolutions(model: ModelVersion) -> list[str]:
+    """The model's 2-D convolutions (Grad-CAM's layers), in graph order."""
+    return list(_convolutions(model.sha256, model.model_path, model.signature.explained_output))
+
+
+@functools.lru_cache(maxsize=64)
+def _gradient_verdict(sha256: str, path: Path, output: str) -> str | None:
+    import onnx
+
+    from engine.methods.differentiable import check
+
+    verdict = check(onnx.load_model_from_string(path.read_bytes()), output)
+    return None if verdict.ok else verdict.reason
+
+
+@functools.lru_cache(maxsize=64)
+def _convolutions(sha256: str, path: Path, output: str) -> tuple[str, ...]:
+    import onnx
+
+    from engine.methods.differentiable import conv_layers
+
+    return tuple(conv_layers(onnx.load_model_from_string(path.read_bytes()), output))
+
+
+def methods_for(model: ModelVersion) -> list[dict[str, Any]]:
+    """The methods of the table that explain this model's input kind, and whether each applies (with why not).
+
+    Gradient methods are checked against the graph (no torch): a tree ensemble or a string input says so
+    here, before anyone asks. ``grad_cam`` lists its layers.
+    """
+    kind = model.card.input_kind
+    out: list[dict[str, Any]] = []
+    for name, entry in METHODS.items():
+        if kind not in entry.input_kinds:
+            continue
+        item: dict[str, Any] = {"name": name, "applies": True}
+        if entry.needs_background and kind == "tabular" and model.background_rows == 0:
+            item.update(applies=False, reason="needs background rows; register the model with a 'background' part")
+        elif entry.gradients:
+            why = gradient_verdict(model)
+            if why is not None:
+                item.update(applies=False, reason=why)
+            elif name == "grad_cam":
+                layers = convolutions(model)
+                if layers:
+                    item["layers"] = layers
+                else:
+                    item.update(applies=False, reason="the graph has no 2-D convolution")
+        out.append(item)
+    return out

@@ -10,6 +10,8 @@ import hashlib
 import importlib.metadata
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +21,9 @@ from engine.explain.plan import ExplainRequest
 from engine.explain.result import BackgroundUse, Explanation
 from engine.methods import get_explainer
 from engine.methods.base import ExplainTask
-from engine.models.store import ModelRegistry
-from engine.serving import Predictor
+from engine.models.store import ModelRegistry, ModelVersion
+from engine.runtime.sessions import ModelSession, read_scores
+from engine.serving import Predictor, format_predictions
 
 
 def summarize_background(background: FloatArray, rows: int) -> FloatArray:
@@ -37,8 +40,8 @@ def run_explanation(
     predictor: Predictor,
     *,
     should_stop: Callable[[], bool] = lambda: False,
-) -> Explanation:
-    """Explain the request's rows.
+) -> Explanation | PerceptionExplanation:
+    """Explain the request's rows (images and texts: :func:`run_perception`).
 
     Args:
         request: The validated request.
@@ -56,6 +59,8 @@ def run_explanation(
     if model.sha256 != plan.sha256:
         raise InvalidRequest("the model version changed since the request was made", code="model_changed")
     session = predictor.session(model, plan.variant)
+    if model.card.input_kind != "tabular":
+        return run_perception(request, model, session, registry.background(model), should_stop, started)
     X = np.asarray(request.rows, dtype=np.float64)
     full_background = registry.background(model)
     background = summarize_background(full_background, predictor.settings.background_summary_rows)
@@ -123,3 +128,100 @@ def _versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "unknown"
     return out
+
+
+@dataclass(frozen=True)
+class PerceptionExplanation:
+    """The answer for image or text inputs: built as JSON by :mod:`engine.explain.perception` (maps and
+    heatmaps are already encoded there); audits do not read it."""
+
+    body: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The attribution JSON (``openapi.yaml``'s Explanation, with maps or tokens)."""
+        return self.body
+
+
+def run_perception(
+    request: ExplainRequest,
+    model: ModelVersion,
+    session: ModelSession,
+    background: FloatArray,
+    should_stop: Callable[[], bool],
+    started: float,
+) -> PerceptionExplanation:
+    """Explain images or texts with the plan's method; faithfulness curves on every answer.
+
+    Gradient methods convert the graph to torch once per worker and model, checked against this very
+    session on up to 32 background images (or the inputs themselves when there is no background).
+    """
+    from engine.explain.perception import PerceptionModel, explain_inputs
+
+    plan, card = request.plan, model.card
+    output = model.signature.explained_output
+    port = model.signature.inputs[0]
+
+    def f(batch: Any) -> FloatArray:
+        if should_stop():
+            raise JobCanceled("the job was canceled")
+        return session.scores(batch)
+
+    images = None
+    if card.image is not None:
+        images = np.asarray(request.rows, dtype=np.float64).reshape((-1, *card.image.shape))
+        inputs: list[Any] = list(images)
+        pictures = background.reshape((-1, *card.image.shape)) if len(background) else None
+    else:
+        inputs = [str(t) for t in request.rows]
+        pictures = None
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        (value,) = session.run({port.name: np.asarray(x, dtype=np.float32)}, [output])
+        return read_scores(value, card)
+
+    check = None
+    if card.image is not None:
+        sample = pictures[:32] if pictures is not None else images
+        check = card.image.to_model(np.asarray(sample))
+    perceived = PerceptionModel(
+        kind=card.input_kind,
+        onnx_bytes=model.model_path.read_bytes(),
+        output=output,
+        output_names=card.output_names,
+        f=f,
+        image=card.image,
+        text=card.text,
+        reference=reference if card.image is not None else None,
+        reference_inputs=check,
+        reference_key=plan.variant,
+        background=pictures,
+    )
+    scores = f(images if images is not None else inputs)
+    names = card.output_names
+    if card.task == "regression":
+        targets = [[0] for _ in inputs]
+    elif plan.targets:
+        targets = [[names.index(t) for t in plan.targets] for _ in inputs]
+    else:
+        targets = [[int(i)] for i in np.argmax(scores, axis=1)]
+    answers, info = explain_inputs(perceived, plan.method, plan.parameters, inputs, targets)
+    predictions = format_predictions(scores, card.class_names)
+    seed = int(plan.parameters.get("seed", 0))
+    body: dict[str, Any] = {
+        "model": {"name": model.name, "version": model.version, "sha256": model.sha256, "variant": plan.variant},
+        "method": plan.method,
+        **({"method_reason": plan.method_reason} if plan.method_reason else {}),
+        "parameters": {**plan.parameters, **info},
+        "output": {
+            "kind": "value" if card.task == "regression" else "probability",
+            "targets": plan.targets or ["predicted"],
+        },
+        "explanations": [{"prediction": p, "targets": a} for p, a in zip(predictions, answers, strict=True)],
+        "provenance": {
+            **_versions(),
+            "provider": session.provider,
+            "seed": seed,
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+        },
+    }
+    return PerceptionExplanation(body)

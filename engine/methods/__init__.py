@@ -22,7 +22,7 @@ import importlib
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from engine.errors import InvalidRequest, UnknownField
@@ -67,7 +67,9 @@ _TIME_BUDGET = ParamSpec(
 )
 
 CostFn = Callable[[Mapping[str, Any], int, int], int]
-"""Model rows evaluated per explained row, from ``(parameters, features, background rows)``."""
+"""Model rows evaluated per explained row, from ``(parameters, features, background rows)``.
+
+For image and text inputs "features" are the pixels (height × width) or the words of the longest text."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,12 @@ class Method:
         cost: Model rows evaluated per explained row (the request's cost check multiplies by rows).
         samples: It estimates by sampling (and so reports ``std_error`` and is capped by
             ``Settings.max_explain_features``).
-        needs_background: It needs the model's background rows.
+        needs_background: It needs the model's background rows (tabular inputs; image and text methods need them
+            only for ``baseline="background"``).
         max_features: Most features it accepts at all (its default cap), or ``None``.
+        kinds: For input kinds whose parameters or cost differ from the tabular ones (``lime`` on images
+            segments superpixels), ``kind -> (params, cost)``; kinds not listed use ``params`` and ``cost``.
+        gradients: It differentiates the graph (needs the ``gradients`` extra and a differentiable model).
     """
 
     name: str
@@ -94,12 +100,36 @@ class Method:
     samples: bool
     needs_background: bool = True
     max_features: int | None = None
+    kinds: Mapping[str, tuple[Mapping[str, ParamSpec], CostFn]] = field(default_factory=dict)
+    gradients: bool = False
 
+    def params_for(self, kind: str) -> Mapping[str, ParamSpec]:
+        """The parameters this method accepts for ``kind`` inputs."""
+        return self.kinds[kind][0] if kind in self.kinds else self.params
+
+    def cost_for(self, kind: str) -> CostFn:
+        """The cost formula for ``kind`` inputs."""
+        return self.kinds[kind][1] if kind in self.kinds else self.cost
+
+
+_FAITHFULNESS = 2 * 11 * 5
+"""Model evaluations of the deletion and insertion curves on every image/text answer (10 steps, 4 random orders)."""
+_BASELINE = ParamSpec(
+    ("string",),
+    "black",
+    "What removed pixels become: black, a Gaussian blur of the image, or the mean background image.",
+    choices=("black", "blurred", "background"),
+)
+_STEPS = ParamSpec(
+    ("integer",), 64, "Integration steps (Gauss-Legendre); more steps, smaller convergence delta.", 4, 1024
+)
+_IMAGE_MAP_SAMPLES = ParamSpec(("integer",), 1000, "Perturbed inputs the surrogate is fitted on.", 50, 100_000)
 
 EXACT_MAX_FEATURES = 14
 """The most features ``exact`` enumerates by default (cost is 2^features); ``auto`` picks it up to here."""
 
 _TABULAR = ("tabular",)
+_IMAGE = ("image",)
 
 METHODS: dict[str, Method] = {
     method.name: method
@@ -178,7 +208,7 @@ METHODS: dict[str, Method] = {
         Method(
             "lime",
             "engine.methods.lime_tabular:LimeTabular",
-            _TABULAR,
+            ("tabular", "image", "text"),
             {
                 "num_samples": ParamSpec(
                     ("integer",), 5000, "Perturbed samples the surrogate is fitted on.", 100, 100_000
@@ -193,6 +223,32 @@ METHODS: dict[str, Method] = {
             },
             lambda params, d, background: int(params["num_samples"]),
             samples=True,
+            kinds={
+                "image": (
+                    {
+                        "num_samples": _IMAGE_MAP_SAMPLES,
+                        "segments": ParamSpec(("integer",), 16, "About how many superpixels.", 2, 10_000),
+                        "segmentation": ParamSpec(
+                            ("string",),
+                            "slic",
+                            "scikit-image superpixels: slic, quickshift or felzenszwalb.",
+                            choices=("slic", "quickshift", "felzenszwalb"),
+                        ),
+                        "hide": ParamSpec(
+                            ("string",),
+                            "black",
+                            "Hidden superpixels become black, or their mean colour.",
+                            choices=("black", "mean"),
+                        ),
+                        "seed": _SEED,
+                    },
+                    lambda params, d, background: int(params["num_samples"]) + _FAITHFULNESS,
+                ),
+                "text": (
+                    {"num_samples": _IMAGE_MAP_SAMPLES, "seed": _SEED},
+                    lambda params, d, background: int(params["num_samples"]) + _FAITHFULNESS,
+                ),
+            },
         ),
         Method(
             "exact",
@@ -253,6 +309,106 @@ METHODS: dict[str, Method] = {
             lambda params, d, background: background,
             samples=False,
         ),
+        Method(
+            "partition",
+            "engine.methods.partition:partition_image",
+            ("image", "text"),
+            {
+                "max_evals": ParamSpec(
+                    ("integer",), 1000, "Model evaluations of shap's Partition explainer.", 10, 100_000
+                ),
+                "baseline": _BASELINE,
+                "seed": _SEED,
+            },
+            lambda params, d, background: int(params["max_evals"]) + _FAITHFULNESS,
+            samples=False,
+            needs_background=False,
+            kinds={
+                "text": (
+                    {
+                        "max_evals": ParamSpec(
+                            ("integer",), 500, "Model evaluations of shap's Partition explainer.", 10, 100_000
+                        ),
+                        "seed": _SEED,
+                    },
+                    lambda params, d, background: int(params["max_evals"]) + _FAITHFULNESS,
+                )
+            },
+        ),
+        Method(
+            "occlusion",
+            "engine.methods.occlusion:occlude_image",
+            ("image", "text"),
+            {
+                "patch": ParamSpec(
+                    ("integer",), None, "Side of the square patch (default: 1/8 of the shorter side).", 1, 4096
+                ),
+                "stride": ParamSpec(("integer",), None, "Step between patches (default: half the patch).", 1, 4096),
+                "baseline": _BASELINE,
+                "seed": _SEED,
+            },
+            lambda params, d, background: d // max(1, int(params["stride"] or 1)) ** 2 + 1 + _FAITHFULNESS,
+            samples=False,
+            needs_background=False,
+            kinds={"text": ({"seed": _SEED}, lambda params, d, background: d + 1 + _FAITHFULNESS)},
+        ),
+        Method(
+            "grad_cam",
+            "engine.methods.gradients:grad_cam",
+            _IMAGE,
+            {
+                "layer": ParamSpec(
+                    ("string",),
+                    None,
+                    "The convolution to explain at (default: the last); GET the model for its layers.",
+                ),
+                "seed": _SEED,
+            },
+            lambda params, d, background: 2 + _FAITHFULNESS,
+            samples=False,
+            needs_background=False,
+            gradients=True,
+        ),
+        Method(
+            "saliency",
+            "engine.methods.gradients:saliency",
+            _IMAGE,
+            {"seed": _SEED},
+            lambda params, d, background: 2 + _FAITHFULNESS,
+            samples=False,
+            needs_background=False,
+            gradients=True,
+        ),
+        Method(
+            "integrated_gradients",
+            "engine.methods.gradients:integrated_gradients",
+            ("image", "text"),
+            {"baseline": _BASELINE, "steps": _STEPS, "seed": _SEED},
+            lambda params, d, background: int(params["steps"]) + 2 + _FAITHFULNESS,
+            samples=False,
+            needs_background=False,
+            gradients=True,
+            kinds={
+                "text": (
+                    {"steps": _STEPS, "seed": _SEED},
+                    lambda params, d, background: int(params["steps"]) + 2 + _FAITHFULNESS,
+                )
+            },
+        ),
+        Method(
+            "smoothgrad",
+            "engine.methods.gradients:smoothgrad",
+            _IMAGE,
+            {
+                "samples": ParamSpec(("integer",), 32, "Noisy copies averaged.", 1, 4096),
+                "noise": ParamSpec(("number",), 0.15, "Noise std in unit pixels (images are in [0, 1]).", 0.0, 1.0),
+                "seed": _SEED,
+            },
+            lambda params, d, background: int(params["samples"]) + 1 + _FAITHFULNESS,
+            samples=True,
+            needs_background=False,
+            gradients=True,
+        ),
     )
 }
 """Every method, by name (``auto`` is not one: it picks one of these)."""
@@ -278,9 +434,11 @@ def find_method(name: str) -> Method:
     return found
 
 
-def evaluations_per_row(name: str, params: Mapping[str, Any], d: int, background_rows: int) -> int:
-    """Model rows one explained row costs under ``name`` with its validated ``params``."""
-    return int(find_method(name).cost(params, d, max(background_rows, 1)))
+def evaluations_per_row(
+    name: str, params: Mapping[str, Any], d: int, background_rows: int, kind: str = "tabular"
+) -> int:
+    """Model rows one explained row (image, text) costs under ``name`` with its validated ``params``."""
+    return int(find_method(name).cost_for(kind)(params, d, max(background_rows, 1)))
 
 
 def get_explainer(name: str) -> Explainer:
@@ -300,12 +458,13 @@ def get_explainer(name: str) -> Explainer:
     return cast("Explainer", explainer_class())
 
 
-def validate_params(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def validate_params(method: str, params: Mapping[str, Any], kind: str = "tabular") -> dict[str, Any]:
     """Check a method's parameters and fill in the defaults.
 
     Args:
         method: A key of :data:`PARAMETERS`.
         params: The caller's parameters (decoded JSON).
+        kind: The model's input kind (``lime`` takes other parameters on images).
 
     Returns:
         A new dict with every parameter of the method.
@@ -315,7 +474,7 @@ def validate_params(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
             the wrong type or out of bounds (``invalid_parameter``).
         UnknownField: A parameter the method does not accept.
     """
-    specs = METHODS[method].params if method in METHODS else None
+    specs = METHODS[method].params_for(kind) if method in METHODS else None
     if specs is None:
         raise InvalidRequest(f"unknown method {method!r}", code="unknown_method", field="method")
     for name in params:

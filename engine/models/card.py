@@ -1,8 +1,10 @@
 """The model card: what a model is, in the terms a person knows.
 
-A card names the task, the features (numeric, or categorical with their
-allowed values), the class names and which ONNX output holds the
-probabilities or the regression value. It is validated strictly: unknown
+A card names the task, the input kind (``tabular`` rows of features,
+``image`` tensors, ``text`` strings), the features (numeric, or categorical
+with their allowed values) of a tabular model or the image/text spec of the
+others, the class names and which ONNX output holds the probabilities or
+the regression value. It is validated strictly: unknown
 fields are errors, never silently ignored.
 """
 
@@ -13,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import InvalidRequest, UnknownField
+from engine.models.image import ImageSpec
+from engine.models.text import TextSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TASKS = ("classification", "regression")
-INPUT_KINDS = ("tabular",)
+INPUT_KINDS = ("tabular", "image", "text")
 FEATURE_TYPES = ("numeric", "categorical")
 VARIANT_KINDS = ("int8_dynamic", "int8_static", "fp16")
 
@@ -65,9 +69,11 @@ class ModelCard:
         class_names: Class names in output-column order (classification).
         output: Name of the ONNX output holding probabilities (or scores) for
             classification, or the value for regression; ``None`` picks it.
-        input_kind: Only ``tabular`` today.
+        input_kind: ``tabular``, ``image`` or ``text``.
         description: Free text.
         variants: Variant kinds to build at registration.
+        image: How an image model takes its tensor (``input_kind == "image"``).
+        text: How a text model takes its strings (``input_kind == "text"``).
     """
 
     name: str
@@ -78,6 +84,16 @@ class ModelCard:
     input_kind: str = "tabular"
     description: str = ""
     variants: tuple[str, ...] = field(default=())
+    image: ImageSpec | None = None
+    text: TextSpec | None = None
+
+    @property
+    def background_columns(self) -> list[str]:
+        """Columns of the background table: the features, or an image's pixels ``p0 …`` (row-major H, W, C)."""
+        if self.image is not None:
+            h, w, c = self.image.shape
+            return [f"p{i}" for i in range(h * w * c)]
+        return self.feature_names
 
     @property
     def feature_names(self) -> list[str]:
@@ -100,11 +116,16 @@ class ModelCard:
             "name": self.name,
             "task": self.task,
             "input_kind": self.input_kind,
-            "features": [f.to_dict() for f in self.features],
             "output": self.output,
             "description": self.description,
             "variants": list(self.variants),
         }
+        if self.input_kind == "tabular":
+            out["features"] = [f.to_dict() for f in self.features]
+        if self.image is not None:
+            out["image"] = self.image.to_dict()
+        if self.text is not None:
+            out["text"] = self.text.to_dict()
         if self.task == "classification":
             out["class_names"] = list(self.class_names)
         return out
@@ -139,7 +160,34 @@ class ModelCard:
             raise InvalidRequest(
                 f"input_kind must be one of {list(INPUT_KINDS)}", code="invalid_card", field="card.input_kind"
             )
-        features = _features(obj.get("features"))
+        image: ImageSpec | None = None
+        text: TextSpec | None = None
+        if input_kind == "tabular":
+            for other in ("image", "text"):
+                if other in obj:
+                    raise InvalidRequest(f"a tabular card has no {other!r}", code="invalid_card", field=f"card.{other}")
+            features = _features(obj.get("features"))
+        else:
+            if "features" in obj:
+                raise InvalidRequest(
+                    f"an {input_kind} card has no features; describe the input in card.{input_kind}",
+                    code="invalid_card",
+                    field="card.features",
+                )
+            other = "text" if input_kind == "image" else "image"
+            if other in obj:
+                raise InvalidRequest(
+                    f"an {input_kind} card has no {other!r}", code="invalid_card", field=f"card.{other}"
+                )
+            features = ()
+            if input_kind == "image":
+                if "image" not in obj:
+                    raise InvalidRequest(
+                        "an image card needs an 'image' object", code="invalid_card", field="card.image"
+                    )
+                image = ImageSpec.from_dict(obj["image"])
+            else:
+                text = TextSpec.from_dict(obj.get("text", {}))
         class_names = _strings(obj.get("class_names", []), "card.class_names")
         if task == "classification" and len(class_names) < 2:
             raise InvalidRequest(
@@ -170,10 +218,23 @@ class ModelCard:
             input_kind=input_kind,
             description=description,
             variants=tuple(variants),
+            image=image,
+            text=text,
         )
 
 
-_CARD_FIELDS = {"name", "task", "input_kind", "features", "class_names", "output", "description", "variants"}
+_CARD_FIELDS = {
+    "name",
+    "task",
+    "input_kind",
+    "features",
+    "class_names",
+    "output",
+    "description",
+    "variants",
+    "image",
+    "text",
+}
 _FEATURE_FIELDS = {"name", "type", "categories", "encoding"}
 ENCODINGS = ("ordinal", "one_hot")
 

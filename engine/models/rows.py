@@ -174,13 +174,43 @@ def _columns(X: FloatArray, card: ModelCard) -> FloatArray:
     return np.hstack(parts)
 
 
-def encode_feeds(X: FloatArray, card: ModelCard, signature: Signature) -> dict[str, np.ndarray]:
-    """Turn raw-feature rows into the ONNX inputs of the model.
+Inputs = FloatArray | list[str]
+"""A batch of model inputs: raw-feature rows ``(n, d)``, unit images ``(n, H, W, C)`` or texts."""
+
+
+def parse_inputs(instances: object, card: ModelCard, *, max_rows: int, where: str = "instances") -> Inputs:
+    """Validate request inputs by the card's input kind: rows, images or texts.
+
+    Raises:
+        InvalidRequest: Naming the input at fault.
+    """
+    if card.image is not None:
+        from engine.models.image import parse_images
+
+        return parse_images(instances, card.image, max_rows=max_rows, where=where)
+    if card.input_kind == "text":
+        from engine.models.text import TextSpec, parse_texts
+
+        return parse_texts(instances, card.text or TextSpec(), max_rows=max_rows, where=where)
+    return parse_instances(instances, card, max_rows=max_rows, where=where)
+
+
+def encode_feeds(X: Inputs, card: ModelCard, signature: Signature) -> dict[str, np.ndarray]:
+    """Turn a batch of inputs into the ONNX inputs of the model.
 
     Categorical codes are rounded and clipped into range, because sampling
     explainers (LIME, KernelSHAP) may hand back any float in a column.
+    Images go through the card's scaling and layout; texts become a string tensor.
     """
     inputs = signature.inputs
+    if card.image is not None:
+        port = inputs[0]
+        return {port.name: card.image.to_model(np.asarray(X, dtype=np.float64)).astype(_ONNX_DTYPES[port.type])}
+    if card.input_kind == "text":
+        port = inputs[0]
+        strings = np.asarray([str(t) for t in X], dtype=object)
+        return {port.name: strings.reshape(-1, 1) if len(port.shape) == 2 else strings}
+    X = np.asarray(X, dtype=np.float64)
     if is_single_tensor(inputs, card.feature_names):
         port = inputs[0]
         return {port.name: _columns(X, card).astype(_ONNX_DTYPES[port.type])}

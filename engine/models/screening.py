@@ -19,6 +19,10 @@ from engine.errors import ModelRejected
 from engine.models.card import ModelCard
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+ALLOWED_CONTRIB_OPS = frozenset({("com.microsoft", "Tokenizer")})
+"""Operators of other domains allowed one by one: skl2onnx exports scikit-learn's text vectorizers with
+onnxruntime's string ``Tokenizer`` (pure string splitting: no files, no code), so text pipelines need it."""
+FLOAT_TYPES = frozenset({"tensor(float)", "tensor(double)", "tensor(float16)"})
 NUMERIC_TYPES = frozenset({"tensor(float)", "tensor(double)", "tensor(float16)", "tensor(int64)", "tensor(int32)"})
 
 
@@ -104,11 +108,14 @@ def screen_model(data: bytes, card: ModelCard) -> tuple[onnx.ModelProto, Signatu
                 code="external_data_not_allowed",
                 field="model",
             )
-    domains = {n.domain for n in _nodes(model)} | {o.domain for o in model.opset_import}
-    bad = sorted(domains - ALLOWED_DOMAINS)
-    if bad:
+    nodes = list(_nodes(model))
+    contrib = {(n.domain, n.op_type) for n in nodes if n.domain not in ALLOWED_DOMAINS}
+    refused = sorted(f"{domain}:{op}" for domain, op in contrib - ALLOWED_CONTRIB_OPS)
+    unused = {o.domain for o in model.opset_import} - ALLOWED_DOMAINS - {domain for domain, _ in contrib}
+    if refused or unused:
         raise ModelRejected(
-            f"operator domains {bad} are not allowed (only '' and 'ai.onnx.ml')",
+            f"operators {refused or sorted(unused)} are not allowed (only the '' and 'ai.onnx.ml' domains, "
+            f"and {sorted(f'{d}:{o}' for d, o in ALLOWED_CONTRIB_OPS)})",
             code="unsupported_op_domain",
             field="model",
         )
@@ -134,7 +141,11 @@ def match_card(model: onnx.ModelProto, card: ModelCard) -> Signature:
     inputs = tuple(_port(v) for v in model.graph.input if v.name not in init_names)
     outputs = tuple(_port(v) for v in model.graph.output)
     names = card.feature_names
-    if is_single_tensor(inputs, names):
+    if card.image is not None:
+        _match_image(inputs, card)
+    elif card.input_kind == "text":
+        _match_text(inputs, card)
+    elif is_single_tensor(inputs, names):
         port = inputs[0]
         expected = sum(f.width for f in card.features)
         if port.type not in NUMERIC_TYPES or len(port.shape) != 2:
@@ -154,6 +165,33 @@ def match_card(model: onnx.ModelProto, card: ModelCard) -> Signature:
             if (port.type == "tensor(string)") != want_string or (not want_string and port.type not in NUMERIC_TYPES):
                 _mismatch(f"input {port.name!r} has type {port.type}, the card says {feature.type}", "card.features")
     return Signature(inputs, outputs, _explained_output(outputs, card).name)
+
+
+def _match_image(inputs: tuple[Port, ...], card: ModelCard) -> None:
+    """One float tensor ``[N, C, H, W]`` or ``[N, H, W, C]`` whose fixed dimensions agree with ``card.image``."""
+    spec = card.image
+    assert spec is not None  # only called for image cards
+    if len(inputs) != 1 or inputs[0].type not in FLOAT_TYPES or len(inputs[0].shape) != 4:
+        _mismatch("an image model takes one 4-D float tensor (NCHW or NHWC)", "card.image")
+    port = inputs[0]
+    for axis, (got, want) in enumerate(zip(port.shape[1:], spec.model_shape, strict=True), start=1):
+        if isinstance(got, int) and got != want:
+            _mismatch(
+                f"input {port.name!r} has {got} at axis {axis}; the card's {spec.layout} image is "
+                f"{list(spec.model_shape)}",
+                "card.image",
+            )
+
+
+def _match_text(inputs: tuple[Port, ...], card: ModelCard) -> None:
+    """One string tensor ``[N]`` or ``[N, 1]`` (token-id models are not served over HTTP yet)."""
+    if card.text is not None and card.text.tokenizer is not None:
+        _mismatch("token-id text models cannot be registered yet; export a string-input model", "card.text.tokenizer")
+    if len(inputs) != 1 or inputs[0].type != "tensor(string)" or len(inputs[0].shape) not in (1, 2):
+        _mismatch("a text model takes one string tensor [N] or [N, 1]", "card.input_kind")
+    shape = inputs[0].shape
+    if len(shape) == 2 and isinstance(shape[1], int) and shape[1] != 1:
+        _mismatch(f"input {inputs[0].name!r} must be [N, 1], not {list(shape)}", "card.input_kind")
 
 
 def _explained_output(outputs: tuple[Port, ...], card: ModelCard) -> Port:

@@ -137,6 +137,14 @@ class ModelRegistry:
                 code="invalid_background",
                 field="background",
             )
+        if card.input_kind == "text":
+            raise InvalidRequest(
+                "text models take no background (their methods remove words)",
+                code="invalid_background",
+                field="background",
+            )
+        if card.image is not None:
+            return _pixels(frame, card.background_columns)
         unknown = [str(c) for c in frame.columns if c not in card.feature_names]
         if unknown:
             raise InvalidRequest(
@@ -287,17 +295,45 @@ class ModelRegistry:
         """Return the stored background rows in raw feature space (``(0, d)`` when none)."""
         path = model.path / "background.parquet"
         if not path.exists():
-            return np.empty((0, len(model.card.features)), dtype=np.float64)
+            return np.empty((0, len(model.card.background_columns)), dtype=np.float64)
         # A version directory never changes its background or card, so a warm worker parses each once.
         key = (str(model.path), model.background_sha256 or "")
         found = self._backgrounds.get(key)
         if found is None:
-            found = frame_to_matrix(pd.read_parquet(path), model.card, where="background")
+            frame = pd.read_parquet(path)
+            if model.card.image is not None:
+                found = frame[model.card.background_columns].to_numpy(dtype=np.float64)
+            else:
+                found = frame_to_matrix(frame, model.card, where="background")
             found.flags.writeable = False
             if len(self._backgrounds) >= _BACKGROUND_CACHE:
                 self._backgrounds.pop(next(iter(self._backgrounds)))
             self._backgrounds[key] = found
         return found
+
+
+def _pixels(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Check an image background: exactly the pixel columns ``p0 …``, unit-scale numbers.
+
+    Raises:
+        InvalidRequest: ``invalid_background`` naming the column or row at fault.
+    """
+    if [str(c) for c in frame.columns] != columns:
+        raise InvalidRequest(
+            f"an image background has the {len(columns)} columns p0 … p{len(columns) - 1} "
+            "(pixels in row-major height, width, channel order, in [0, 1])",
+            code="invalid_background",
+            field="background",
+        )
+    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0) & (values <= 1)).all(axis=1))
+    if bad.size:
+        raise InvalidRequest(
+            f"background row {int(bad[0])} has a pixel that is not a number in [0, 1]",
+            code="invalid_background",
+            field=f"background[{int(bad[0])}]",
+        )
+    return pd.DataFrame(values, columns=columns)
 
 
 def _sealed(directory: Path) -> bool:

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed
 from engine.models.card import ModelCard
-from engine.models.rows import encode_feeds
+from engine.models.rows import Inputs, encode_feeds
 from engine.models.screening import Signature
 
 BATCH_ROWS = 65_536
@@ -87,8 +87,8 @@ class ModelSession:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ExplanationFailed(f"onnxruntime failed: {exc}", code="model_error") from exc
 
-    def scores(self, X: FloatArray) -> FloatArray:
-        """Evaluate raw-feature rows, in batches, to the explained output.
+    def scores(self, X: Inputs) -> FloatArray:
+        """Evaluate inputs (raw-feature rows, unit images or texts), in batches, to the explained output.
 
         Returns:
             ``(n, k)`` probabilities per class, or ``(n, 1)`` regression values.

@@ -27,7 +27,12 @@ def _main() -> None:
     try:
         cache = SessionCache(1, 1, ["CPUExecutionProvider"])
         session = cache.get(Path(request["path"]), "probe", card, signature)
-        session.scores(np.zeros((2, len(card.features)), dtype=np.float64))
+        if card.image is not None:
+            session.scores(np.zeros((2, *card.image.shape), dtype=np.float64))
+        elif card.input_kind == "text":
+            session.scores(["a trial text", "another one"])
+        else:
+            session.scores(np.zeros((2, len(card.features)), dtype=np.float64))
     except OnnxplainError as exc:
         if exc.code == "non_finite_model_output":
             # A model may legitimately be undefined at all-zero input.

@@ -7,8 +7,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from engine.errors import InvalidRequest, UnknownField
+from engine.explain.plan import methods_for
 from engine.models.card import ModelCard
-from engine.models.rows import parse_instances
+from engine.models.rows import parse_inputs
 from engine.models.store import ModelVersion
 from engine.variants import state as variants
 from service.bodies import check_parts, json_object, json_part, optional_int
@@ -25,6 +26,7 @@ def model_resource(model: ModelVersion) -> dict[str, Any]:
     body = model.to_dict()
     body["versions"] = services().registry.versions(model.name)
     body["variants"] = [v.to_dict() for v in variants.list_variants(model)]
+    body["methods"] = methods_for(model)
     return body
 
 
@@ -96,7 +98,7 @@ def predict(name: str) -> Response:
     variant = body.get("variant", "fp32")
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
-    X = parse_instances(body["instances"], model.card, max_rows=svc.settings.max_rows)
+    X = parse_inputs(body["instances"], model.card, max_rows=svc.settings.max_rows)
     variant, session = svc.predictor.resolve(model, variant)
     predictions = svc.predictor.predict(model, X, variant)
     return jsonify(
