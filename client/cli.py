@@ -118,7 +118,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  curl -s {url}/v1/models/{card['name']}:predict -H 'Content-Type: application/json' \\")
         print(f"    -d '{json.dumps({'instances': [row]})}'\n")
         print(f"  curl -s {url}/v1/models/{card['name']}:explain -H 'Content-Type: application/json' \\")
-        print(f"    -d '{json.dumps({'instances': [row], 'method': 'kernel_shap', 'wait': 30})}'\n")
+        print(f"    -d '{json.dumps({'instances': [row], 'method': 'kernel_shap', 'wait': 60})}'\n")
         print("  and audit 2,000 applicants (report and per-row file written here):\n")
         print(f"  {_self_command()} --url {url} audit {card['name']} {DEMO / 'applicants.csv'} \\")
         print("    --label outcome --sensitive sex --sensitive age_band --out report.html --rows rows.parquet\n")
