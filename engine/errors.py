@@ -10,6 +10,8 @@ statuses; the engine itself knows nothing of HTTP::
     ├── InvalidRequest          a request (JSON, card, rows, parameters) is wrong
     │   └── UnknownField        a JSON object carries a field we do not know
     ├── ModelRejected           an uploaded model file is unsafe or unusable
+    ├── Unauthorized            no API key, or one that is invalid or revoked
+    ├── Forbidden               the key lacks the scope the call needs
     ├── NotFound                a model, version, variant, job or audit is absent
     ├── Conflict                the resource is in a state that forbids the call
     ├── PayloadTooLarge         an upload or body is over its configured cap
@@ -72,6 +74,30 @@ class ModelRejected(OnnxplainError):
 
     code = "invalid_model"
     title = "Model rejected"
+
+
+class Unauthorized(OnnxplainError):
+    """The request carries no valid API key."""
+
+    code = "unauthenticated"
+    title = "Unauthorized"
+
+
+class Forbidden(OnnxplainError):
+    """The API key is valid but lacks the scope the call needs.
+
+    Args:
+        detail: What went wrong, for a person.
+        code: Stable snake_case code.
+        scope: The scope that was needed.
+    """
+
+    code = "insufficient_scope"
+    title = "Forbidden"
+
+    def __init__(self, detail: str, *, code: str | None = None, scope: str | None = None) -> None:
+        super().__init__(detail, code=code)
+        self.scope = scope
 
 
 class NotFound(OnnxplainError):

@@ -110,6 +110,22 @@ class Settings:
     """Most model rows one explain request may cost (rows × samples × background),
     estimated before it is queued; more is 422 ``too_expensive``."""
 
+    auth: str = "on"
+    """``on``: every route but health and docs needs ``Authorization: Bearer <key>``; ``off`` (local
+    notebooks only) serves everyone as tenant ``local`` with every scope, and logs a warning saying so."""
+
+    keys_file: Path = field(default_factory=lambda: Path("var/keys.json"))
+    """The API keys file (hashes only; ``onnxplain keys add|list|revoke`` writes it; re-read when it changes)."""
+
+    keys_secret: str = ""
+    """Server secret of the keys' HMAC-SHA256; empty: read from ``<keys_file>.secret`` (created by ``keys add``)."""
+
+    def __post_init__(self) -> None:
+        if self.auth not in ("on", "off"):
+            raise InvalidRequest(
+                f"{PREFIX}AUTH must be 'on' or 'off', not {self.auth!r}", code="invalid_setting", field=PREFIX + "AUTH"
+            )
+
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -133,7 +149,7 @@ class Settings:
             raw = env.get(PREFIX + f.name.upper())
             if raw is None or raw == "":
                 continue
-            kind = Path if f.name.endswith("_dir") else type(getattr(_DEFAULTS, f.name))
+            kind = Path if f.name.endswith(("_dir", "_file")) else type(getattr(_DEFAULTS, f.name))
             try:
                 values[f.name] = kind(raw) if f.name != "redis_url" else raw
             except ValueError as exc:

@@ -9,6 +9,8 @@ from flask import Flask, current_app
 from redis import Redis
 
 from engine.errors import Unavailable
+from engine.keys import KeyRing
+from engine.models.access import ModelAccess
 from engine.models.store import ModelRegistry
 from engine.serving import Predictor
 from engine.settings import Settings
@@ -19,11 +21,13 @@ KEY = "onnxplain"
 
 @dataclass
 class Services:
-    """What a request handler needs: settings, the store, warm sessions, Redis."""
+    """What a request handler needs: settings, the store and who owns its models, warm sessions, keys, Redis."""
 
     settings: Settings
     registry: ModelRegistry
     predictor: Predictor
+    access: ModelAccess
+    keys: KeyRing
     _redis: Redis | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,7 +59,13 @@ class Services:
 def init_app(app: Flask, settings: Settings) -> Services:
     """Create the services for ``app`` and store them in ``app.extensions``."""
     registry = ModelRegistry(settings)
-    services = Services(settings=settings, registry=registry, predictor=Predictor(settings, registry))
+    services = Services(
+        settings=settings,
+        registry=registry,
+        predictor=Predictor(settings, registry),
+        access=ModelAccess(registry.root),
+        keys=KeyRing(settings),
+    )
     app.extensions[KEY] = services
     return services
 

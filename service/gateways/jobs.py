@@ -70,13 +70,13 @@ class JobGateway:
         """Return the RQ queue ``name`` with the JSON serializer."""
         return Queue(name, connection=self.connection, serializer=JSONSerializer)
 
-    def submit(self, kind: JobKind, payload: dict[str, Any], *, timeout: int) -> Job:
-        """Enqueue a job of ``kind`` on its queue unless an identical job is queued, running or done.
+    def submit(self, kind: JobKind, payload: dict[str, Any], *, timeout: int, tenant: str) -> Job:
+        """Enqueue a job of ``kind`` for ``tenant`` unless the tenant's identical job is queued, running or done.
 
         Raises:
             Unavailable: Redis cannot be reached.
         """
-        job_id = job_id_for(kind.name, payload)
+        job_id = job_id_for(kind.name, {"tenant": tenant, **payload})
         try:
             try:
                 existing = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
@@ -98,26 +98,35 @@ class JobGateway:
                 failure_ttl=self.failure_ttl,
                 ttl=self.result_ttl,
                 retry=Retry(max=1),
-                meta={MetaKey.KIND: kind.name, MetaKey.PROGRESS: 0.0},
+                meta={MetaKey.KIND: kind.name, MetaKey.PROGRESS: 0.0, MetaKey.TENANT: tenant},
             )
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
 
-    def fetch(self, job_id: str) -> Job:
+    def fetch(self, job_id: str, tenant: str | None) -> Job:
         """Return a job by id.
 
+        Args:
+            job_id: The job's id.
+            tenant: The caller's tenant: another tenant's job is not found. ``None`` only for the service's own
+                reads of jobs it already tied to their tenant (an audit's chunks).
+
         Raises:
-            NotFound: ``job_not_found`` for an unknown or expired id.
+            NotFound: ``job_not_found`` for an unknown or expired id, or another tenant's job.
             Unavailable: Redis cannot be reached.
         """
+        missing = NotFound(f"no job {job_id!r} (unknown or expired)", code="job_not_found", field="id")
         if not JOB_ID.match(job_id):
-            raise NotFound(f"no job {job_id!r} (unknown or expired)", code="job_not_found", field="id")
+            raise missing
         try:
-            return Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+            job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
-            raise NotFound(f"no job {job_id!r} (unknown or expired)", code="job_not_found", field="id") from None
+            raise missing from None
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+        if tenant is not None and job.get_meta().get(MetaKey.TENANT) != tenant:
+            raise missing
+        return job
 
     def wait(self, job: Job, seconds: float) -> None:
         """Block until the job ends or ``seconds`` pass (woken by RQ's result stream, no polling)."""
@@ -128,14 +137,14 @@ class JobGateway:
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
 
-    def cancel(self, job_id: str) -> Job:
-        """Cancel a queued job at once, or flag a running one to stop.
+    def cancel(self, job_id: str, tenant: str | None) -> Job:
+        """Cancel a queued job at once, or flag a running one to stop (``tenant`` as in :meth:`fetch`).
 
         Raises:
-            NotFound: Unknown job.
+            NotFound: Unknown job, or another tenant's.
             Conflict: ``job_not_cancelable`` when it already ended.
         """
-        job = self.fetch(job_id)
+        job = self.fetch(job_id, tenant)
         status = job.get_status()
         if status in (JobStatus.FINISHED, JobStatus.FAILED):
             raise Conflict(f"job {job_id!r} already ended ({_STATUS[status]})", code="job_not_cancelable")

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify, url_for
 from engine.errors import InvalidRequest
 from engine.explain.run import build_request
 from engine.jobs import JOBS
+from service.auth import tenant, visible_model
 from service.bodies import json_object, optional_int
 from service.errors import respond
 from service.extensions import services
@@ -25,7 +26,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     """
     svc = services()
     body = json_object(_FIELDS, required={"instances"})
-    model = svc.registry.get(name, optional_int(body.get("version"), "version"))
+    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
     wait = body.get("wait", svc.settings.default_wait_s)
     if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
         raise InvalidRequest("wait must be a number of seconds ≥ 0", code="invalid_parameter", field="wait")
@@ -35,7 +36,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     variant, _ = svc.predictor.resolve(model, variant)
     request = build_request(body, model, svc.settings, variant)
     gateway = svc.jobs()
-    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=svc.settings.job_timeout_s)
+    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=svc.settings.job_timeout_s, tenant=tenant())
     gateway.wait(job, min(float(wait), svc.settings.max_wait_s))
     location = url_for("explain.get_job", job_id=job.id)
     view = gateway.describe(job, location=location)
@@ -52,7 +53,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
 def get_job(job_id: str) -> Response:
     """Job status, progress, times, and the result or error. Errors: 404 ``job_not_found``."""
     gateway = services().jobs()
-    job = gateway.fetch(job_id)
+    job = gateway.fetch(job_id, tenant())
     return jsonify(gateway.describe(job, location=url_for("explain.get_job", job_id=job_id)))
 
 
@@ -60,5 +61,5 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     """Cancel a queued or running job. Errors: 404; 409 ``job_not_cancelable``."""
     gateway = services().jobs()
-    job = gateway.cancel(job_id)
+    job = gateway.cancel(job_id, tenant())
     return jsonify(gateway.describe(job, location=url_for("explain.get_job", job_id=job_id)))

@@ -18,6 +18,7 @@ from flask import Blueprint, Response, jsonify, request
 from engine.errors import InvalidRequest, NotFound
 from engine.models.screening import Port
 from engine.models.store import ModelVersion
+from service.auth import visible_model
 from service.bodies import check_object
 from service.extensions import services
 
@@ -53,7 +54,7 @@ def _port_json(port: Port) -> dict[str, Any]:
 def _model(name: str, version: str | None) -> ModelVersion:
     if version is not None and not version.isdigit():
         raise NotFound(f"model {name!r} has no version {version!r}", code="version_not_found")
-    return services().registry.get(name, int(version) if version else None)
+    return visible_model(services(), name, int(version) if version else None)
 
 
 @bp.get("/v2/health/live")

@@ -10,13 +10,14 @@ from engine.errors import Unavailable
 from engine.jobs import JOBS
 from engine.models.store import ModelVersion
 from engine.variants import state as variants
+from service.auth import managed_model, principal
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
 
 bp = Blueprint("variants", __name__)
 
 
-def submit_variant(svc: Services, model: ModelVersion, kind: str) -> dict[str, Any]:
+def submit_variant(svc: Services, model: ModelVersion, kind: str, tenant: str) -> dict[str, Any]:
     """Enqueue the build of one variant (on the batch queue) and return the job's view.
 
     Raises:
@@ -27,17 +28,17 @@ def submit_variant(svc: Services, model: ModelVersion, kind: str) -> dict[str, A
     gateway = svc.jobs()
     payload = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
     current = variants.read_state(model, kind)
-    job = gateway.submit(JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s)
+    job = gateway.submit(JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s, tenant=tenant)
     if current is None or current["state"] in ("failed", "rejected"):
         variants.write_state(model, kind, "building", error=None, job=job.id)
     return gateway.describe(job, location=url_for("explain.get_job", job_id=job.id))
 
 
-def request_card_variants(svc: Services, model: ModelVersion) -> None:
+def request_card_variants(svc: Services, model: ModelVersion, tenant: str) -> None:
     """Queue the variants a card asks for at registration; record why one could not be queued."""
     for kind in model.card.variants:
         try:
-            submit_variant(svc, model, variants.check_kind(kind))
+            submit_variant(svc, model, variants.check_kind(kind), tenant)
         except Unavailable as exc:
             variants.write_state(model, kind, "failed", error=exc.to_dict())
 
@@ -51,8 +52,8 @@ def create_variant(name: str) -> tuple[Response, int, dict[str, str]]:
     """
     svc = services()
     body = json_object({"kind", "version"}, required={"kind"})
-    model = svc.registry.get(name, optional_int(body.get("version"), "version"))
+    model = managed_model(svc, name, optional_int(body.get("version"), "version"))
     kind = variants.check_kind(body["kind"])
-    job = submit_variant(svc, model, kind)
+    job = submit_variant(svc, model, kind, principal().tenant)
     state = variants.read_state(model, kind)
     return jsonify({"variant": state, "job": job}), 202, {"Location": job["location"]}

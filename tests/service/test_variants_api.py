@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from engine.settings import Settings
 from service.app import create_app
 from tests import builders
-from tests.conftest import upload
+from tests.conftest import authorize, issue_key, keyed, upload
 
 REPORT_FIELDS = {"size_bytes", "latency", "agreement", "explanation_drift"}
 
@@ -154,8 +154,10 @@ def test_variant_request_errors(live_client, mlp):
 
 def test_gpu_providers_fall_back_to_cpu(tmp_path, binary_model, redis_conn):
     """Asking for CUDA on a machine without a GPU serves on the CPU, without an error."""
-    app = create_app(Settings(model_dir=tmp_path, providers="CUDAExecutionProvider,CPUExecutionProvider"))
-    client = app.test_client()
+    settings = keyed(
+        Settings(model_dir=tmp_path / "models", providers="CUDAExecutionProvider,CPUExecutionProvider"), tmp_path
+    )
+    client = authorize(create_app(settings).test_client(), issue_key(settings))
     assert upload(client, binary_model).status_code == 201
     response = client.post("/v1/models/credit:predict", json={"instances": [[1, 2, 3, 4]]})
     assert response.status_code == 200 and response.json["provider"] == "CPUExecutionProvider"
