@@ -2,8 +2,12 @@
 
 Jobs are enqueued by the dotted paths of the queue contract (:data:`engine.jobs.JOBS`),
 so the API never imports ``worker``. Payloads and results are plain JSON (RQ's JSON
-serializer, never pickle). A job's id is derived from its payload, so an
-identical request finds the job (and result) that already exists.
+serializer, never pickle).
+
+Job ids are random (``explain-`` + 128 random bits): knowing a payload tells nothing of its id. Identical
+requests still share one computation through the result cache, keyed apart from the id: per tenant, by kind
+and payload (model sha256, version, variant, rows, method, parameters, seed), so one tenant's request never
+finds another's job. ``Idempotency-Key`` maps a tenant's retried submission to the job it first made.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import hashlib
 import json
 import math
 import re
+import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +28,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from engine.errors import Conflict, NotFound, Unavailable
+from engine.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error
 from engine.timestamps import format_utc
 from service.errors import problem_of
@@ -42,10 +48,55 @@ _STATUS = {
 }
 
 
-def job_id_for(kind: str, payload: dict[str, Any]) -> str:
-    """Return the deterministic id of a job: its kind and a hash of its payload."""
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return f"{kind}-{digest[:32]}"
+_REUSABLE_ENDED = (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
+
+
+def new_job_id(kind: str) -> str:
+    """Return a fresh, unguessable job id: the kind and 128 random bits."""
+    return f"{kind}-{secrets.token_hex(16)}"
+
+
+def request_digest(tenant: str, kind: str, payload: dict[str, Any]) -> str:
+    """Return the cache digest of a request: its tenant, kind and canonical payload (never shown to anyone)."""
+    canonical = json.dumps({"tenant": tenant, "kind": kind, "payload": payload}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def cache_key(digest: str) -> str:
+    """The Redis key that maps a request digest to the job computing it."""
+    return f"onnxplain:cache:{digest}"
+
+
+def idempotency_key(tenant: str, key: str) -> str:
+    """The Redis key that maps a tenant's ``Idempotency-Key`` to its job (the client's key is hashed)."""
+    digest = hashlib.sha256(tenant.encode() + b"\0" + key.encode()).hexdigest()
+    return f"onnxplain:idempotency:{digest}"
+
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """Validate an ``Idempotency-Key`` header (1-255 visible ASCII characters).
+
+    Raises:
+        InvalidRequest: ``invalid_idempotency_key``.
+    """
+    if value is not None and not IDEMPOTENCY_KEY.match(value):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+            code="invalid_idempotency_key",
+            field="Idempotency-Key",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submitted job, and whether it was already there (``hit``: cache or idempotency) or made now (``miss``)."""
+
+    job: Job
+    cache: str
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -70,38 +121,99 @@ class JobGateway:
         """Return the RQ queue ``name`` with the JSON serializer."""
         return Queue(name, connection=self.connection, serializer=JSONSerializer)
 
-    def submit(self, kind: JobKind, payload: dict[str, Any], *, timeout: int, tenant: str) -> Job:
-        """Enqueue a job of ``kind`` for ``tenant`` unless the tenant's identical job is queued, running or done.
+    def submit(
+        self,
+        kind: JobKind,
+        payload: dict[str, Any],
+        *,
+        timeout: int,
+        tenant: str,
+        idempotency: str | None = None,
+    ) -> Submission:
+        """Return the tenant's job for this request: its ``Idempotency-Key``'s job, else the cached identical job
+        (queued, running or succeeded), else a new job under a random id.
+
+        Args:
+            kind: The job's kind.
+            payload: The worker function's argument.
+            timeout: The job's hard limit in seconds.
+            tenant: Who submits; the cache and idempotency keys are this tenant's alone.
+            idempotency: The request's ``Idempotency-Key``, if any (checked by :func:`check_idempotency_key`).
 
         Raises:
+            InvalidRequest: ``idempotency_key_reused`` when the key was used for another request.
             Unavailable: Redis cannot be reached.
         """
-        job_id = job_id_for(kind.name, {"tenant": tenant, **payload})
+        digest = request_digest(tenant, kind.name, payload)
         try:
-            try:
-                existing = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
-                status = existing.get_status()
-                if status not in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED) and not self._canceled(
-                    job_id
-                ):
-                    return existing
-                existing.delete()
-                self.connection.delete(cancel_key(job_id))
-            except NoSuchJobError:
-                pass
-            return self.queue(kind.queue).enqueue(
-                kind.function,
-                payload,
-                job_id=job_id,
-                job_timeout=timeout,
-                result_ttl=self.result_ttl,
-                failure_ttl=self.failure_ttl,
-                ttl=self.result_ttl,
-                retry=Retry(max=1),
-                meta={MetaKey.KIND: kind.name, MetaKey.PROGRESS: 0.0, MetaKey.TENANT: tenant},
-            )
+            if idempotency is not None:
+                remembered = self._remembered(tenant, idempotency, digest)
+                if remembered is not None:
+                    return Submission(remembered, "hit")
+            submission = self._cached_or_new(kind, payload, digest, timeout=timeout, tenant=tenant)
+            if idempotency is not None:
+                record = json.dumps({"job": submission.job.id, "request": digest})
+                key = idempotency_key(tenant, idempotency)
+                if not self.connection.set(key, record, nx=True, ex=self.result_ttl):
+                    # A concurrent retry with the same key got there first: answer with its job.
+                    remembered = self._remembered(tenant, idempotency, digest)
+                    if remembered is not None:
+                        return Submission(remembered, "hit")
+            return submission
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+
+    def _remembered(self, tenant: str, idempotency: str, digest: str) -> Job | None:
+        raw = self.connection.get(idempotency_key(tenant, idempotency))
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        if record["request"] != digest:
+            raise InvalidRequest(
+                "this Idempotency-Key was used for a different request",
+                code="idempotency_key_reused",
+                field="Idempotency-Key",
+            )
+        try:
+            return Job.fetch(record["job"], connection=self.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None  # expired with its job: submit afresh
+
+    def _cached_or_new(
+        self, kind: JobKind, payload: dict[str, Any], digest: str, *, timeout: int, tenant: str
+    ) -> Submission:
+        key = cache_key(digest)
+        job_id = new_job_id(kind.name)
+        for _ in range(3):
+            if self.connection.set(key, job_id, nx=True, ex=self.result_ttl):
+                return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant), "miss")
+            cached = self.connection.get(key)
+            if cached is None:
+                continue  # expired between the two calls
+            try:
+                cached_id = cached.decode() if isinstance(cached, bytes) else str(cached)
+                existing = Job.fetch(cached_id, connection=self.connection, serializer=JSONSerializer)
+                if existing.get_status() not in _REUSABLE_ENDED and not self._canceled(existing.id):
+                    return Submission(existing, "hit")
+            except NoSuchJobError:
+                pass
+            # The cached job failed, was canceled or expired: this request computes afresh.
+            self.connection.delete(key)
+        self.connection.set(key, job_id, ex=self.result_ttl)
+        return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant), "miss")
+
+    def _enqueue(self, kind: JobKind, payload: dict[str, Any], job_id: str, *, timeout: int, tenant: str) -> Job:
+        return self.queue(kind.queue).enqueue(
+            kind.function,
+            payload,
+            job_id=job_id,
+            job_timeout=timeout,
+            result_ttl=self.result_ttl,
+            failure_ttl=self.failure_ttl,
+            ttl=self.result_ttl,
+            retry=Retry(max=1),
+            meta={MetaKey.KIND: kind.name, MetaKey.PROGRESS: 0.0, MetaKey.TENANT: tenant},
+        )
 
     def fetch(self, job_id: str, tenant: str | None) -> Job:
         """Return a job by id.

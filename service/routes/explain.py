@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from engine.errors import InvalidRequest
 from engine.explain.run import build_request
@@ -11,6 +11,7 @@ from service.auth import tenant, visible_model
 from service.bodies import json_object, optional_int
 from service.errors import respond
 from service.extensions import services
+from service.gateways.jobs import check_idempotency_key
 
 bp = Blueprint("explain", __name__)
 
@@ -21,7 +22,8 @@ _FIELDS = {"instances", "method", "parameters", "targets", "version", "variant",
 def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     """Explain rows: 200 with the result when done within ``wait``, else 202 and the job.
 
-    Errors: 404 model/version/variant; 415; 422 bad rows, method, parameters
+    The tenant's identical request (or its same ``Idempotency-Key``) answers from the job it already made
+    (``X-Cache: hit``). Errors: 404 model/version/variant; 415; 422 bad rows, method, parameters
     or targets, or no background; 503 Redis unavailable.
     """
     svc = services()
@@ -34,13 +36,21 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
     variant, _ = svc.predictor.resolve(model, variant)
-    request = build_request(body, model, svc.settings, variant)
+    idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    explain_request = build_request(body, model, svc.settings, variant)
     gateway = svc.jobs()
-    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=svc.settings.job_timeout_s, tenant=tenant())
+    submission = gateway.submit(
+        JOBS["explain"],
+        explain_request.to_payload(),
+        timeout=svc.settings.job_timeout_s,
+        tenant=tenant(),
+        idempotency=idempotency,
+    )
+    job = submission.job
     gateway.wait(job, min(float(wait), svc.settings.max_wait_s))
     location = url_for("explain.get_job", job_id=job.id)
-    view = gateway.describe(job, location=location)
-    headers = {"X-Job-Id": job.id}
+    view = {**gateway.describe(job, location=location), "cache": submission.cache}
+    headers = {"X-Job-Id": job.id, "X-Cache": submission.cache}
     if view["status"] == "succeeded":
         return jsonify(view["result"]), 200, headers
     if view["status"] == "failed":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from engine.errors import Unavailable
 from engine.jobs import JOBS
@@ -13,12 +13,15 @@ from engine.variants import state as variants
 from service.auth import managed_model, principal
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
+from service.gateways.jobs import check_idempotency_key
 
 bp = Blueprint("variants", __name__)
 
 
-def submit_variant(svc: Services, model: ModelVersion, kind: str, tenant: str) -> dict[str, Any]:
-    """Enqueue the build of one variant (on the batch queue) and return the job's view.
+def submit_variant(
+    svc: Services, model: ModelVersion, kind: str, tenant: str, idempotency: str | None = None
+) -> dict[str, Any]:
+    """Enqueue the build of one variant (on the batch queue) and return the job's view, with ``cache``.
 
     Raises:
         InvalidRequest: The variant cannot be built for this model.
@@ -28,10 +31,13 @@ def submit_variant(svc: Services, model: ModelVersion, kind: str, tenant: str) -
     gateway = svc.jobs()
     payload = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
     current = variants.read_state(model, kind)
-    job = gateway.submit(JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s, tenant=tenant)
+    submission = gateway.submit(
+        JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s, tenant=tenant, idempotency=idempotency
+    )
+    job = submission.job
     if current is None or current["state"] in ("failed", "rejected"):
         variants.write_state(model, kind, "building", error=None, job=job.id)
-    return gateway.describe(job, location=url_for("explain.get_job", job_id=job.id))
+    return {**gateway.describe(job, location=url_for("explain.get_job", job_id=job.id)), "cache": submission.cache}
 
 
 def request_card_variants(svc: Services, model: ModelVersion, tenant: str) -> None:
@@ -54,6 +60,7 @@ def create_variant(name: str) -> tuple[Response, int, dict[str, str]]:
     body = json_object({"kind", "version"}, required={"kind"})
     model = managed_model(svc, name, optional_int(body.get("version"), "version"))
     kind = variants.check_kind(body["kind"])
-    job = submit_variant(svc, model, kind, principal().tenant)
+    idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    job = submit_variant(svc, model, kind, principal().tenant, idempotency)
     state = variants.read_state(model, kind)
-    return jsonify({"variant": state, "job": job}), 202, {"Location": job["location"]}
+    return jsonify({"variant": state, "job": job}), 202, {"Location": job["location"], "X-Cache": job["cache"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import numpy as np
@@ -161,3 +162,14 @@ def test_gpu_providers_fall_back_to_cpu(tmp_path, binary_model, redis_conn):
     assert upload(client, binary_model).status_code == 201
     response = client.post("/v1/models/credit:predict", json={"instances": [[1, 2, 3, 4]]})
     assert response.status_code == 200 and response.json["provider"] == "CPUExecutionProvider"
+
+
+def test_variant_builds_say_cache_and_honour_idempotency(client, mlp, redis_conn):
+    """A variant build is a job like any other: a repeat is a cache hit, and Idempotency-Key gives the same job."""
+    _register(client, mlp, "mlp-idem")
+    url, body = "/v1/models/mlp-idem/variants", {"kind": "int8_dynamic"}
+    first = client.post(url, json=body, headers={"Idempotency-Key": "v1"})
+    assert first.status_code == 202 and first.headers["X-Cache"] == "miss", first.json
+    again = client.post(url, json=body, headers={"Idempotency-Key": "v1"})
+    assert again.json["job"]["id"] == first.json["job"]["id"] and again.json["job"]["cache"] == "hit"
+    assert re.fullmatch(r"variant-[0-9a-f]{32}", first.json["job"]["id"])
