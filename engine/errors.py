@@ -16,6 +16,7 @@ statuses; the engine itself knows nothing of HTTP::
     ├── Conflict                the resource is in a state that forbids the call
     ├── PayloadTooLarge         an upload or body is over its configured cap
     ├── Unavailable             a dependency (Redis, the store) cannot be reached
+    │   └── QueueFull           a queue holds its cap of waiting jobs: retry later
     ├── JobCanceled             a running job saw its cancel flag and stopped
     ├── JobRefused              a queued job names a function outside the queue contract
     └── ExplanationFailed       the model or an explainer failed on valid input
@@ -126,6 +127,23 @@ class Unavailable(OnnxplainError):
 
     code = "unavailable"
     title = "Service unavailable"
+
+
+class QueueFull(Unavailable):
+    """A queue already holds its cap of waiting jobs; the client should retry after ``retry_after_s``.
+
+    Args:
+        detail: What went wrong, for a person.
+        code: Stable snake_case code.
+        retry_after_s: Seconds to wait before retrying.
+    """
+
+    code = "queue_full"
+    title = "Queue full"
+
+    def __init__(self, detail: str, *, code: str | None = None, retry_after_s: int = 5) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class JobCanceled(OnnxplainError):

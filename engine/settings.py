@@ -81,6 +81,19 @@ class Settings:
     failure_ttl_s: int = 7 * 86_400
     """How long failed jobs and their errors stay readable."""
 
+    interactive_queue_cap: int = 1000
+    """Most jobs waiting on the interactive queue; past it, submissions are 503 ``queue_full`` with Retry-After."""
+
+    batch_queue_cap: int = 100_000
+    """Most jobs waiting on the batch queue (an audit adds one per chunk, plus its merge)."""
+
+    interactive_queued_ttl_s: int = 600
+    """How long a queued explanation may wait for a worker before it expires unrun: by then nobody waits for it
+    (a ``wait`` is capped at ``max_wait_s``, and a client polling a 202 gives up long before)."""
+
+    queue_full_retry_after_s: int = 5
+    """The ``Retry-After`` of a 503 ``queue_full``."""
+
     default_wait_s: float = 5.0
     """How long ``:explain`` waits for its job when the request does not say."""
 

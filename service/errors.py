@@ -128,7 +128,7 @@ def _challenge(exc: OnnxplainError) -> str:
 
 def _engine_error(exc: OnnxplainError) -> Response:
     body = problem_of(exc)
-    headers = {"Retry-After": "5"} if body["status"] == 503 else {}
+    headers = {"Retry-After": str(getattr(exc, "retry_after_s", 5))} if body["status"] == 503 else {}
     if body["status"] in (401, 403):
         headers["WWW-Authenticate"] = _challenge(exc)
     return respond(body, headers)

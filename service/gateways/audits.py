@@ -58,9 +58,14 @@ class AuditGateway:
         """Store the validated dataset and queue its chunks and merge.
 
         Raises:
+            QueueFull: The batch queue has no room for its chunks (nothing is stored).
             Unavailable: Redis cannot be reached (nothing is left behind).
         """
         size = self.settings.audit_chunk_rows
+        try:
+            self.jobs.check_capacity(JOBS["audit_chunk"].queue, len(chunk_bounds(len(checked.rows), size)) + 1)
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
         info = {
             "spec": spec.to_dict(),
             "model": {

@@ -17,6 +17,7 @@ import json
 import math
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,11 +25,11 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from engine.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from engine.errors import Conflict, InvalidRequest, NotFound, QueueFull, Unavailable
 from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error
 from engine.timestamps import format_utc
 from service.errors import problem_of
@@ -99,6 +100,14 @@ class Submission:
     cache: str
 
 
+def _status_of(job: Job) -> JobStatus | None:
+    """A job's status; a job whose key expired since it was fetched is gone (404), never a 500."""
+    try:
+        return job.get_status()
+    except InvalidJobOperation:
+        raise NotFound(f"no job {job.id!r} (unknown or expired)", code="job_not_found", field="id") from None
+
+
 def _iso(value: datetime | None) -> str | None:
     return format_utc(value) if value is not None else None
 
@@ -110,12 +119,41 @@ class JobGateway:
         connection: The Redis connection.
         result_ttl: Seconds results stay readable.
         failure_ttl: Seconds failures stay readable.
+        caps: Most jobs waiting per queue (none: unbounded); past it a submission is 503 ``queue_full``.
+        queued_ttl: Seconds a job of a queue may exist unrun before RQ drops it (default: ``result_ttl``).
+        retry_after_s: The ``Retry-After`` of ``queue_full``.
     """
 
-    def __init__(self, connection: Redis, *, result_ttl: int, failure_ttl: int) -> None:
+    def __init__(
+        self,
+        connection: Redis,
+        *,
+        result_ttl: int,
+        failure_ttl: int,
+        caps: Mapping[str, int] | None = None,
+        queued_ttl: Mapping[str, int] | None = None,
+        retry_after_s: int = 5,
+    ) -> None:
         self.connection = connection
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl
+        self.caps = dict(caps or {})
+        self.queued_ttl = dict(queued_ttl or {})
+        self.retry_after_s = retry_after_s
+
+    def check_capacity(self, queue: str, adding: int = 1) -> None:
+        """Refuse new work when ``queue`` already holds its cap of waiting jobs.
+
+        Raises:
+            QueueFull: ``queue_full`` (503 with Retry-After), rather than queueing forever.
+        """
+        cap = self.caps.get(queue)
+        if cap is not None and self.queue(queue).count + adding > cap:
+            raise QueueFull(
+                f"the {queue} queue is full ({cap} jobs waiting); retry later",
+                code="queue_full",
+                retry_after_s=self.retry_after_s,
+            )
 
     def queue(self, name: str) -> Queue:
         """Return the RQ queue ``name`` with the JSON serializer."""
@@ -185,22 +223,32 @@ class JobGateway:
         key = cache_key(digest)
         job_id = new_job_id(kind.name)
         for _ in range(3):
+            cached = self.connection.get(key)
+            if cached is not None:
+                existing = self._reusable(cached)
+                if existing is not None:
+                    return Submission(existing, "hit")
+                # The cached job failed, was canceled or expired: this request computes afresh.
+                self.connection.delete(key)
+            self.check_capacity(kind.queue)  # only new work needs room; a hit costs nothing
             if self.connection.set(key, job_id, nx=True, ex=self.result_ttl):
                 return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant), "miss")
-            cached = self.connection.get(key)
-            if cached is None:
-                continue  # expired between the two calls
-            try:
-                cached_id = cached.decode() if isinstance(cached, bytes) else str(cached)
-                existing = Job.fetch(cached_id, connection=self.connection, serializer=JSONSerializer)
-                if existing.get_status() not in _REUSABLE_ENDED and not self._canceled(existing.id):
-                    return Submission(existing, "hit")
-            except NoSuchJobError:
-                pass
-            # The cached job failed, was canceled or expired: this request computes afresh.
-            self.connection.delete(key)
         self.connection.set(key, job_id, ex=self.result_ttl)
         return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant), "miss")
+
+    def _reusable(self, cached: bytes | str) -> Job | None:
+        """The cached job, when it can still answer (queued, running or succeeded, and not canceled)."""
+        try:
+            cached_id = cached.decode() if isinstance(cached, bytes) else str(cached)
+            existing = Job.fetch(cached_id, connection=self.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None
+        try:
+            if _status_of(existing) in _REUSABLE_ENDED or self._canceled(existing.id):
+                return None
+        except NotFound:
+            return None  # expired a moment ago
+        return existing
 
     def _enqueue(self, kind: JobKind, payload: dict[str, Any], job_id: str, *, timeout: int, tenant: str) -> Job:
         return self.queue(kind.queue).enqueue(
@@ -210,7 +258,7 @@ class JobGateway:
             job_timeout=timeout,
             result_ttl=self.result_ttl,
             failure_ttl=self.failure_ttl,
-            ttl=self.result_ttl,
+            ttl=self.queued_ttl.get(kind.queue, self.result_ttl),
             retry=Retry(max=1),
             meta={MetaKey.KIND: kind.name, MetaKey.PROGRESS: 0.0, MetaKey.TENANT: tenant},
         )
@@ -242,7 +290,7 @@ class JobGateway:
 
     def wait(self, job: Job, seconds: float) -> None:
         """Block until the job ends or ``seconds`` pass (woken by RQ's result stream, no polling)."""
-        if seconds <= 0 or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
+        if seconds <= 0 or _status_of(job) in (JobStatus.FINISHED, JobStatus.FAILED):
             return
         try:
             job.latest_result(timeout=max(1, math.ceil(seconds)))
@@ -257,7 +305,7 @@ class JobGateway:
             Conflict: ``job_not_cancelable`` when it already ended.
         """
         job = self.fetch(job_id, tenant)
-        status = job.get_status()
+        status = _status_of(job)
         if status in (JobStatus.FINISHED, JobStatus.FAILED):
             raise Conflict(f"job {job_id!r} already ended ({_STATUS[status]})", code="job_not_cancelable")
         # Workers run jobs in-process (SimpleWorker), so a running job is
@@ -272,7 +320,7 @@ class JobGateway:
 
     def describe(self, job: Job, *, location: str) -> dict[str, Any]:
         """Return the public JSON of a job: status, progress, times, result or error."""
-        status = job.get_status()
+        status = _status_of(job)
         meta = job.get_meta()
         public = _STATUS.get(status, "queued") if status is not None else "queued"
         if self._canceled(job.id) and public in ("queued", "running", "failed"):
