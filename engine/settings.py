@@ -81,6 +81,9 @@ class Settings:
     failure_ttl_s: int = 7 * 86_400
     """How long failed jobs and their errors stay readable."""
 
+    rate_limit: str = "600/minute"
+    """Requests each API key may make across all routes (flask-limiter syntax, counted in Redis); empty: none."""
+
     interactive_queue_cap: int = 1000
     """Most jobs waiting on the interactive queue; past it, submissions are 503 ``queue_full`` with Retry-After."""
 

@@ -11,6 +11,7 @@ from engine.settings import Settings
 from service.auth import init_auth
 from service.errors import register_error_handlers
 from service.extensions import init_app
+from service.limits import init_limits
 from service.routes import register_blueprints
 
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     services = init_app(app, settings)
     init_auth(app, settings, services.keys)
+    init_limits(app, settings)  # after the auth check: limits count per key
 
     @app.before_request
     def _limit_body() -> None:

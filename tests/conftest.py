@@ -51,8 +51,13 @@ KEYS_SECRET = "test-keys-secret"
 
 
 def keyed(settings: Settings, directory: Path) -> Settings:
-    """``settings`` with auth on over a keys file of its own in ``directory``."""
-    return settings.replace(auth="on", keys_file=directory / "keys.json", keys_secret=KEYS_SECRET)
+    """``settings`` with auth on over a keys file of its own in ``directory``.
+
+    The rate limit is raised far above what a test sends (polling loops included); test_limits.py sets its own.
+    """
+    return settings.replace(
+        auth="on", keys_file=directory / "keys.json", keys_secret=KEYS_SECRET, rate_limit="100000/minute"
+    )
 
 
 def issue_key(settings: Settings, tenant: str = "acme", scopes: tuple[str, ...] = SCOPES) -> str:
