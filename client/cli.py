@@ -72,6 +72,14 @@ def _dev_key(env: dict[str, str]) -> tuple[str, str] | None:
     return str(created["key"]), str(created["id"])
 
 
+def _self_command() -> str:
+    """How this CLI was started, so a printed command line works as it is (``.venv/bin/onnxplain``)."""
+    script = Path(sys.argv[0])
+    if script.name == "onnxplain":
+        return str(script)
+    return f"{sys.executable} -m client.cli"
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Start Redis (embedded unless configured), workers and the API; register the demo model.
 
@@ -79,8 +87,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     when ``up`` stops.
     """
     env = dict(os.environ)
+    # The API and the workers must agree on the stores whatever their working directories.
     env.setdefault("ONNXPLAIN_MODEL_DIR", str(Path("var/models").resolve()))
     env.setdefault("ONNXPLAIN_KEYS_FILE", str(Path("var/keys.json").resolve()))
+    env.setdefault("ONNXPLAIN_AUDIT_DIR", str(Path("var/audits").resolve()))
     redis = None
     if not env.get("ONNXPLAIN_REDIS_URL"):
         redis = launcher.start_redis(persist=True)
@@ -110,6 +120,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"    -d '{json.dumps({'instances': [row]})}'\n")
         print(f"  curl -s {url}/v1/models/{card['name']}:explain {auth}-H 'Content-Type: application/json' \\")
         print(f"    -d '{json.dumps({'instances': [row], 'method': 'kernel_shap', 'wait': 30})}'\n")
+        print("  and audit 2,000 applicants (report and per-row file written here):\n")
+        key_option = f" --api-key {dev[0]}" if dev else ""
+        print(f"  {_self_command()} --url {url}{key_option} audit {card['name']} {DEMO / 'applicants.csv'} \\")
+        print("    --label outcome --sensitive sex --sensitive age_band --out report.html --rows rows.parquet\n")
         print("Press Ctrl-C to stop.", flush=True)
         if args.exit_after_start:
             return 0

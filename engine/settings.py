@@ -113,9 +113,6 @@ class Settings:
     """Execution providers: ``auto`` (CUDA when present, else CPU) or a
     comma-separated list of onnxruntime provider names."""
 
-    exact_max_features: int = 14
-    """Most features for which ``exact`` enumerates every coalition."""
-
     max_explain_rows: int = 100
     """Most rows in one explain request (audits take more, in chunks)."""
 
@@ -137,6 +134,13 @@ class Settings:
     """Server secret of the keys' HMAC-SHA256; empty: read from ``<keys_file>.secret`` (created by ``keys add``)."""
 
     def __post_init__(self) -> None:
+        # Made absolute once, against the working directory at start: Flask's send_file
+        # resolves a relative path against the app package, so var/audits/... was served
+        # from service/var/audits/... (a 500). No other module needs to think about it.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path) and not value.is_absolute():
+                object.__setattr__(self, f.name, value.expanduser().absolute())
         if self.auth not in ("on", "off"):
             raise InvalidRequest(
                 f"{PREFIX}AUTH must be 'on' or 'off', not {self.auth!r}", code="invalid_setting", field=PREFIX + "AUTH"

@@ -2,9 +2,10 @@
 
 A hostile or broken model can crash onnxruntime (segfault), exhaust memory
 or spin. The API therefore never loads an upload in its own process first:
-:func:`probe_model` starts ``python -m engine.models.probe`` with an address-space
+:func:`probe_model` starts ``python -m engine.runtime.trial`` with an address-space
 cap and a timeout, which creates a session, runs one row through the graph
-and checks the explained output against the card.
+and checks the explained output against the card. This module only starts the
+child and reads its answer, so the models wing needs nothing of the runtime.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def probe_model(path: Path, card: ModelCard, signature: Signature, *, timeout_s:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "engine.models.probe"],
+            [sys.executable, "-m", "engine.runtime.trial"],
             input=payload.encode(),
             capture_output=True,
             timeout=timeout_s,
@@ -61,33 +62,3 @@ def probe_model(path: Path, card: ModelCard, signature: Signature, *, timeout_s:
         ) from None
     if not answer.get("ok"):
         raise ModelRejected(answer["message"], code=answer["code"], field=answer.get("field", "model"))
-
-
-def _main() -> None:
-    request = json.loads(sys.stdin.read())
-    # Imported here so a crash in onnxruntime's import is also contained.
-    import numpy as np
-
-    from engine.errors import OnnxplainError
-    from engine.runtime.sessions import SessionCache
-
-    card = ModelCard.from_dict(request["card"])
-    signature = Signature.from_dict(request["signature"])
-    try:
-        cache = SessionCache(1, 1, ["CPUExecutionProvider"])
-        session = cache.get(Path(request["path"]), "probe", card, signature)
-        session.scores(np.zeros((2, len(card.features)), dtype=np.float64))
-    except OnnxplainError as exc:
-        if exc.code == "non_finite_model_output":
-            # A model may legitimately be undefined at all-zero input.
-            print(json.dumps({"ok": True}))
-            return
-        code = "card_mismatch" if exc.code == "card_mismatch" else "invalid_model"
-        answer = {"ok": False, "code": code, "message": exc.detail}
-    else:
-        answer = {"ok": True}
-    print(json.dumps(answer))
-
-
-if __name__ == "__main__":
-    _main()

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, jsonify, request
 
-from engine.errors import InvalidRequest, NotFound
+from engine.errors import InvalidRequest
 from engine.models.screening import Port
 from engine.models.store import ModelVersion
 from service.auth import visible_model
-from service.bodies import check_object
+from service.bodies import check_object, parse_int
 from service.extensions import services
 
 bp = Blueprint("v2", __name__)
@@ -52,9 +52,7 @@ def _port_json(port: Port) -> dict[str, Any]:
 
 
 def _model(name: str, version: str | None) -> ModelVersion:
-    if version is not None and not version.isdigit():
-        raise NotFound(f"model {name!r} has no version {version!r}", code="version_not_found")
-    return visible_model(services(), name, int(version) if version else None)
+    return visible_model(services(), name, None if version is None else parse_int(version, "version"))
 
 
 @bp.get("/v2/health/live")
@@ -109,7 +107,7 @@ def infer(name: str, version: str | None = None) -> Response:
     raw = request.get_data(cache=True)
     header_length = request.headers.get(_HEADER)
     try:
-        split = int(header_length) if header_length is not None else len(raw)
+        split = len(raw) if header_length is None else parse_int(header_length, _HEADER, minimum=0, maximum=len(raw))
         body = json.loads(raw[:split] or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the request header is not valid JSON: {exc}", code="invalid_json") from exc

@@ -10,6 +10,8 @@ from engine.errors import Unavailable
 from engine.jobs import JOBS
 from engine.models.store import ModelVersion
 from engine.variants import state as variants
+from engine.variants.build import check_buildable
+from engine.variants.state import State
 from service.auth import managed_model, principal
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
@@ -27,7 +29,7 @@ def submit_variant(
         InvalidRequest: The variant cannot be built for this model.
         Unavailable: Redis cannot be reached.
     """
-    variants.check_buildable(model, kind)
+    check_buildable(model, kind)
     gateway = svc.jobs()
     payload = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
     current = variants.read_state(model, kind)
@@ -35,8 +37,8 @@ def submit_variant(
         JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s, tenant=tenant, idempotency=idempotency
     )
     job = submission.job
-    if current is None or current["state"] in ("failed", "rejected"):
-        variants.write_state(model, kind, "building", error=None, job=job.id)
+    if current is None or current.rebuildable:
+        variants.write_state(model, kind, State.BUILDING, error=None, job=job.id)
     return {**gateway.describe(job, location=url_for("explain.get_job", job_id=job.id)), "cache": submission.cache}
 
 
@@ -46,7 +48,7 @@ def request_card_variants(svc: Services, model: ModelVersion, tenant: str) -> No
         try:
             submit_variant(svc, model, variants.check_kind(kind), tenant)
         except Unavailable as exc:
-            variants.write_state(model, kind, "failed", error=exc.to_dict())
+            variants.write_state(model, kind, State.FAILED, error=exc.to_dict())
 
 
 @bp.post("/v1/models/<model_name:name>/variants")
@@ -63,4 +65,5 @@ def create_variant(name: str) -> tuple[Response, int, dict[str, str]]:
     idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
     job = submit_variant(svc, model, kind, principal().tenant, idempotency)
     state = variants.read_state(model, kind)
-    return jsonify({"variant": state, "job": job}), 202, {"Location": job["location"], "X-Cache": job["cache"]}
+    body = {"variant": state.to_dict() if state else None, "job": job}
+    return jsonify(body), 202, {"Location": job["location"], "X-Cache": job["cache"]}
