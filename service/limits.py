@@ -17,6 +17,7 @@ from engine.settings import Settings
 from service.auth import PUBLIC, RULES
 
 _RESET = "RateLimit-Reset"
+_RETRY_AFTER = "X-Onnxplain-Limit-Retry-After"  # the limiter's value, kept apart so a 503's own Retry-After stays
 
 
 def _key() -> str:
@@ -41,6 +42,10 @@ def init_limits(app: Flask, settings: Settings) -> Limiter | None:
         reset = response.headers.get(_RESET)
         if reset is not None and reset.isdigit():
             response.headers[_RESET] = str(max(0, int(reset) - int(time.time())))
+        # flask-limiter sends Retry-After on every response; it means something only on its own 429.
+        limiter_retry = response.headers.pop(_RETRY_AFTER, None)
+        if response.status_code == 429 and limiter_retry is not None:
+            response.headers["Retry-After"] = limiter_retry
         return response
 
     return Limiter(
@@ -56,7 +61,7 @@ def init_limits(app: Flask, settings: Settings) -> Limiter | None:
             HeaderNames.LIMIT: "RateLimit-Limit",
             HeaderNames.REMAINING: "RateLimit-Remaining",
             HeaderNames.RESET: _RESET,
-            HeaderNames.RETRY_AFTER: "Retry-After",
+            HeaderNames.RETRY_AFTER: _RETRY_AFTER,
         },
         application_limits_exempt_when=_exempt,
         # A Redis outage must not turn every request into a 500: the routes that need Redis answer 503 themselves.

@@ -468,7 +468,8 @@ def test_audit_without_redis_is_503_and_leaves_nothing(tmp_path, binary_model):
     upload(client, binary_model)
     response = submit(client, planted_bias(binary_model, 10).to_csv(index=False).encode(), {"model": "credit"})
     assert response.status_code == 503 and response.json["code"] == "unavailable" and response.headers["Retry-After"]
-    assert [p.name for p in (tmp_path / "a").iterdir()] == [".tmp"]
+    # Refused before the dataset is stored (or stored and removed): no audit stays.
+    assert not (tmp_path / "a").exists() or [p.name for p in (tmp_path / "a").iterdir() if p.name != ".tmp"] == []
 
 
 def test_worker_exposes_heartbeat_option():

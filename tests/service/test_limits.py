@@ -24,6 +24,7 @@ def test_past_the_limit_a_key_gets_429_with_retry_after_and_ratelimit_headers(se
     assert refused.mimetype == "application/problem+json"
     assert 0 < int(refused.headers["Retry-After"]) <= 61  # the window end, rounded up
     assert refused.headers["RateLimit-Remaining"] == "0"
+    assert "Retry-After" not in answers[0].headers  # only the 429 (and a 503) say when to retry
     assert b.get("/v1/models").status_code == 200
     assert a.get("/livez").status_code == 200 and a.get("/openapi.yaml").status_code == 200
 
