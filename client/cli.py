@@ -82,6 +82,21 @@ def _wait_ready(url: str, timeout: float = 60.0) -> None:
     raise SystemExit(f"the API did not come up at {url}")
 
 
+def _dev_key(env: dict[str, str]) -> tuple[str, str] | None:
+    """Create a key with every scope for this ``up`` session; return it and its id (``None`` with auth off)."""
+    if env.get("ONNXPLAIN_AUTH", "on") == "off":
+        return None
+    done = launcher.run_keys(
+        ["add", "--tenant", "dev", "--scopes", "admin,explain,read", "--name", "onnxplain up", "--json"],
+        env,
+        capture=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"could not create a development key: {done.stderr.strip()}")
+    created = json.loads(done.stdout)
+    return str(created["key"]), str(created["id"])
+
+
 def _self_command() -> str:
     """How this CLI was started, so a printed command line works as it is (``.venv/bin/onnxplain``)."""
     script = Path(sys.argv[0])
@@ -91,10 +106,15 @@ def _self_command() -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Start Redis (embedded unless configured), workers and the API; register the demo model."""
+    """Start Redis (embedded unless configured), workers and the API; register the demo model.
+
+    Auth stays on: a key with every scope is created for the session, printed in the curl lines, and revoked
+    when ``up`` stops.
+    """
     env = dict(os.environ)
     # The API and the workers must agree on the stores whatever their working directories.
     env.setdefault("ONNXPLAIN_MODEL_DIR", str(Path("var/models").resolve()))
+    env.setdefault("ONNXPLAIN_KEYS_FILE", str(Path("var/keys.json").resolve()))
     env.setdefault("ONNXPLAIN_AUDIT_DIR", str(Path("var/audits").resolve()))
     redis = None
     if not env.get("ONNXPLAIN_REDIS_URL"):
@@ -103,30 +123,39 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"started an embedded Redis at {redis.url}")
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    dev = _dev_key(env)
     procs = [launcher.start_worker(env) for _ in range(args.workers)]
     procs.append(launcher.start_api(env, host=args.host, port=args.port, workers=args.api_workers))
     url = f"http://{args.host}:{args.port}"
+    auth = f"-H 'Authorization: Bearer {dev[0]}' " if dev else ""
     try:
         _wait_ready(url)
-        api = Client(url)
+        api = Client(url, api_key=dev[0] if dev else "")
         card = json.loads((DEMO / "card.json").read_text())
         if not any(m["name"] == card["name"] for m in api.models()):
             api.register(DEMO / "credit.onnx", card, background=DEMO / "background.csv")
         _register_demos(api)
         row = json.loads((DEMO / "example.json").read_text())
-        print(f"\nonnxplain is running at {url} with the demo model '{card['name']}'. Try:\n")
-        print(f"  curl -s {url}/v1/models/{card['name']}:predict -H 'Content-Type: application/json' \\")
+        print(f"\nonnxplain is running at {url} with the demo model '{card['name']}'.")
+        if dev:
+            print(f"A development key (tenant 'dev', every scope; revoked when this stops): {dev[0]}")
+        else:
+            print("AUTHENTICATION IS OFF (ONNXPLAIN_AUTH=off): anyone who can reach the port can use it.")
+        print("Try:\n")
+        print(f"  curl -s {url}/v1/models/{card['name']}:predict {auth}-H 'Content-Type: application/json' \\")
         print(f"    -d '{json.dumps({'instances': [row]})}'\n")
-        print(f"  curl -s {url}/v1/models/{card['name']}:explain -H 'Content-Type: application/json' \\")
+        print(f"  curl -s {url}/v1/models/{card['name']}:explain {auth}-H 'Content-Type: application/json' \\")
         print(f"    -d '{json.dumps({'instances': [row], 'method': 'kernel_shap', 'wait': 60})}'\n")
         print("  and audit 2,000 applicants (report and per-row file written here):\n")
-        print(f"  {_self_command()} --url {url} audit {card['name']} {DEMO / 'applicants.csv'} \\")
+        key_option = f" --api-key {dev[0]}" if dev else ""
+        print(f"  {_self_command()} --url {url}{key_option} audit {card['name']} {DEMO / 'applicants.csv'} \\")
         print("    --label outcome --sensitive sex --sensitive age_band --out report.html --rows rows.parquet\n")
         print("  explain a handwritten digit (8×8 PNG) and write its heatmap, and route a support ticket:\n")
-        print(f"  curl -s {url}/v1/models/digits:explain -H 'Content-Type: application/json' \\")
+        print(f"  curl -s {url}/v1/models/digits:explain {auth}-H 'Content-Type: application/json' \\")
         print(f"    -d @{DEMO / 'digits_example.json'}\n")
-        print(f"  {_self_command()} --url {url} explain digits --image {DEMO / 'digit.png'} --heatmaps heatmaps\n")
-        print(f"  curl -s {url}/v1/models/tickets:explain -H 'Content-Type: application/json' \\")
+        image = DEMO / "digit.png"
+        print(f"  {_self_command()} --url {url}{key_option} explain digits --image {image} --heatmaps heatmaps\n")
+        print(f"  curl -s {url}/v1/models/tickets:explain {auth}-H 'Content-Type: application/json' \\")
         print(f"    -d @{DEMO / 'tickets_example.json'}\n")
         print("Press Ctrl-C to stop.", flush=True)
         if args.exit_after_start:
@@ -139,6 +168,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         launcher.stop_processes(procs)
+        if dev:
+            launcher.run_keys(["revoke", dev[1]], env, capture=True)
         if redis is not None:
             redis.stop()
 
@@ -166,31 +197,40 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return launcher.start_worker(dict(os.environ)).wait()
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Add, list or revoke API keys in the server's keys file (``ONNXPLAIN_KEYS_FILE``), on this machine."""
+    return launcher.run_keys(args.rest).returncode
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     """Register an ONNX model with its card (and optional background)."""
     card = json.loads(Path(args.card).read_text())
     if args.name:
         card["name"] = args.name
-    _print(Client(args.url).register(args.model, card, background=args.background))
+    _print(Client(args.url, api_key=args.api_key).register(args.model, card, background=args.background))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List models, or describe one."""
-    api = Client(args.url)
+    api = Client(args.url, api_key=args.api_key)
     _print(api.model(args.name) if args.name else [{"name": m["name"], "version": m["version"]} for m in api.models()])
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict rows given as JSON (a file, '-' for stdin, or inline)."""
-    _print(Client(args.url).predict(args.model, _inputs(args), version=args.version, variant=args.variant))
+    _print(
+        Client(args.url, api_key=args.api_key).predict(
+            args.model, _inputs(args), version=args.version, variant=args.variant
+        )
+    )
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Explain rows, waiting for the job."""
-    result = Client(args.url).explain(
+    result = Client(args.url, api_key=args.api_key).explain(
         args.model,
         _inputs(args),
         method=args.method,
@@ -245,7 +285,7 @@ class _Progress:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Audit a dataset: submit it, show the progress, download the report (and the per-row results)."""
-    api = Client(args.url)
+    api = Client(args.url, api_key=args.api_key)
     audit = api.submit_audit(
         args.model,
         args.dataset,
@@ -291,7 +331,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_job(args: argparse.Namespace) -> int:
     """Show, or cancel, a job."""
-    api = Client(args.url)
+    api = Client(args.url, api_key=args.api_key)
     _print(api.cancel(args.id) if args.cancel else api.job(args.id))
     return 0
 
@@ -300,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every command."""
     parser = argparse.ArgumentParser(prog="onnxplain", description=__doc__)
     parser.add_argument("--url", default=os.environ.get("ONNXPLAIN_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--api-key", default=None, help="API key (default: ONNXPLAIN_API_KEY)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start Redis (if needed), workers and the API")
@@ -313,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("worker", help="run one worker").set_defaults(func=cmd_worker)
+    keys = sub.add_parser(
+        "keys",
+        help="manage API keys: add --tenant T --scopes admin,explain,read | list | revoke ID (add --json)",
+        add_help=False,
+    )
+    keys.add_argument("rest", nargs=argparse.REMAINDER)
+    keys.set_defaults(func=cmd_keys)
 
     reg = sub.add_parser("register", help="register a model")
     reg.add_argument("model")
@@ -366,7 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``onnxplain`` command line."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "keys":
+        args.rest = [*args.rest, *extra]  # everything after `keys` is the key tool's, --help included
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.func(args)
     except ApiError as exc:

@@ -113,6 +113,15 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], *, grace_s: float = 15.
             proc.kill()
 
 
+def run_keys(
+    args: list[str], env: dict[str, str] | None = None, *, capture: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the operator's key tool (``python -m engine.keys``) on the keys file its environment names."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine.keys", *args], env=env, text=True, capture_output=capture, check=False
+    )
+
+
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start one worker process (``python -m worker``) with the given environment."""
     return subprocess.Popen([sys.executable, "-m", "worker"], env=env)

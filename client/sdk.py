@@ -4,7 +4,7 @@ Example::
 
     from client.sdk import Client
 
-    api = Client("http://127.0.0.1:8000")
+    api = Client("http://127.0.0.1:8000", api_key="onx_...")  # or set ONNXPLAIN_API_KEY
     api.register("demo/credit.onnx", card, background="demo/background.csv")
     result = api.explain("credit", [{"income": 52000, ...}], method="kernel_shap")
 """
@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,12 +42,17 @@ class Client:
 
     Args:
         url: Base URL, e.g. ``http://127.0.0.1:8000``.
+        api_key: The API key (``onnxplain keys add``); ``ONNXPLAIN_API_KEY`` when omitted.
         timeout: Seconds allowed per HTTP call.
     """
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout: float = 120.0) -> None:
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 120.0
+    ) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        api_key = api_key if api_key is not None else os.environ.get("ONNXPLAIN_API_KEY")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)

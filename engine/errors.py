@@ -10,10 +10,13 @@ statuses; the engine itself knows nothing of HTTP::
     ├── InvalidRequest          a request (JSON, card, rows, parameters) is wrong
     │   └── UnknownField        a JSON object carries a field we do not know
     ├── ModelRejected           an uploaded model file is unsafe or unusable
+    ├── Unauthorized            no API key, or one that is invalid or revoked
+    ├── Forbidden               the key lacks the scope the call needs
     ├── NotFound                a model, version, variant, job or audit is absent
     ├── Conflict                the resource is in a state that forbids the call
     ├── PayloadTooLarge         an upload or body is over its configured cap
     ├── Unavailable             a dependency (Redis, the store) cannot be reached
+    │   └── QueueFull           a queue holds its cap of waiting jobs: retry later
     ├── JobCanceled             a running job saw its cancel flag and stopped
     ├── JobRefused              a queued job names a function outside the queue contract
     └── ExplanationFailed       the model or an explainer failed on valid input
@@ -74,6 +77,30 @@ class ModelRejected(OnnxplainError):
     title = "Model rejected"
 
 
+class Unauthorized(OnnxplainError):
+    """The request carries no valid API key."""
+
+    code = "unauthenticated"
+    title = "Unauthorized"
+
+
+class Forbidden(OnnxplainError):
+    """The API key is valid but lacks the scope the call needs.
+
+    Args:
+        detail: What went wrong, for a person.
+        code: Stable snake_case code.
+        scope: The scope that was needed.
+    """
+
+    code = "insufficient_scope"
+    title = "Forbidden"
+
+    def __init__(self, detail: str, *, code: str | None = None, scope: str | None = None) -> None:
+        super().__init__(detail, code=code)
+        self.scope = scope
+
+
 class NotFound(OnnxplainError):
     """A named resource does not exist (or has expired)."""
 
@@ -100,6 +127,23 @@ class Unavailable(OnnxplainError):
 
     code = "unavailable"
     title = "Service unavailable"
+
+
+class QueueFull(Unavailable):
+    """A queue already holds its cap of waiting jobs; the client should retry after ``retry_after_s``.
+
+    Args:
+        detail: What went wrong, for a person.
+        code: Stable snake_case code.
+        retry_after_s: Seconds to wait before retrying.
+    """
+
+    code = "queue_full"
+    title = "Queue full"
+
+    def __init__(self, detail: str, *, code: str | None = None, retry_after_s: int = 5) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class JobCanceled(OnnxplainError):

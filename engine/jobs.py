@@ -75,6 +75,8 @@ class MetaKey(StrEnum):
     """The audit a chunk or merge belongs to."""
     ERROR = "error"
     """The :class:`JobError` of a failed job, as a dict."""
+    TENANT = "tenant"
+    """The tenant that submitted the job: only it may read or cancel it."""
 
 
 def cancel_key(job_id: str) -> str:

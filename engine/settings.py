@@ -81,6 +81,22 @@ class Settings:
     failure_ttl_s: int = 7 * 86_400
     """How long failed jobs and their errors stay readable."""
 
+    rate_limit: str = "600/minute"
+    """Requests each API key may make across all routes (flask-limiter syntax, counted in Redis); empty: none."""
+
+    interactive_queue_cap: int = 1000
+    """Most jobs waiting on the interactive queue; past it, submissions are 503 ``queue_full`` with Retry-After."""
+
+    batch_queue_cap: int = 100_000
+    """Most jobs waiting on the batch queue (an audit adds one per chunk, plus its merge)."""
+
+    interactive_queued_ttl_s: int = 600
+    """How long a queued explanation may wait for a worker before it expires unrun: by then nobody waits for it
+    (a ``wait`` is capped at ``max_wait_s``, and a client polling a 202 gives up long before)."""
+
+    queue_full_retry_after_s: int = 5
+    """The ``Retry-After`` of a 503 ``queue_full``."""
+
     default_wait_s: float = 5.0
     """How long ``:explain`` waits for its job when the request does not say."""
 
@@ -107,6 +123,16 @@ class Settings:
     """Most model rows one explain request may cost (rows × samples × background),
     estimated before it is queued; more is 422 ``too_expensive``."""
 
+    auth: str = "on"
+    """``on``: every route but health and docs needs ``Authorization: Bearer <key>``; ``off`` (local
+    notebooks only) serves everyone as tenant ``local`` with every scope, and logs a warning saying so."""
+
+    keys_file: Path = field(default_factory=lambda: Path("var/keys.json"))
+    """The API keys file (hashes only; ``onnxplain keys add|list|revoke`` writes it; re-read when it changes)."""
+
+    keys_secret: str = ""
+    """Server secret of the keys' HMAC-SHA256; empty: read from ``<keys_file>.secret`` (created by ``keys add``)."""
+
     def __post_init__(self) -> None:
         # Made absolute once, against the working directory at start: Flask's send_file
         # resolves a relative path against the app package, so var/audits/... was served
@@ -115,6 +141,10 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, Path) and not value.is_absolute():
                 object.__setattr__(self, f.name, value.expanduser().absolute())
+        if self.auth not in ("on", "off"):
+            raise InvalidRequest(
+                f"{PREFIX}AUTH must be 'on' or 'off', not {self.auth!r}", code="invalid_setting", field=PREFIX + "AUTH"
+            )
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied."""
@@ -139,7 +169,7 @@ class Settings:
             raw = env.get(PREFIX + f.name.upper())
             if raw is None or raw == "":
                 continue
-            kind = Path if f.name.endswith("_dir") else type(getattr(_DEFAULTS, f.name))
+            kind = Path if f.name.endswith(("_dir", "_file")) else type(getattr(_DEFAULTS, f.name))
             try:
                 values[f.name] = kind(raw) if f.name != "redis_url" else raw
             except ValueError as exc:

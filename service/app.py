@@ -8,8 +8,10 @@ from flask import Flask, request
 from werkzeug.routing import BaseConverter
 
 from engine.settings import Settings
+from service.auth import init_auth
 from service.errors import register_error_handlers
 from service.extensions import init_app
+from service.limits import init_limits
 from service.routes import register_blueprints
 
 
@@ -31,13 +33,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     """
     settings = settings or Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no static route: every route is in the contract and RULES
     app.url_map.converters["model_name"] = ModelNameConverter
     app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max(settings.max_model_bytes, settings.max_body_bytes)
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_model_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     services = init_app(app, settings)
+    init_auth(app, settings, services.keys)
+    init_limits(app, settings)  # after the auth check: limits count per key
 
     @app.before_request
     def _limit_body() -> None:

@@ -17,6 +17,7 @@ from engine import errors as engine_errors
 from engine.errors import (
     Conflict,
     ExplanationFailed,
+    Forbidden,
     InvalidRequest,
     JobCanceled,
     JobRefused,
@@ -24,6 +25,7 @@ from engine.errors import (
     NotFound,
     OnnxplainError,
     PayloadTooLarge,
+    Unauthorized,
     Unavailable,
 )
 from engine.jobs import CANCELED, TIMEOUT, JobError
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 #   3. list its codes in openapi.yaml's Problem schema description.
 # Job errors carry the class name (engine/jobs.py), so a job answers what a direct call would.
 _STATUS: list[tuple[type[OnnxplainError], int]] = [
+    (Unauthorized, 401),
+    (Forbidden, 403),
     (InvalidRequest, 422),
     (ModelRejected, 422),
     (NotFound, 404),
@@ -113,9 +117,21 @@ def respond(body: dict[str, Any], headers: dict[str, str] | None = None) -> Resp
     return response
 
 
+def _challenge(exc: OnnxplainError) -> str:
+    """The ``WWW-Authenticate`` value of a 401 or 403 (RFC 6750)."""
+    if isinstance(exc, Forbidden):
+        return f'Bearer realm="onnxplain", error="insufficient_scope", scope="{exc.scope or ""}"'
+    if exc.code == "invalid_key":
+        return 'Bearer realm="onnxplain", error="invalid_token"'
+    return 'Bearer realm="onnxplain"'
+
+
 def _engine_error(exc: OnnxplainError) -> Response:
     body = problem_of(exc)
-    return respond(body, {"Retry-After": "5"} if body["status"] == 503 else None)
+    headers = {"Retry-After": str(getattr(exc, "retry_after_s", 5))} if body["status"] == 503 else {}
+    if body["status"] in (401, 403):
+        headers["WWW-Authenticate"] = _challenge(exc)
+    return respond(body, headers)
 
 
 def _http_error(exc: HTTPException) -> Response:

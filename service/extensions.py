@@ -9,6 +9,9 @@ from flask import Flask, current_app
 from redis import Redis
 
 from engine.errors import Unavailable
+from engine.jobs import BATCH, INTERACTIVE
+from engine.keys import KeyRing
+from engine.models.access import ModelAccess
 from engine.models.store import ModelRegistry
 from engine.serving import Predictor
 from engine.settings import Settings
@@ -19,11 +22,13 @@ KEY = "onnxplain"
 
 @dataclass
 class Services:
-    """What a request handler needs: settings, the store, warm sessions, Redis."""
+    """What a request handler needs: settings, the store and who owns its models, warm sessions, keys, Redis."""
 
     settings: Settings
     registry: ModelRegistry
     predictor: Predictor
+    access: ModelAccess
+    keys: KeyRing
     _redis: Redis | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -49,13 +54,28 @@ class Services:
 
     def jobs(self) -> JobGateway:
         """Return the job gateway over this process's Redis connection."""
-        return JobGateway(self.redis(), result_ttl=self.settings.result_ttl_s, failure_ttl=self.settings.failure_ttl_s)
+        s = self.settings
+        return JobGateway(
+            self.redis(),
+            result_ttl=s.result_ttl_s,
+            failure_ttl=s.failure_ttl_s,
+            caps={INTERACTIVE: s.interactive_queue_cap, BATCH: s.batch_queue_cap},
+            # A job that started just before its queued TTL keeps its whole run time; results then get result_ttl.
+            queued_ttl={INTERACTIVE: s.interactive_queued_ttl_s + s.job_timeout_s},
+            retry_after_s=s.queue_full_retry_after_s,
+        )
 
 
 def init_app(app: Flask, settings: Settings) -> Services:
     """Create the services for ``app`` and store them in ``app.extensions``."""
     registry = ModelRegistry(settings)
-    services = Services(settings=settings, registry=registry, predictor=Predictor(settings, registry))
+    services = Services(
+        settings=settings,
+        registry=registry,
+        predictor=Predictor(settings, registry),
+        access=ModelAccess(registry.root),
+        keys=KeyRing(settings),
+    )
     app.extensions[KEY] = services
     return services
 

@@ -11,6 +11,7 @@ import pytest
 from redis import Redis
 
 from client.launcher import start_redis, stop_processes
+from engine.keys import SCOPES, add_key
 from engine.settings import Settings
 from tests import builders
 from tests.contract import ValidatingClient
@@ -46,12 +47,44 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+KEYS_SECRET = "test-keys-secret"
+
+
+def keyed(settings: Settings, directory: Path) -> Settings:
+    """``settings`` with auth on over a keys file of its own in ``directory``.
+
+    The rate limit is raised far above what a test sends (polling loops included); test_limits.py sets its own.
+    """
+    return settings.replace(
+        auth="on", keys_file=directory / "keys.json", keys_secret=KEYS_SECRET, rate_limit="100000/minute"
+    )
+
+
+def issue_key(settings: Settings, tenant: str = "acme", scopes: tuple[str, ...] = SCOPES) -> str:
+    """Add a key to the settings' keys file (as ``onnxplain keys add`` does) and return it."""
+    key, _ = add_key(settings, tenant, list(scopes), name="test")
+    return key
+
+
+def authorize(client: Any, key: str) -> Any:
+    """Make every request of a Flask test client carry ``Authorization: Bearer <key>``."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str) -> Settings:
-    """Settings over a fresh model store and the test Redis."""
-    return Settings(
+    """Settings over a fresh model store, the test Redis and a keys file (auth on)."""
+    base = Settings(
         redis_url=redis_url, model_dir=tmp_path / "models", max_model_bytes=2 * 1024 * 1024, default_wait_s=20.0
     )
+    return keyed(base, tmp_path)
+
+
+@pytest.fixture
+def api_key(settings: Settings) -> str:
+    """A key of tenant ``acme`` with every scope."""
+    return issue_key(settings)
 
 
 @pytest.fixture
@@ -65,9 +98,10 @@ def app(settings: Settings, redis_conn: Redis) -> Any:
 
 
 @pytest.fixture
-def client(app: Any) -> ValidatingClient:
-    """A Flask test client that validates every response against openapi.yaml."""
-    return app.test_client()
+def client(app: Any, api_key: str) -> ValidatingClient:
+    """A Flask test client, authorized as tenant ``acme``, that validates every response against openapi.yaml."""
+    found: ValidatingClient = authorize(app.test_client(), api_key)
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -135,30 +169,42 @@ def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture
-def live_settings(worker_env: dict[str, str]) -> Settings:
-    """Settings shared with the worker processes."""
-    return Settings(
+def live_settings(worker_env: dict[str, str], tmp_path: Path) -> Settings:
+    """Settings shared with the worker processes (the keys file is the API's alone)."""
+    base = Settings(
         redis_url=worker_env["ONNXPLAIN_REDIS_URL"],
         model_dir=Path(worker_env["ONNXPLAIN_MODEL_DIR"]),
         audit_dir=Path(worker_env["ONNXPLAIN_AUDIT_DIR"]),
         default_wait_s=30.0,
     )
+    return keyed(base, tmp_path)
 
 
 @pytest.fixture
-def live_client(live_settings: Settings) -> ValidatingClient:
-    """A validating test client of an app whose jobs real workers run."""
+def live_key(live_settings: Settings) -> str:
+    """A key of tenant ``acme`` with every scope, for the live app."""
+    return issue_key(live_settings)
+
+
+@pytest.fixture
+def live_client(live_settings: Settings, live_key: str) -> ValidatingClient:
+    """A validating test client, authorized as ``acme``, of an app whose jobs real workers run."""
     from service.app import create_app
 
     application = create_app(live_settings)
     application.testing = True
     application.test_client_class = ValidatingClient
-    return application.test_client()
+    found: ValidatingClient = authorize(application.test_client(), live_key)
+    return found
 
 
 @pytest.fixture
-def live_url(live_client: ValidatingClient) -> Iterator[str]:
-    """A real HTTP server (werkzeug, threaded) over the app whose jobs real workers run."""
+def live_url(live_client: ValidatingClient, live_key: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real HTTP server (werkzeug, threaded) over the app whose jobs real workers run.
+
+    ``ONNXPLAIN_API_KEY`` holds ``live_key``, so the SDK and CLI under test authenticate as they would for a user.
+    """
+    monkeypatch.setenv("ONNXPLAIN_API_KEY", live_key)
     import threading
 
     from werkzeug.serving import make_server

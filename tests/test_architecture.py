@@ -66,6 +66,7 @@ PACKAGES = ("engine", "service", "worker", "client")
 WINGS: dict[str, list[tuple[str, ...]]] = {
     "engine": [
         ("engine.errors", "engine.arrays", "engine.timestamps", "engine.files", "engine.settings", "engine.jobs"),
+        ("engine.keys",),
         ("engine.models",),
         ("engine.runtime",),
         ("engine.methods",),
@@ -77,6 +78,7 @@ WINGS: dict[str, list[tuple[str, ...]]] = {
     "service": [
         ("service.errors", "service.bodies"),
         ("service.gateways", "service.extensions"),
+        ("service.auth", "service.limits"),
         ("service.routes",),
         ("service.app",),
     ],

@@ -38,24 +38,34 @@ class AuditGateway:
 
     Args:
         svc: The app's services (settings, Redis).
+        tenant: The caller's tenant: it submits audits, and sees and cancels only its own.
     """
 
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Services, tenant: str) -> None:
+        self.tenant = tenant
         self.settings = svc.settings
         self.jobs: JobGateway = svc.jobs()
         self.store = AuditStore(svc.settings.audit_dir)
 
     def open(self, audit_id: str) -> Audit:
-        """Return a stored audit. Raises: NotFound ``audit_not_found``."""
-        return self.store.open(audit_id)
+        """Return a stored audit of this tenant. Raises: NotFound ``audit_not_found`` (also another tenant's)."""
+        audit = self.store.open(audit_id)
+        if audit.info.get("tenant") != self.tenant:
+            raise NotFound(f"no audit {audit_id!r}", code="audit_not_found", field="audit_id")
+        return audit
 
     def submit(self, spec: AuditSpec, checked: CheckedDataset, model: ModelVersion) -> Audit:
         """Store the validated dataset and queue its chunks and merge.
 
         Raises:
+            QueueFull: The batch queue has no room for its chunks (nothing is stored).
             Unavailable: Redis cannot be reached (nothing is left behind).
         """
         size = self.settings.audit_chunk_rows
+        try:
+            self.jobs.check_capacity(JOBS["audit_chunk"].queue, len(chunk_bounds(len(checked.rows), size)) + 1)
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
         info = {
             "spec": spec.to_dict(),
             "model": {
@@ -74,6 +84,7 @@ class AuditGateway:
             "label_encoding": checked.label_encoding,
             "chunks": chunk_bounds(len(checked.rows), size),
             "created_at": utc_now(),
+            "tenant": self.tenant,
         }
         audit = self.store.create(info, checked.rows, row_group_rows=size)
         try:
@@ -97,7 +108,12 @@ class AuditGateway:
                 chunk.function,
                 ({"audit": audit.id, "start": start, "stop": stop},),
                 job_id=audit.chunk_job(start),
-                meta={MetaKey.KIND: chunk.name, MetaKey.AUDIT: audit.id, MetaKey.ROWS: stop - start},
+                meta={
+                    MetaKey.KIND: chunk.name,
+                    MetaKey.AUDIT: audit.id,
+                    MetaKey.ROWS: stop - start,
+                    MetaKey.TENANT: self.tenant,
+                },
                 **common,
             )
             for start, stop in audit.chunks
@@ -108,7 +124,7 @@ class AuditGateway:
             ({"audit": audit.id},),
             job_id=audit.merge_job,
             depends_on=Dependency(jobs=[c.job_id for c in chunks], allow_failure=True),
-            meta={MetaKey.KIND: merge.name, MetaKey.AUDIT: audit.id},
+            meta={MetaKey.KIND: merge.name, MetaKey.AUDIT: audit.id, MetaKey.TENANT: self.tenant},
             **common,
         )
 
@@ -187,7 +203,7 @@ class AuditGateway:
         progress = {"rows_done": rows_done, "chunks_done": chunks_done, "chunks_failed": chunks_failed, "eta_s": None}
         merge = statuses[-1]
         if merge == _FAILED:
-            return "failed", progress, self.jobs.error_of(self.jobs.fetch(audit.merge_job))
+            return "failed", progress, self.jobs.error_of(self.jobs.fetch(audit.merge_job, self.tenant))
         if merge is None or (merge in _ENDED and merge != _DONE):
             detail = "the audit's jobs were lost before it was merged"
             return "failed", progress, problem_of(job_error(AUDIT_LOST, message=detail))
@@ -210,7 +226,7 @@ class AuditGateway:
         audit.mark_canceled({"canceled_at": utc_now()})
         for job_id in [audit.chunk_job(start) for start, _ in audit.chunks] + [audit.merge_job]:
             try:
-                self.jobs.cancel(job_id)
+                self.jobs.cancel(job_id, self.tenant)
             except (Conflict, NotFound):
                 pass  # already ended, or expired: nothing left to stop
         return self.describe(audit)

@@ -2,8 +2,12 @@
 
 Jobs are enqueued by the dotted paths of the queue contract (:data:`engine.jobs.JOBS`),
 so the API never imports ``worker``. Payloads and results are plain JSON (RQ's JSON
-serializer, never pickle). A job's id is derived from its payload, so an
-identical request finds the job (and result) that already exists.
+serializer, never pickle).
+
+Job ids are random (``explain-`` + 128 random bits): knowing a payload tells nothing of its id. Identical
+requests still share one computation through the result cache, keyed apart from the id: per tenant, by kind
+and payload (model sha256, version, variant, rows, method, parameters, seed), so one tenant's request never
+finds another's job. ``Idempotency-Key`` maps a tenant's retried submission to the job it first made.
 """
 
 from __future__ import annotations
@@ -12,17 +16,20 @@ import hashlib
 import json
 import math
 import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from engine.errors import Conflict, NotFound, Unavailable
+from engine.errors import Conflict, InvalidRequest, NotFound, QueueFull, Unavailable
 from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error
 from engine.timestamps import format_utc
 from service.errors import problem_of
@@ -42,10 +49,63 @@ _STATUS = {
 }
 
 
-def job_id_for(kind: str, payload: dict[str, Any]) -> str:
-    """Return the deterministic id of a job: its kind and a hash of its payload."""
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return f"{kind}-{digest[:32]}"
+_REUSABLE_ENDED = (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
+
+
+def new_job_id(kind: str) -> str:
+    """Return a fresh, unguessable job id: the kind and 128 random bits."""
+    return f"{kind}-{secrets.token_hex(16)}"
+
+
+def request_digest(tenant: str, kind: str, payload: dict[str, Any]) -> str:
+    """Return the cache digest of a request: its tenant, kind and canonical payload (never shown to anyone)."""
+    canonical = json.dumps({"tenant": tenant, "kind": kind, "payload": payload}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def cache_key(digest: str) -> str:
+    """The Redis key that maps a request digest to the job computing it."""
+    return f"onnxplain:cache:{digest}"
+
+
+def idempotency_key(tenant: str, key: str) -> str:
+    """The Redis key that maps a tenant's ``Idempotency-Key`` to its job (the client's key is hashed)."""
+    digest = hashlib.sha256(tenant.encode() + b"\0" + key.encode()).hexdigest()
+    return f"onnxplain:idempotency:{digest}"
+
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """Validate an ``Idempotency-Key`` header (1-255 visible ASCII characters).
+
+    Raises:
+        InvalidRequest: ``invalid_idempotency_key``.
+    """
+    if value is not None and not IDEMPOTENCY_KEY.match(value):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+            code="invalid_idempotency_key",
+            field="Idempotency-Key",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submitted job, and whether it was already there (``hit``: cache or idempotency) or made now (``miss``)."""
+
+    job: Job
+    cache: str
+
+
+def _status_of(job: Job) -> JobStatus | None:
+    """A job's status; a job whose key expired since it was fetched is gone (404), never a 500."""
+    try:
+        return job.get_status()
+    except InvalidJobOperation:
+        raise NotFound(f"no job {job.id!r} (unknown or expired)", code="job_not_found", field="id") from None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -59,84 +119,193 @@ class JobGateway:
         connection: The Redis connection.
         result_ttl: Seconds results stay readable.
         failure_ttl: Seconds failures stay readable.
+        caps: Most jobs waiting per queue (none: unbounded); past it a submission is 503 ``queue_full``.
+        queued_ttl: Seconds a job of a queue may exist unrun before RQ drops it (default: ``result_ttl``).
+        retry_after_s: The ``Retry-After`` of ``queue_full``.
     """
 
-    def __init__(self, connection: Redis, *, result_ttl: int, failure_ttl: int) -> None:
+    def __init__(
+        self,
+        connection: Redis,
+        *,
+        result_ttl: int,
+        failure_ttl: int,
+        caps: Mapping[str, int] | None = None,
+        queued_ttl: Mapping[str, int] | None = None,
+        retry_after_s: int = 5,
+    ) -> None:
         self.connection = connection
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl
+        self.caps = dict(caps or {})
+        self.queued_ttl = dict(queued_ttl or {})
+        self.retry_after_s = retry_after_s
+
+    def check_capacity(self, queue: str, adding: int = 1) -> None:
+        """Refuse new work when ``queue`` already holds its cap of waiting jobs.
+
+        Raises:
+            QueueFull: ``queue_full`` (503 with Retry-After), rather than queueing forever.
+        """
+        cap = self.caps.get(queue)
+        if cap is not None and self.queue(queue).count + adding > cap:
+            raise QueueFull(
+                f"the {queue} queue is full ({cap} jobs waiting); retry later",
+                code="queue_full",
+                retry_after_s=self.retry_after_s,
+            )
 
     def queue(self, name: str) -> Queue:
         """Return the RQ queue ``name`` with the JSON serializer."""
         return Queue(name, connection=self.connection, serializer=JSONSerializer)
 
-    def submit(self, kind: JobKind, payload: dict[str, Any], *, timeout: int) -> Job:
-        """Enqueue a job of ``kind`` on its queue unless an identical job is queued, running or done.
+    def submit(
+        self,
+        kind: JobKind,
+        payload: dict[str, Any],
+        *,
+        timeout: int,
+        tenant: str,
+        idempotency: str | None = None,
+    ) -> Submission:
+        """Return the tenant's job for this request: its ``Idempotency-Key``'s job, else the cached identical job
+        (queued, running or succeeded), else a new job under a random id.
+
+        Args:
+            kind: The job's kind.
+            payload: The worker function's argument.
+            timeout: The job's hard limit in seconds.
+            tenant: Who submits; the cache and idempotency keys are this tenant's alone.
+            idempotency: The request's ``Idempotency-Key``, if any (checked by :func:`check_idempotency_key`).
 
         Raises:
+            InvalidRequest: ``idempotency_key_reused`` when the key was used for another request.
             Unavailable: Redis cannot be reached.
         """
-        job_id = job_id_for(kind.name, payload)
+        digest = request_digest(tenant, kind.name, payload)
         try:
-            try:
-                existing = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
-                status = existing.get_status()
-                if status not in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED) and not self._canceled(
-                    job_id
-                ):
-                    return existing
-                existing.delete()
-                self.connection.delete(cancel_key(job_id))
-            except NoSuchJobError:
-                pass
-            return self.queue(kind.queue).enqueue(
-                kind.function,
-                payload,
-                job_id=job_id,
-                job_timeout=timeout,
-                result_ttl=self.result_ttl,
-                failure_ttl=self.failure_ttl,
-                ttl=self.result_ttl,
-                retry=Retry(max=1),
-                meta={MetaKey.KIND: kind.name, MetaKey.PROGRESS: 0.0},
-            )
+            if idempotency is not None:
+                remembered = self._remembered(tenant, idempotency, digest)
+                if remembered is not None:
+                    return Submission(remembered, "hit")
+            submission = self._cached_or_new(kind, payload, digest, timeout=timeout, tenant=tenant)
+            if idempotency is not None:
+                record = json.dumps({"job": submission.job.id, "request": digest})
+                key = idempotency_key(tenant, idempotency)
+                if not self.connection.set(key, record, nx=True, ex=self.result_ttl):
+                    # A concurrent retry with the same key got there first: answer with its job.
+                    remembered = self._remembered(tenant, idempotency, digest)
+                    if remembered is not None:
+                        return Submission(remembered, "hit")
+            return submission
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
 
-    def fetch(self, job_id: str) -> Job:
+    def _remembered(self, tenant: str, idempotency: str, digest: str) -> Job | None:
+        raw = self.connection.get(idempotency_key(tenant, idempotency))
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        if record["request"] != digest:
+            raise InvalidRequest(
+                "this Idempotency-Key was used for a different request",
+                code="idempotency_key_reused",
+                field="Idempotency-Key",
+            )
+        try:
+            return Job.fetch(record["job"], connection=self.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None  # expired with its job: submit afresh
+
+    def _cached_or_new(
+        self, kind: JobKind, payload: dict[str, Any], digest: str, *, timeout: int, tenant: str
+    ) -> Submission:
+        key = cache_key(digest)
+        job_id = new_job_id(kind.name)
+        for _ in range(3):
+            cached = self.connection.get(key)
+            if cached is not None:
+                existing = self._reusable(cached)
+                if existing is not None:
+                    return Submission(existing, "hit")
+                # The cached job failed, was canceled or expired: this request computes afresh.
+                self.connection.delete(key)
+            self.check_capacity(kind.queue)  # only new work needs room; a hit costs nothing
+            if self.connection.set(key, job_id, nx=True, ex=self.result_ttl):
+                return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant), "miss")
+        self.connection.set(key, job_id, ex=self.result_ttl)
+        return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant), "miss")
+
+    def _reusable(self, cached: bytes | str) -> Job | None:
+        """The cached job, when it can still answer (queued, running or succeeded, and not canceled)."""
+        try:
+            cached_id = cached.decode() if isinstance(cached, bytes) else str(cached)
+            existing = Job.fetch(cached_id, connection=self.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None
+        try:
+            if _status_of(existing) in _REUSABLE_ENDED or self._canceled(existing.id):
+                return None
+        except NotFound:
+            return None  # expired a moment ago
+        return existing
+
+    def _enqueue(self, kind: JobKind, payload: dict[str, Any], job_id: str, *, timeout: int, tenant: str) -> Job:
+        return self.queue(kind.queue).enqueue(
+            kind.function,
+            payload,
+            job_id=job_id,
+            job_timeout=timeout,
+            result_ttl=self.result_ttl,
+            failure_ttl=self.failure_ttl,
+            ttl=self.queued_ttl.get(kind.queue, self.result_ttl),
+            retry=Retry(max=1),
+            meta={MetaKey.KIND: kind.name, MetaKey.PROGRESS: 0.0, MetaKey.TENANT: tenant},
+        )
+
+    def fetch(self, job_id: str, tenant: str | None) -> Job:
         """Return a job by id.
 
+        Args:
+            job_id: The job's id.
+            tenant: The caller's tenant: another tenant's job is not found. ``None`` only for the service's own
+                reads of jobs it already tied to their tenant (an audit's chunks).
+
         Raises:
-            NotFound: ``job_not_found`` for an unknown or expired id.
+            NotFound: ``job_not_found`` for an unknown or expired id, or another tenant's job.
             Unavailable: Redis cannot be reached.
         """
+        missing = NotFound(f"no job {job_id!r} (unknown or expired)", code="job_not_found", field="id")
         if not JOB_ID.match(job_id):
-            raise NotFound(f"no job {job_id!r} (unknown or expired)", code="job_not_found", field="id")
+            raise missing
         try:
-            return Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+            job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
-            raise NotFound(f"no job {job_id!r} (unknown or expired)", code="job_not_found", field="id") from None
+            raise missing from None
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+        if tenant is not None and job.get_meta().get(MetaKey.TENANT) != tenant:
+            raise missing
+        return job
 
     def wait(self, job: Job, seconds: float) -> None:
         """Block until the job ends or ``seconds`` pass (woken by RQ's result stream, no polling)."""
-        if seconds <= 0 or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
+        if seconds <= 0 or _status_of(job) in (JobStatus.FINISHED, JobStatus.FAILED):
             return
         try:
             job.latest_result(timeout=max(1, math.ceil(seconds)))
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
 
-    def cancel(self, job_id: str) -> Job:
-        """Cancel a queued job at once, or flag a running one to stop.
+    def cancel(self, job_id: str, tenant: str | None) -> Job:
+        """Cancel a queued job at once, or flag a running one to stop (``tenant`` as in :meth:`fetch`).
 
         Raises:
-            NotFound: Unknown job.
+            NotFound: Unknown job, or another tenant's.
             Conflict: ``job_not_cancelable`` when it already ended.
         """
-        job = self.fetch(job_id)
-        status = job.get_status()
+        job = self.fetch(job_id, tenant)
+        status = _status_of(job)
         if status in (JobStatus.FINISHED, JobStatus.FAILED):
             raise Conflict(f"job {job_id!r} already ended ({_STATUS[status]})", code="job_not_cancelable")
         # Workers run jobs in-process (SimpleWorker), so a running job is
@@ -151,7 +320,7 @@ class JobGateway:
 
     def describe(self, job: Job, *, location: str) -> dict[str, Any]:
         """Return the public JSON of a job: status, progress, times, result or error."""
-        status = job.get_status()
+        status = _status_of(job)
         meta = job.get_meta()
         public = _STATUS.get(status, "queued") if status is not None else "queued"
         if self._canceled(job.id) and public in ("queued", "running", "failed"):

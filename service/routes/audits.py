@@ -11,6 +11,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from engine.audits.dataset import CheckedDataset, as_table, bad_rows_error, read_table
 from engine.audits.spec import SPEC_FIELDS, prepare_audit
 from engine.errors import InvalidRequest, UnknownField
+from service.auth import tenant, visible_model
 from service.bodies import check_object, check_parts, json_object, json_part, optional_int
 from service.errors import problem_of, respond
 from service.extensions import services
@@ -36,12 +37,12 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
     name = body.get("model")
     if not isinstance(name, str):
         raise InvalidRequest("model must be a model name", code="invalid_parameter", field="model")
-    model = svc.registry.get(name, optional_int(body.get("version"), "version"))
+    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
     variant = body.get("variant", "fp32")
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
     variant, _ = svc.predictor.resolve(model, variant)
-    gateway = AuditGateway(svc)  # before any file is written: no Redis configured is 503 now
+    gateway = AuditGateway(svc, tenant())  # before any file is written: no Redis configured is 503 now
     spec, checked = prepare_audit(body, frame, model, svc.settings, variant=variant, where=where)
     if checked.bad_rows and spec.on_bad_rows == "reject":
         return _bad_rows(checked)
@@ -53,14 +54,14 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
 @bp.get("/v1/audits/<audit_id>")
 def get_audit(audit_id: str) -> Response:
     """Status, progress (rows, chunks, ETA), times, and the summary or error. Errors: 404 ``audit_not_found``."""
-    gateway = AuditGateway(services())
+    gateway = AuditGateway(services(), tenant())
     return jsonify(gateway.describe(gateway.open(audit_id)))
 
 
 @bp.delete("/v1/audits/<audit_id>")
 def cancel_audit(audit_id: str) -> Response:
     """Cancel a queued or running audit. Errors: 404; 409 ``audit_not_cancelable``."""
-    gateway = AuditGateway(services())
+    gateway = AuditGateway(services(), tenant())
     return jsonify(gateway.cancel(gateway.open(audit_id)))
 
 
@@ -76,7 +77,7 @@ def audit_rows(audit_id: str) -> Response:
     fmt = request.args.get("format", "parquet")
     if fmt not in _FORMATS:
         raise InvalidRequest(f"format must be one of {sorted(_FORMATS)}", code="invalid_parameter", field="format")
-    gateway = AuditGateway(services())
+    gateway = AuditGateway(services(), tenant())
     audit = gateway.ready(gateway.open(audit_id), report=False)
     name = f"audit-{audit.id}-rows.{fmt}"
     if fmt == "parquet":
@@ -88,7 +89,7 @@ def audit_rows(audit_id: str) -> Response:
 @bp.get("/v1/audits/<audit_id>/report")
 def audit_report(audit_id: str) -> Response:
     """The self-contained HTML report. Errors: 404; 409 ``audit_not_ready``."""
-    gateway = AuditGateway(services())
+    gateway = AuditGateway(services(), tenant())
     audit = gateway.ready(gateway.open(audit_id), report=True)
     return send_file(audit.report_path, mimetype="text/html")
 

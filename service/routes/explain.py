@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from engine.errors import InvalidRequest
 from engine.explain.plan import build_request
 from engine.jobs import JOBS
+from service.auth import tenant, visible_model
 from service.bodies import json_object, optional_int
 from service.errors import respond
 from service.extensions import services
+from service.gateways.jobs import check_idempotency_key
 
 bp = Blueprint("explain", __name__)
 
@@ -21,12 +23,13 @@ _MAX_WAIT_S = 3600  # longer waits are capped by max_wait_s anyway; past this it
 def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     """Explain rows: 200 with the result when done within ``wait``, else 202 and the job.
 
-    Errors: 404 model/version/variant; 415; 422 bad rows, method, parameters
+    The tenant's identical request (or its same ``Idempotency-Key``) answers from the job it already made
+    (``X-Cache: hit``). Errors: 404 model/version/variant; 415; 422 bad rows, method, parameters
     or targets, or no background; 503 Redis unavailable.
     """
     svc = services()
     body = json_object(_FIELDS, required={"instances"})
-    model = svc.registry.get(name, optional_int(body.get("version"), "version"))
+    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
     wait = body.get("wait", svc.settings.default_wait_s)
     # A chained comparison: NaN fails it, and a 400-digit integer is compared exactly, never turned into a float.
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= _MAX_WAIT_S:
@@ -37,13 +40,21 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
     variant, _ = svc.predictor.resolve(model, variant)
-    request = build_request(body, model, svc.settings, variant)
+    idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    explain_request = build_request(body, model, svc.settings, variant)
     gateway = svc.jobs()
-    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=svc.settings.job_timeout_s)
+    submission = gateway.submit(
+        JOBS["explain"],
+        explain_request.to_payload(),
+        timeout=svc.settings.job_timeout_s,
+        tenant=tenant(),
+        idempotency=idempotency,
+    )
+    job = submission.job
     gateway.wait(job, min(float(wait), svc.settings.max_wait_s))
     location = url_for("explain.get_job", job_id=job.id)
-    view = gateway.describe(job, location=location)
-    headers = {"X-Job-Id": job.id}
+    view = {**gateway.describe(job, location=location), "cache": submission.cache}
+    headers = {"X-Job-Id": job.id, "X-Cache": submission.cache}
     if view["status"] == "succeeded":
         return jsonify(view["result"]), 200, headers
     if view["status"] == "failed":
@@ -56,7 +67,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
 def get_job(job_id: str) -> Response:
     """Job status, progress, times, and the result or error. Errors: 404 ``job_not_found``."""
     gateway = services().jobs()
-    job = gateway.fetch(job_id)
+    job = gateway.fetch(job_id, tenant())
     return jsonify(gateway.describe(job, location=url_for("explain.get_job", job_id=job_id)))
 
 
@@ -64,5 +75,5 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     """Cancel a queued or running job. Errors: 404; 409 ``job_not_cancelable``."""
     gateway = services().jobs()
-    job = gateway.cancel(job_id)
+    job = gateway.cancel(job_id, tenant())
     return jsonify(gateway.describe(job, location=url_for("explain.get_job", job_id=job_id)))

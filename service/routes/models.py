@@ -6,19 +6,21 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from engine.errors import InvalidRequest, UnknownField
+from engine.errors import InvalidRequest, OnnxplainError, UnknownField
 from engine.explain.plan import methods_for
+from engine.models.access import VISIBILITIES
 from engine.models.card import ModelCard
 from engine.models.rows import parse_inputs
 from engine.models.store import ModelVersion
 from engine.variants import state as variants
+from service.auth import managed_model, tenant, visible_model
 from service.bodies import check_parts, json_object, json_part, optional_int
 from service.extensions import services
 from service.routes.variants import request_card_variants
 
 bp = Blueprint("models", __name__)
 
-_UPLOAD_PARTS = {"model", "card", "background"}
+_UPLOAD_PARTS = {"model", "card", "background", "visibility"}
 
 
 def model_resource(model: ModelVersion) -> dict[str, Any]:
@@ -27,15 +29,17 @@ def model_resource(model: ModelVersion) -> dict[str, Any]:
     body["versions"] = services().registry.versions(model.name)
     body["variants"] = [v.to_dict() for v in variants.list_variants(model)]
     body["methods"] = methods_for(model)
+    body["visibility"] = services().access.of(model.name).visibility
     return body
 
 
 @bp.post("/v1/models")
 def register_model() -> tuple[Response, int, dict[str, str]]:
-    """Register a model (multipart: ``model``, ``card``, optional ``background``).
+    """Register a model (multipart: ``model``, ``card``, optional ``background`` and ``visibility``).
 
-    Errors: 413 over the size cap; 415 not multipart; 422 with ``not_onnx``,
-    ``invalid_model``, ``external_data_not_allowed``, ``unsupported_op_domain``,
+    The model belongs to the key's tenant; ``visibility=shared`` lets every tenant read and explain it.
+    Errors: 409 ``model_name_taken`` (another tenant's name); 413 over the size cap; 415 not multipart;
+    422 with ``not_onnx``, ``invalid_model``, ``external_data_not_allowed``, ``unsupported_op_domain``,
     ``card_mismatch``, ``invalid_card`` or ``invalid_background``.
     """
     if request.mimetype != "multipart/form-data":
@@ -51,10 +55,21 @@ def register_model() -> tuple[Response, int, dict[str, str]]:
     background_bytes = background.read() if background is not None else None
     # Decide the format from the content, never from the client's filename.
     fmt = "parquet" if background_bytes is not None and background_bytes[:4] == b"PAR1" else "csv"
+    visibility = request.form.get("visibility")
+    if visibility is not None and visibility not in VISIBILITIES:
+        raise InvalidRequest(
+            f"visibility must be one of {list(VISIBILITIES)}", code="invalid_parameter", field="visibility"
+        )
     svc = services()
-    model = svc.registry.register(model_file.read(), card, background_bytes, fmt)
+    claimed = svc.access.claim(card.name, tenant(), visibility)
+    try:
+        model = svc.registry.register(model_file.read(), card, background_bytes, fmt)
+    except OnnxplainError:
+        if claimed:
+            svc.access.release(card.name)
+        raise
     if card.variants:
-        request_card_variants(svc, model)
+        request_card_variants(svc, model, tenant())
     location = url_for("models.get_model", name=model.name, version=model.version)
     return jsonify(model_resource(model)), 201, {"Location": location}
 
@@ -67,8 +82,9 @@ def list_models() -> Response:
     for key in request.args:
         if key not in {"limit", "cursor"}:
             raise UnknownField(f"unknown query parameter {key!r}", field=key)
-    registry = services().registry
-    names = [n for n in registry.names() if n > cursor]
+    svc = services()
+    registry, caller = svc.registry, tenant()
+    names = [n for n in registry.names() if n > cursor and svc.access.of(n).readable_by(caller)]
     page = names[:limit]
     items = [model_resource(registry.get(n)) for n in page]
     return jsonify({"models": items, "next_cursor": page[-1] if len(names) > limit else None})
@@ -78,14 +94,16 @@ def list_models() -> Response:
 def get_model(name: str) -> Response:
     """Describe the latest version of a model, or ``?version=``. Errors: 404."""
     version = optional_int(request.args.get("version"), "version", text=True)
-    return jsonify(model_resource(services().registry.get(name, version)))
+    return jsonify(model_resource(visible_model(services(), name, version)))
 
 
 @bp.delete("/v1/models/<model_name:name>")
 def delete_model(name: str) -> Response:
     """Delete every version of a model, or ``?version=``. Errors: 404."""
     version = optional_int(request.args.get("version"), "version", text=True)
-    deleted = services().registry.delete(name, version)
+    svc = services()
+    managed_model(svc, name, version)
+    deleted = svc.registry.delete(name, version)
     return jsonify({"name": name, "deleted_versions": deleted})
 
 
@@ -94,7 +112,7 @@ def predict(name: str) -> Response:
     """Predict rows. Errors: 404 model/version/variant; 415; 422 bad rows."""
     body = json_object({"instances", "version", "variant"}, required={"instances"})
     svc = services()
-    model = svc.registry.get(name, optional_int(body.get("version"), "version"))
+    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
     variant = body.get("variant", "fp32")
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")

@@ -18,6 +18,7 @@ from flask import Blueprint, Response, jsonify, request
 from engine.errors import InvalidRequest
 from engine.models.screening import Port
 from engine.models.store import ModelVersion
+from service.auth import visible_model
 from service.bodies import check_object, parse_int
 from service.extensions import services
 
@@ -51,7 +52,7 @@ def _port_json(port: Port) -> dict[str, Any]:
 
 
 def _model(name: str, version: str | None) -> ModelVersion:
-    return services().registry.get(name, None if version is None else parse_int(version, "version"))
+    return visible_model(services(), name, None if version is None else parse_int(version, "version"))
 
 
 @bp.get("/v2/health/live")

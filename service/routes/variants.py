@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from engine.errors import Unavailable
 from engine.jobs import JOBS
@@ -12,14 +12,18 @@ from engine.models.store import ModelVersion
 from engine.variants import state as variants
 from engine.variants.build import check_buildable
 from engine.variants.state import State
+from service.auth import managed_model, principal
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
+from service.gateways.jobs import check_idempotency_key
 
 bp = Blueprint("variants", __name__)
 
 
-def submit_variant(svc: Services, model: ModelVersion, kind: str) -> dict[str, Any]:
-    """Enqueue the build of one variant (on the batch queue) and return the job's view.
+def submit_variant(
+    svc: Services, model: ModelVersion, kind: str, tenant: str, idempotency: str | None = None
+) -> dict[str, Any]:
+    """Enqueue the build of one variant (on the batch queue) and return the job's view, with ``cache``.
 
     Raises:
         InvalidRequest: The variant cannot be built for this model.
@@ -29,17 +33,20 @@ def submit_variant(svc: Services, model: ModelVersion, kind: str) -> dict[str, A
     gateway = svc.jobs()
     payload = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
     current = variants.read_state(model, kind)
-    job = gateway.submit(JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s)
+    submission = gateway.submit(
+        JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s, tenant=tenant, idempotency=idempotency
+    )
+    job = submission.job
     if current is None or current.rebuildable:
         variants.write_state(model, kind, State.BUILDING, error=None, job=job.id)
-    return gateway.describe(job, location=url_for("explain.get_job", job_id=job.id))
+    return {**gateway.describe(job, location=url_for("explain.get_job", job_id=job.id)), "cache": submission.cache}
 
 
-def request_card_variants(svc: Services, model: ModelVersion) -> None:
+def request_card_variants(svc: Services, model: ModelVersion, tenant: str) -> None:
     """Queue the variants a card asks for at registration; record why one could not be queued."""
     for kind in model.card.variants:
         try:
-            submit_variant(svc, model, variants.check_kind(kind))
+            submit_variant(svc, model, variants.check_kind(kind), tenant)
         except Unavailable as exc:
             variants.write_state(model, kind, State.FAILED, error=exc.to_dict())
 
@@ -53,8 +60,10 @@ def create_variant(name: str) -> tuple[Response, int, dict[str, str]]:
     """
     svc = services()
     body = json_object({"kind", "version"}, required={"kind"})
-    model = svc.registry.get(name, optional_int(body.get("version"), "version"))
+    model = managed_model(svc, name, optional_int(body.get("version"), "version"))
     kind = variants.check_kind(body["kind"])
-    job = submit_variant(svc, model, kind)
+    idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    job = submit_variant(svc, model, kind, principal().tenant, idempotency)
     state = variants.read_state(model, kind)
-    return jsonify({"variant": state.to_dict() if state else None, "job": job}), 202, {"Location": job["location"]}
+    body = {"variant": state.to_dict() if state else None, "job": job}
+    return jsonify(body), 202, {"Location": job["location"], "X-Cache": job["cache"]}

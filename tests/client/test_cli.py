@@ -84,3 +84,43 @@ def test_cli_register_predict_explain(live_url, capsys, tmp_path):
     assert [a["feature"] for a in result["explanations"][0]["targets"][0]["attributions"]] == card["features"]
     assert main(["--url", live_url, "predict", "cli-credit", "[[1, 2]]"]) == 2
     assert "wrong_row_length" in capsys.readouterr().err
+
+
+def test_cli_keys_add_list_revoke(live_settings, live_client, monkeypatch, capsys):
+    """`onnxplain keys add|list|revoke` write the server's keys file; the server honours them without a restart."""
+    monkeypatch.setenv("ONNXPLAIN_KEYS_FILE", str(live_settings.keys_file))
+    monkeypatch.setenv("ONNXPLAIN_KEYS_SECRET", live_settings.keys_secret)
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "client.cli", "keys", *argv], cwd=root, capture_output=True, text=True, check=False
+        )
+
+    added = cli("add", "--tenant", "cli-tenant", "--scopes", "read", "--json")
+    assert added.returncode == 0, added.stderr
+    created = json.loads(added.stdout)
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    anonymous = live_client.application.test_client()
+    assert anonymous.get("/v1/models", headers=headers).status_code == 200
+    assert anonymous.post("/v1/models/x:predict", headers=headers, json={}).status_code == 403
+    listed = json.loads(cli("list", "--json").stdout)
+    assert {"id": created["id"], "tenant": "cli-tenant", "scopes": ["read"]}.items() <= next(
+        k for k in listed if k["id"] == created["id"]
+    ).items()
+    assert all("hash" not in k and "key" not in k for k in listed)
+    assert cli("revoke", created["id"]).returncode == 0
+    assert anonymous.get("/v1/models", headers=headers).status_code == 401
+    assert cli("revoke", created["id"]).returncode == 2
+    assert cli("add", "--tenant", "Bad Tenant").returncode == 2
+
+
+def test_sdk_sends_its_key_and_reports_401(live_url, live_key):
+    """An explicit api_key is sent as a bearer token; a wrong one raises ApiError 401 with its code."""
+    assert Client(live_url, api_key=live_key).models() is not None
+    with pytest.raises(ApiError) as error:
+        Client(live_url, api_key="onx_000000000000_" + "x" * 43).models()
+    assert error.value.status == 401 and error.value.code == "invalid_key"

@@ -47,12 +47,15 @@ def test_up_starts_everything_and_the_printed_commands_work(tmp_path):
             time.sleep(0.5)
             text = (tmp_path / "up.log").read_text()
         assert "Press Ctrl-C" in text, text[-2000:]
-        commands = re.findall(r"curl -s (\S+) -H 'Content-Type: application/json' \\\n\s+-d '(.+)'", text)
-        assert [url.rsplit(":", 1)[-1] for url, _ in commands] == ["predict", "explain"]
-        for url, body in commands:
-            response = httpx.post(url, json=json.loads(body), timeout=60)
+        pattern = r"curl -s (\S+) -H 'Authorization: Bearer (\S+)' -H 'Content-Type: application/json' \\\n\s+-d '(.+)'"
+        commands = re.findall(pattern, text)
+        assert [url.rsplit(":", 1)[-1] for url, _, _ in commands] == ["predict", "explain"]
+        for url, key, body in commands:
+            assert httpx.post(url, json=json.loads(body), timeout=60).status_code == 401  # auth is on
+            response = httpx.post(url, json=json.loads(body), headers={"Authorization": f"Bearer {key}"}, timeout=60)
             assert response.status_code == 200, response.text
         assert response.json()["explanations"][0]["targets"][0]["attributions"]
+        assert key not in (home / "var" / "keys.json").read_text()  # only its hash is stored
 
         (audit_line,) = re.findall(r"^  (\S.* audit .*) \\\n\s+(--label .*)$", text, flags=re.M)
         audit = subprocess.run(
@@ -69,3 +72,4 @@ def test_up_starts_everything_and_the_printed_commands_work(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         log.close()
+    assert json.loads((home / "var" / "keys.json").read_text())["keys"] == []  # the session's key is revoked

@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from engine.settings import Settings
 from service.app import create_app
 from tests import builders
-from tests.conftest import poll, upload, with_db
+from tests.conftest import authorize, issue_key, keyed, poll, upload, with_db
 from tests.contract import ValidatingClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,13 +266,15 @@ def test_failed_chunks_are_reported_row_by_row_and_a_wholly_failed_audit_fails(l
 # -- cancel, priority, worker death ------------------------------------------------------------------------------
 
 
-def test_cancel_a_running_audit_while_interactive_work_keeps_priority(live_client, binary_model, live_settings):
+def test_cancel_a_running_audit_while_interactive_work_keeps_priority(
+    live_client, binary_model, live_settings, live_key
+):
     """A slow audit runs; an explanation is answered before the audit ends; DELETE cancels and stops its chunks."""
     upload(live_client, binary_model, name="audit-slow")
     frame = planted_bias(binary_model, 1000, seed=3)
     app = create_app(live_settings.replace(audit_chunk_rows=40))
     app.test_client_class = ValidatingClient
-    client = app.test_client()
+    client = authorize(app.test_client(), live_key)
     spec = {"model": "audit-slow", "method": "lime", "parameters": {"num_samples": 5000}, "sensitive": ["sex"]}
     response = submit(client, frame.to_csv(index=False).encode(), spec)
     assert response.status_code == 202, response.json
@@ -306,14 +308,16 @@ def _worker(env: dict[str, str], name: str, *extra: str) -> subprocess.Popen[byt
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_a_worker_killed_mid_chunk_loses_and_duplicates_no_row(worker_env, live_settings, binary_model, redis_url):
+def test_a_worker_killed_mid_chunk_loses_and_duplicates_no_row(
+    worker_env, live_settings, live_key, binary_model, redis_url
+):
     """SIGKILL the only worker inside a chunk: the chunk is retried elsewhere, every row is in the output once."""
     env = {**worker_env, "ONNXPLAIN_REDIS_URL": with_db(redis_url, 2)}  # a queue no other worker serves
     conn = Redis.from_url(env["ONNXPLAIN_REDIS_URL"])
     conn.flushdb()
     app = create_app(live_settings.replace(redis_url=env["ONNXPLAIN_REDIS_URL"], audit_chunk_rows=60))
     app.test_client_class = ValidatingClient
-    client = app.test_client()
+    client = authorize(app.test_client(), live_key)
     upload(client, binary_model, name="audit-kill")
     victim = _worker(env, "victim", "--job-monitoring-interval", "1")
     survivor = None
@@ -455,14 +459,17 @@ def test_unknown_audits_and_bad_queries(client):
 
 def test_audit_without_redis_is_503_and_leaves_nothing(tmp_path, binary_model):
     """With Redis down the upload is validated, then refused 503 with Retry-After; no audit stays in the store."""
-    settings = Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path / "m", audit_dir=tmp_path / "a")
+    settings = keyed(
+        Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path / "m", audit_dir=tmp_path / "a"), tmp_path
+    )
     app = create_app(settings)
     app.test_client_class = ValidatingClient
-    client = app.test_client()
+    client = authorize(app.test_client(), issue_key(settings))
     upload(client, binary_model)
     response = submit(client, planted_bias(binary_model, 10).to_csv(index=False).encode(), {"model": "credit"})
     assert response.status_code == 503 and response.json["code"] == "unavailable" and response.headers["Retry-After"]
-    assert [p.name for p in (tmp_path / "a").iterdir()] == [".tmp"]
+    # Refused before the dataset is stored (or stored and removed): no audit stays.
+    assert not (tmp_path / "a").exists() or [p.name for p in (tmp_path / "a").iterdir() if p.name != ".tmp"] == []
 
 
 def test_worker_exposes_heartbeat_option():

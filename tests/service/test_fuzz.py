@@ -9,27 +9,32 @@ from schemathesis.checks import not_a_server_error
 
 from engine.settings import Settings
 from service.app import create_app
-from tests.conftest import upload
+from tests.conftest import authorize, issue_key, keyed, upload
 
 
 @pytest.fixture
-def fuzzed_app(tmp_path, redis_url, redis_conn, binary_model):
+def fuzzed_app(tmp_path, redis_url, redis_conn, binary_model):  # returns (app, key)
     """The app with one registered model; waits are zero so explain answers 202 at once."""
-    settings_ = Settings(
-        redis_url=redis_url,
-        model_dir=tmp_path / "models",
-        default_wait_s=0.0,
-        max_wait_s=0.0,
-        max_model_bytes=256 * 1024,
+    settings_ = keyed(
+        Settings(
+            redis_url=redis_url,
+            model_dir=tmp_path / "models",
+            default_wait_s=0.0,
+            max_wait_s=0.0,
+            max_model_bytes=256 * 1024,
+        ),
+        tmp_path,
     )
     app = create_app(settings_)
-    assert upload(app.test_client(), binary_model).status_code == 201
-    return app
+    key = issue_key(settings_)
+    assert upload(authorize(app.test_client(), key), binary_model).status_code == 201
+    return app, key
 
 
 def test_no_input_causes_a_server_error(fuzzed_app):
     """Whatever the fuzzer sends to any operation in openapi.yaml, the answer is never a 5xx."""
-    schema = schemathesis.openapi.from_wsgi("/openapi.yaml", fuzzed_app)
+    app, key = fuzzed_app
+    schema = schemathesis.openapi.from_wsgi("/openapi.yaml", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20
 
@@ -41,7 +46,8 @@ def test_no_input_causes_a_server_error(fuzzed_app):
             if "name" in (case.path_parameters or {}) and case.path_parameters["name"][:1] in "aeiou":
                 # Aim part of the traffic at the registered model so its handlers run, not just 404s.
                 case.path_parameters["name"] = "credit"
-            response = case.call()
+            # With a key of every scope, so the fuzzer reaches the handlers and not only the 401s.
+            response = case.call(headers={"Authorization": f"Bearer {key}"})
             case.validate_response(response, checks=[not_a_server_error])
 
         run()

@@ -6,6 +6,7 @@ import yaml
 
 from engine.settings import Settings
 from service.app import create_app
+from tests.conftest import authorize, issue_key, keyed
 from tests.contract import SPEC_PATH
 
 
@@ -28,8 +29,8 @@ def test_explain_without_redis_is_503(tmp_path, binary_model):
     """With Redis down, explain answers 503 problem+json with Retry-After, never 500."""
     import io
 
-    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path))
-    client = app.test_client()
+    settings = keyed(Settings(redis_url="redis://127.0.0.1:1/0", model_dir=tmp_path / "models"), tmp_path)
+    client = authorize(create_app(settings).test_client(), issue_key(settings))
     client.post(
         "/v1/models",
         data={

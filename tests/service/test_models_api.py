@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from tests import builders
-from tests.conftest import upload
+from tests.conftest import authorize, upload
 
 
 def _ort(built: builders.BuiltModel, X: np.ndarray) -> np.ndarray:
@@ -310,7 +310,7 @@ def test_parquet_background(client, binary_model):
     assert response.status_code == 201 and response.json["background"]["rows"] == 20
 
 
-def test_model_repository_is_loaded_at_start(settings, binary_model, redis_conn):
+def test_model_repository_is_loaded_at_start(settings, api_key, binary_model, redis_conn):
     """A version copied into the store by hand is served after start."""
     from service.app import create_app
 
@@ -323,7 +323,7 @@ def test_model_repository_is_loaded_at_start(settings, binary_model, redis_conn)
     (broken / "model.onnx").write_bytes(b"garbage")
     (broken / "card.json").write_text(binary_model.card_json(name="broken"))
     app = create_app(settings)
-    client = app.test_client()
+    client = authorize(app.test_client(), api_key)
     body = client.get("/v1/models/copied").json
     assert body["version"] == 3 and len(body["sha256"]) == 64
     response = client.post("/v1/models/copied:predict", json={"instances": binary_model.X[:2].tolist()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from engine.settings import Settings
 from service.app import create_app
 from tests import builders
-from tests.conftest import upload
+from tests.conftest import authorize, issue_key, keyed, upload
 
 REPORT_FIELDS = {"size_bytes", "latency", "agreement", "explanation_drift"}
 
@@ -156,8 +157,21 @@ def test_variant_request_errors(live_client, mlp):
 
 def test_gpu_providers_fall_back_to_cpu(tmp_path, binary_model, redis_conn):
     """Asking for CUDA on a machine without a GPU serves on the CPU, without an error."""
-    app = create_app(Settings(model_dir=tmp_path, providers="CUDAExecutionProvider,CPUExecutionProvider"))
-    client = app.test_client()
+    settings = keyed(
+        Settings(model_dir=tmp_path / "models", providers="CUDAExecutionProvider,CPUExecutionProvider"), tmp_path
+    )
+    client = authorize(create_app(settings).test_client(), issue_key(settings))
     assert upload(client, binary_model).status_code == 201
     response = client.post("/v1/models/credit:predict", json={"instances": [[1, 2, 3, 4]]})
     assert response.status_code == 200 and response.json["provider"] == "CPUExecutionProvider"
+
+
+def test_variant_builds_say_cache_and_honour_idempotency(client, mlp, redis_conn):
+    """A variant build is a job like any other: a repeat is a cache hit, and Idempotency-Key gives the same job."""
+    _register(client, mlp, "mlp-idem")
+    url, body = "/v1/models/mlp-idem/variants", {"kind": "int8_dynamic"}
+    first = client.post(url, json=body, headers={"Idempotency-Key": "v1"})
+    assert first.status_code == 202 and first.headers["X-Cache"] == "miss", first.json
+    again = client.post(url, json=body, headers={"Idempotency-Key": "v1"})
+    assert again.json["job"]["id"] == first.json["job"]["id"] and again.json["job"]["cache"] == "hit"
+    assert re.fullmatch(r"variant-[0-9a-f]{32}", first.json["job"]["id"])

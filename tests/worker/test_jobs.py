@@ -42,7 +42,7 @@ def test_explain_job_returns_attribution_json(gateway, settings, binary_model):
     """The job function turns a payload into the attribution JSON, recorded as the job's result."""
     model = registered(settings, binary_model)
     request = build_request({"instances": binary_model.X[:2].tolist(), "method": "exact"}, model, settings, "fp32")
-    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=60)
+    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=60, tenant="acme").job
     run_burst(gateway.connection)
     job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FINISHED
@@ -56,7 +56,7 @@ def test_deterministic_errors_fail_once_with_their_code(gateway, settings, binar
     model = registered(settings, binary_model)
     request = build_request({"instances": binary_model.X[:1].tolist(), "method": "exact"}, model, settings, "fp32")
     ModelRegistry(settings).delete(model.name)
-    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=60)
+    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=60, tenant="acme").job
     run_burst(gateway.connection)
     job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FAILED
@@ -68,7 +68,7 @@ def test_deterministic_errors_fail_once_with_their_code(gateway, settings, binar
 
 def test_unexpected_errors_are_retried_then_failed(gateway):
     """A crash that is not an engine error keeps its bounded retry, then fails as internal_error."""
-    job = gateway.submit(JOBS["explain"], {"not": "a request"}, timeout=60)
+    job = gateway.submit(JOBS["explain"], {"not": "a request"}, timeout=60, tenant="acme").job
     run_burst(gateway.connection)
     job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FAILED
@@ -82,7 +82,7 @@ def test_timeout_is_reported_as_timeout(gateway, settings, binary_model):
     rows = binary_model.X[:100].tolist()
     body = {"instances": rows, "method": "lime", "parameters": {"num_samples": 100000}}
     request = build_request(body, model, settings.replace(max_model_evaluations=10**9), "fp32")
-    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=1)
+    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=1, tenant="acme").job
     run_burst(gateway.connection)
     job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FAILED
@@ -90,10 +90,12 @@ def test_timeout_is_reported_as_timeout(gateway, settings, binary_model):
 
 
 def test_identical_requests_share_a_job(gateway, settings, binary_model):
-    """The job id derives from the request, so a repeat finds the existing job and result."""
+    """A tenant's repeat finds its existing job through the result cache; another tenant's gets its own."""
     model = registered(settings, binary_model)
     payload = build_request({"instances": [[0, 0, 0, 0]], "method": "exact"}, model, settings, "fp32").to_payload()
-    first = gateway.submit(JOBS["explain"], payload, timeout=60)
-    second = gateway.submit(JOBS["explain"], payload, timeout=60)
+    first = gateway.submit(JOBS["explain"], payload, timeout=60, tenant="acme").job
+    second = gateway.submit(JOBS["explain"], payload, timeout=60, tenant="acme").job
     assert first.id == second.id
     assert Queue("interactive", connection=gateway.connection).count == 1
+    other = gateway.submit(JOBS["explain"], payload, timeout=60, tenant="other").job
+    assert other.id != first.id
