@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from engine.errors import Conflict, NotFound, Unavailable
-from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error
+from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error, uses_key
 from engine.timestamps import format_utc
 from service.errors import problem_of
 
@@ -40,6 +41,9 @@ _STATUS = {
     JobStatus.STOPPED: "canceled",
     JobStatus.CANCELED: "canceled",
 }
+
+
+_ACTIVE = (JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED)
 
 
 def job_id_for(kind: str, payload: dict[str, Any]) -> str:
@@ -61,21 +65,69 @@ class JobGateway:
         failure_ttl: Seconds failures stay readable.
     """
 
-    def __init__(self, connection: Redis, *, result_ttl: int, failure_ttl: int) -> None:
+    def __init__(self, connection: Redis, *, result_ttl: int, failure_ttl: int, waiting: Redis | None = None) -> None:
         self.connection = connection
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl
+        self.waiting = waiting or connection
 
     def queue(self, name: str) -> Queue:
         """Return the RQ queue ``name`` with the JSON serializer."""
         return Queue(name, connection=self.connection, serializer=JSONSerializer)
 
-    def submit(self, kind: JobKind, payload: dict[str, Any], *, timeout: int) -> Job:
+    def submit(
+        self, kind: JobKind, payload: dict[str, Any], *, timeout: int, uses: tuple[str, int] | None = None
+    ) -> Job:
         """Enqueue a job of ``kind`` on its queue unless an identical job is queued, running or done.
+
+        Args:
+            kind: The job's kind in the queue contract.
+            payload: Its JSON argument.
+            timeout: Its hard limit in seconds.
+            uses: The model version it reads, which cannot be deleted while the job is queued or running.
 
         Raises:
             Unavailable: Redis cannot be reached.
         """
+        job = self._submit(kind, payload, timeout=timeout)
+        if uses is not None:
+            self.mark_use(*uses, job.id)
+        return job
+
+    def mark_use(self, model: str, version: int, job_id: str) -> None:
+        """Record that job ``job_id`` uses a model version (see :meth:`users_of`)."""
+        try:
+            key = uses_key(model, version)
+            self.connection.zadd(key, {job_id: time.time()})
+            self.connection.expire(key, self.result_ttl)
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+
+    def users_of(self, model: str, versions: list[int]) -> list[str]:
+        """Return the ids of queued or running jobs that use one of ``versions``; forget the ended ones.
+
+        Raises:
+            Unavailable: Redis cannot be reached (a delete must not go ahead unchecked).
+        """
+        active = []
+        try:
+            for version in versions:
+                key = uses_key(model, version)
+                for raw in self.connection.zrange(key, 0, -1):
+                    job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    try:
+                        status = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer).get_status()
+                    except NoSuchJobError:
+                        status = None
+                    if status in _ACTIVE and not self._canceled(job_id):
+                        active.append(job_id)
+                    else:
+                        self.connection.zrem(key, job_id)
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+        return active
+
+    def _submit(self, kind: JobKind, payload: dict[str, Any], *, timeout: int) -> Job:
         job_id = job_id_for(kind.name, payload)
         try:
             try:
@@ -121,10 +173,13 @@ class JobGateway:
 
     def wait(self, job: Job, seconds: float) -> None:
         """Block until the job ends or ``seconds`` pass (woken by RQ's result stream, no polling)."""
-        if seconds <= 0 or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
-            return
         try:
-            job.latest_result(timeout=max(1, math.ceil(seconds)))
+            if seconds <= 0 or job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
+                return
+            # The blocking read goes over the waiting connection: the command connection's short read
+            # timeout would cut it off.
+            blocking = Job(job.id, connection=self.waiting, serializer=JSONSerializer)
+            blocking.latest_result(timeout=max(1, math.ceil(seconds)))
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
 

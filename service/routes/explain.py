@@ -35,7 +35,9 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     variant, _ = svc.predictor.resolve(model, variant)
     request = build_request(body, model, svc.settings, variant)
     gateway = svc.jobs()
-    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=svc.settings.job_timeout_s)
+    job = gateway.submit(
+        JOBS["explain"], request.to_payload(), timeout=svc.settings.job_timeout_s, uses=(model.name, model.version)
+    )
     gateway.wait(job, min(float(wait), svc.settings.max_wait_s))
     location = url_for("explain.get_job", job_id=job.id)
     view = gateway.describe(job, location=location)

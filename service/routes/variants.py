@@ -27,7 +27,9 @@ def submit_variant(svc: Services, model: ModelVersion, kind: str) -> dict[str, A
     gateway = svc.jobs()
     payload = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
     current = variants.read_state(model, kind)
-    job = gateway.submit(JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s)
+    job = gateway.submit(
+        JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s, uses=(model.name, model.version)
+    )
     if current is None or current["state"] in ("failed", "rejected"):
         variants.write_state(model, kind, "building", error=None, job=job.id)
     return gateway.describe(job, location=url_for("explain.get_job", job_id=job.id))
