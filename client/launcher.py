@@ -98,6 +98,9 @@ def start_api(
 ) -> subprocess.Popen[bytes]:
     """Start the API under gunicorn with the given environment."""
     args = [sys.executable, "-m", "gunicorn", "service.app:create_app()", "--bind", f"{host}:{port}"]
+    config = Path(__file__).resolve().parents[1] / "gunicorn.conf.py"
+    if config.exists():  # the checkout's settings (memory cap per worker), wherever the command runs
+        args += ["--config", str(config)]
     args += ["--workers", str(workers), "--threads", "4", "--timeout", "120", "--access-logfile", "-"]
     return subprocess.Popen(args, env=env)
 

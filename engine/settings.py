@@ -69,6 +69,14 @@ class Settings:
     probe_memory_bytes: int = 4 * 1024 * 1024 * 1024
     """Address-space cap of that child process."""
 
+    process_memory_bytes: int = 8 * 1024 * 1024 * 1024
+    """Address-space cap (``RLIMIT_AS``) of every API worker and RQ worker process, set at start (0: none).
+    A model call that needs more fails with ``model_memory_limit`` instead of growing the process."""
+
+    model_call_timeout_s: float = 60.0
+    """Limit of one onnxruntime call in the API and the workers (0: none); past it the call is terminated
+    and fails with ``model_time_limit``."""
+
     job_timeout_s: int = 120
     """Hard limit on one interactive explanation job."""
 

@@ -12,6 +12,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from engine.jobs import QUEUES
+from engine.runtime.limits import cap_address_space
 from engine.settings import Settings
 from worker.failures import record_failure
 from worker.heartbeat import HeartbeatWorker
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SystemExit("ONNXPLAIN_REDIS_URL is not set")
+    cap_address_space(settings.process_memory_bytes)
     connection = Redis.from_url(settings.redis_url)
     queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUES]
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
