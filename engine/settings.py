@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.errors import InvalidRequest
 
@@ -29,6 +30,13 @@ class Settings:
     redis_url: str | None = None
     """Redis for the job queues (``redis://host:port/db``). Unset: the launcher
     starts an embedded server; the API then reports not-ready without it."""
+
+    redis_connect_timeout_s: float = 1.0
+    """Seconds to connect to Redis before the call fails (API: 503 with Retry-After; workers: retried)."""
+
+    redis_timeout_s: float = 1.5
+    """Seconds a Redis command may take in the API before it fails, so a stalled Redis answers 503 within
+    2 s instead of holding request threads. Waiting for a job's result uses its own, longer timeout."""
 
     model_dir: Path = field(default_factory=lambda: Path("var/models"))
     """Directory of the model store, laid out ``name/version/model.onnx``."""
@@ -117,6 +125,19 @@ class Settings:
     max_model_evaluations: int = 5_000_000
     """Most model rows one explain request may cost (rows × samples × background),
     estimated before it is queued; more is 422 ``too_expensive``."""
+
+    def redis_options(self, *, read_timeout_s: float | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``redis.Redis.from_url``: the one place Redis timeouts are decided.
+
+        Args:
+            read_timeout_s: Read timeout for a connection that blocks on purpose (waits, worker dequeues);
+                :attr:`redis_timeout_s` when omitted.
+        """
+        return {
+            "socket_connect_timeout": self.redis_connect_timeout_s,
+            "socket_timeout": self.redis_timeout_s if read_timeout_s is None else read_timeout_s,
+            "health_check_interval": 30,
+        }
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied."""

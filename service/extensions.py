@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from engine.errors import Unavailable
 from engine.models.store import ModelRegistry
@@ -15,6 +17,9 @@ from engine.settings import Settings
 from service.gateways.jobs import JobGateway
 
 KEY = "onnxplain"
+# redis-py retries a timed-out command 3 times with backoff by default: a stall would hold a request thread for
+# four timeouts. The API answers 503 after one; the client retries (Retry-After).
+_NO_RETRY = Retry(NoBackoff(), 0)
 
 
 @dataclass
@@ -25,6 +30,7 @@ class Services:
     registry: ModelRegistry
     predictor: Predictor
     _redis: Redis | None = None
+    _waiting: Redis | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def redis(self) -> Redis:
@@ -37,19 +43,28 @@ class Services:
             raise Unavailable("no Redis is configured (set ONNXPLAIN_REDIS_URL)", code="redis_not_configured")
         with self._lock:
             if self._redis is None:
-                # Short connect timeout so a dead Redis answers 503 quickly;
-                # the read timeout must outlast the longest ``wait``.
-                self._redis = Redis.from_url(
-                    self.settings.redis_url,
-                    socket_connect_timeout=2,
-                    socket_timeout=self.settings.max_wait_s + 10,
-                    health_check_interval=30,
-                )
+                # Short timeouts: a dead or stalled Redis answers 503 in under 2 s and frees the thread.
+                self._redis = Redis.from_url(self.settings.redis_url, retry=_NO_RETRY, **self.settings.redis_options())
             return self._redis
 
+    def waiting_redis(self) -> Redis:
+        """Return the connection that blocks on job results: its read timeout outlasts the longest ``wait``."""
+        self.redis()  # raises when no Redis is configured
+        with self._lock:
+            if self._waiting is None:
+                assert self.settings.redis_url is not None
+                options = self.settings.redis_options(read_timeout_s=self.settings.max_wait_s + 5)
+                self._waiting = Redis.from_url(self.settings.redis_url, retry=_NO_RETRY, **options)
+            return self._waiting
+
     def jobs(self) -> JobGateway:
-        """Return the job gateway over this process's Redis connection."""
-        return JobGateway(self.redis(), result_ttl=self.settings.result_ttl_s, failure_ttl=self.settings.failure_ttl_s)
+        """Return the job gateway over this process's Redis connections."""
+        return JobGateway(
+            self.redis(),
+            result_ttl=self.settings.result_ttl_s,
+            failure_ttl=self.settings.failure_ttl_s,
+            waiting=self.waiting_redis(),
+        )
 
 
 def init_app(app: Flask, settings: Settings) -> Services:
