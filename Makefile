@@ -4,18 +4,31 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test check lint format bench demo-model clean
+.PHONY: setup lock lock-check run test check lint format bench demo-model clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs exactly requirements.lock (every file checked by its hash), then the
+# project itself without resolving anything; re-runs when the lock changes.
+$(STAMP): requirements.lock
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null); \
 	  else echo "redis-server is missing: apt-get install redis-server (or set ONNXPLAIN_REDIS_URL)"; fi; }
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade "pip>=25.1"
-	$(PY) -m pip install -q -e ".[explain]" --group tests --group typing --group dev
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# After changing pyproject.toml's dependencies: refresh the lock (needs the
+# network), then commit pyproject.toml, requirements.in and requirements.lock
+# together. `make lock LOCK_ARGS=--upgrade` also moves pins that still fit.
+lock: setup
+	$(PY) tools/lock.py lock $(LOCK_ARGS)
+
+# Offline: fails when pyproject.toml and the lock disagree.
+lock-check: setup
+	$(PY) tools/lock.py check
 
 run: setup
 	$(VENV)/bin/onnxplain up
@@ -23,7 +36,7 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-lint: setup
+lint: setup lock-check
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 

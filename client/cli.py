@@ -57,10 +57,20 @@ def _wait_ready(url: str, timeout: float = 60.0) -> None:
     raise SystemExit(f"the API did not come up at {url}")
 
 
+def _self_command() -> str:
+    """How this CLI was started, so a printed command line works as it is (``.venv/bin/onnxplain``)."""
+    script = Path(sys.argv[0])
+    if script.name == "onnxplain":
+        return str(script)
+    return f"{sys.executable} -m client.cli"
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Start Redis (embedded unless configured), workers and the API; register the demo model."""
     env = dict(os.environ)
+    # The API and the workers must agree on the stores whatever their working directories.
     env.setdefault("ONNXPLAIN_MODEL_DIR", str(Path("var/models").resolve()))
+    env.setdefault("ONNXPLAIN_AUDIT_DIR", str(Path("var/audits").resolve()))
     redis = None
     if not env.get("ONNXPLAIN_REDIS_URL"):
         redis = launcher.start_redis(persist=True)
@@ -82,7 +92,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  curl -s {url}/v1/models/{card['name']}:predict -H 'Content-Type: application/json' \\")
         print(f"    -d '{json.dumps({'instances': [row]})}'\n")
         print(f"  curl -s {url}/v1/models/{card['name']}:explain -H 'Content-Type: application/json' \\")
-        print(f"    -d '{json.dumps({'instances': [row], 'method': 'kernel_shap'})}'\n")
+        print(f"    -d '{json.dumps({'instances': [row], 'method': 'kernel_shap', 'wait': 30})}'\n")
+        print("  and audit 2,000 applicants (report and per-row file written here):\n")
+        print(f"  {_self_command()} --url {url} audit {card['name']} {DEMO / 'applicants.csv'} \\")
+        print("    --label outcome --sensitive sex --sensitive age_band --out report.html --rows rows.parquet\n")
         print("Press Ctrl-C to stop.", flush=True)
         if args.exit_after_start:
             return 0

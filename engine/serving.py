@@ -13,7 +13,7 @@ from engine.models.store import ModelRegistry, ModelVersion
 from engine.runtime.providers import resolve_providers
 from engine.runtime.sessions import ModelSession, SessionCache
 from engine.settings import Settings
-from engine.variants.state import gate_of, read_state, resolve, variant_dir
+from engine.variants.state import State, gate_of, read_state, resolve, variant_dir
 
 
 class Predictor:
@@ -52,7 +52,7 @@ class Predictor:
             return self.sessions.get(model.model_path, model.sha256, model.card, model.signature)
         path = variant_dir(model, variant) / "model.onnx"
         state = read_state(model, variant) if variant in VARIANT_KINDS else None
-        if state is None or state["state"] != "ready" or not path.exists():
+        if state is None or state.state is not State.READY or not path.exists():
             raise NotFound(
                 f"model {model.name!r} v{model.version} has no ready variant {variant!r}",
                 code="variant_not_found",

@@ -113,9 +113,6 @@ class Settings:
     """Execution providers: ``auto`` (CUDA when present, else CPU) or a
     comma-separated list of onnxruntime provider names."""
 
-    exact_max_features: int = 14
-    """Most features for which ``exact`` enumerates every coalition."""
-
     max_explain_rows: int = 100
     """Most rows in one explain request (audits take more, in chunks)."""
 
@@ -138,6 +135,15 @@ class Settings:
             "socket_timeout": self.redis_timeout_s if read_timeout_s is None else read_timeout_s,
             "health_check_interval": 30,
         }
+
+    def __post_init__(self) -> None:
+        # Made absolute once, against the working directory at start: Flask's send_file
+        # resolves a relative path against the app package, so var/audits/... was served
+        # from service/var/audits/... (a 500). No other module needs to think about it.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path) and not value.is_absolute():
+                object.__setattr__(self, f.name, value.expanduser().absolute())
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -74,18 +75,57 @@ def check_object(
     return data
 
 
-def optional_int(value: object, field: str, *, minimum: int = 1) -> int | None:
-    """Read an optional integer (JSON number or query string) of at least ``minimum``."""
-    if value is None:
-        return None
+# ASCII digits only: int() also takes "١" (Arabic-Indic one), "1_000" and " 7 ", and str.isdigit() takes "³".
+_DIGITS = re.compile(r"[0-9]{1,18}")
+MAX_INT = 2**53  # the largest integer every JSON reader keeps exact
+
+
+def parse_int(value: object, field: str, *, minimum: int = 1, maximum: int = MAX_INT) -> int:
+    """Read an integer from a path segment, query string, header or JSON number.
+
+    This is the one place the API turns client text into an integer.
+
+    Args:
+        value: A ``str`` (ASCII digits only) or a JSON integer (not a bool).
+        field: The name reported in the problem's ``field``.
+        minimum: Least accepted value.
+        maximum: Largest accepted value.
+
+    Raises:
+        InvalidRequest: ``invalid_parameter`` naming ``field``.
+    """
     if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            raise InvalidRequest(f"{field} must be an integer", code="invalid_parameter", field=field) from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidRequest(f"{field} must be an integer ≥ {minimum}", code="invalid_parameter", field=field)
+        if not _DIGITS.fullmatch(value):
+            raise InvalidRequest(
+                f"{field} must be written in ASCII digits 0-9, got {value[:40]!r}",
+                code="invalid_parameter",
+                field=field,
+            )
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidRequest(
+            f"{field} must be an integer from {minimum} to {maximum}", code="invalid_parameter", field=field
+        )
     return value
+
+
+def optional_int(
+    value: object, field: str, *, minimum: int = 1, maximum: int = MAX_INT, text: bool = False
+) -> int | None:
+    """Read an optional integer (see :func:`parse_int`); ``None`` means absent.
+
+    Args:
+        value: A decoded JSON value, or with ``text`` a query-string value (where empty means absent).
+        field: The name reported in the problem's ``field``.
+        minimum: Least accepted value.
+        maximum: Largest accepted value.
+        text: The value comes from a query string; in JSON a string is not an integer.
+    """
+    if value is None or (text and value == ""):
+        return None
+    if isinstance(value, str) and not text:
+        raise InvalidRequest(f"{field} must be a JSON integer, not a string", code="invalid_parameter", field=field)
+    return parse_int(value, field, minimum=minimum, maximum=maximum)
 
 
 def check_parts(allowed: Collection[str]) -> None:

@@ -17,21 +17,23 @@ from rq.serializers import JSONSerializer
 from engine.audits.chunks import explain_chunk, finish_audit
 from engine.audits.store import AuditStore
 from engine.errors import InvalidRequest
-from engine.explain.run import ExplainRequest, run_explanation
+from engine.explain.plan import ExplainRequest
+from engine.explain.run import run_explanation
 from engine.jobs import CANCELED, CHUNK_LOST, JobError, MetaKey, cancel_key, job_error, read_job_error
 from engine.timestamps import utc_now
-from engine.variants import state as variants
+from engine.variants.build import build
 from worker.cancel import cancel_flag
 from worker.context import context
 
 
 def explain(payload: dict[str, Any]) -> dict[str, Any]:
-    """Explain rows of a stored model; return the attribution JSON."""
+    """Explain rows of a stored model; return the attribution JSON (the typed result becomes JSON here)."""
     ctx = context()
     job = get_current_job()
-    result = run_explanation(
+    explanation = run_explanation(
         ExplainRequest.from_payload(payload), ctx.registry, ctx.predictor, should_stop=cancel_flag()
     )
+    result = explanation.to_json()
     if job is not None:
         result["provenance"]["worker"] = job.worker_name or "unknown"
     return result
@@ -43,7 +45,7 @@ def build_variant(payload: dict[str, Any]) -> dict[str, Any]:
     model = ctx.registry.get(payload["model"], payload["version"])
     if model.sha256 != payload["sha256"]:
         raise InvalidRequest("the model version changed since the variant was requested", code="model_changed")
-    return variants.build(model, payload["kind"], ctx.registry.background(model), ctx.settings)
+    return build(model, payload["kind"], ctx.registry.background(model), ctx.settings).to_dict()
 
 
 def audit_chunk(payload: dict[str, Any]) -> dict[str, Any]:

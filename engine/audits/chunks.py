@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.audits.fairness import FairnessThresholds
 from engine.audits.spec import AuditSpec
 from engine.audits.store import Audit
-from engine.audits.summary import FairnessThresholds, Task, merge_chunks, summarize
+from engine.audits.summary import Task, merge_chunks, summarize
+from engine.explain.result import Explanation
 from engine.explain.run import run_explanation
 from engine.jobs import CHUNK_LOST, JobError, job_error
 from engine.models.rows import frame_to_matrix
@@ -68,7 +70,7 @@ def explain_chunk(
             spec.explain_request(X[lo : lo + step].tolist()), registry, predictor, should_stop=should_stop
         )
         parts.append(_results(result, frame.iloc[lo : lo + step], start + lo, spec))
-        meta = {k: result[k] for k in ("model", "method", "parameters", "output", "provenance")}
+        meta = result.header()
         on_progress(min(lo + step, len(X)))
     audit.write_chunk(start, pd.concat(parts, ignore_index=True), meta)
     return len(X)
@@ -144,26 +146,32 @@ def _task(spec: AuditSpec) -> Task:
     return "regression" if spec.task == "regression" else "classification"
 
 
-def _results(result: dict[str, Any], frame: pd.DataFrame, first: int, spec: AuditSpec) -> pd.DataFrame:
-    """The per-row table of one explanation result (see :mod:`engine.audits.summary`), plus ``status`` and ``error``."""
-    explained = result["explanations"]
-    targets = [e["targets"][0] for e in explained]
+def _results(result: Explanation, frame: pd.DataFrame, first: int, spec: AuditSpec) -> pd.DataFrame:
+    """The per-row table of one explanation (see :mod:`engine.audits.summary`), plus ``status`` and ``error``.
+
+    Read from the explanation's arrays: each row's first target column ``k``.
+    """
+    n = len(result.X)
+    rows = np.arange(n)
+    k = np.asarray([result.target_of(i) for i in range(n)], dtype=np.intp)
+    names = result.model.card.output_names
+    score = result.scores[rows, k]
     if spec.task == "regression":
-        prediction: list[Any] = [e["prediction"]["value"] for e in explained]
-        score = prediction
+        prediction: list[Any] = [float(v) for v in result.scores[:, 0]]
     else:
-        prediction = [e["prediction"]["label"] for e in explained]
-        score = [e["prediction"]["scores"][t["target"]] for e, t in zip(explained, targets, strict=True)]
+        classes = result.model.card.class_names
+        prediction = [classes[int(c)] for c in np.argmax(result.scores, axis=1)]
     table: dict[str, Any] = {
-        "row": np.arange(first, first + len(explained), dtype=np.int64),
+        "row": np.arange(first, first + n, dtype=np.int64),
         "prediction": prediction,
-        "score": np.asarray(score, dtype=np.float64),
-        "target": [t["target"] for t in targets],
-        "base_value": np.asarray([t["base_value"] for t in targets], dtype=np.float64),
+        "score": np.asarray(result.scores[:, 0] if spec.task == "regression" else score, dtype=np.float64),
+        "target": [names[int(c)] for c in k],
+        "base_value": np.asarray(result.attributions.base_values[rows, k], dtype=np.float64),
     }
     table |= _carried(frame, spec)
+    values = result.attributions.values
     for j, name in enumerate(spec.features):
-        table[f"attr.{name}"] = np.asarray([t["attributions"][j]["attribution"] for t in targets], dtype=np.float64)
+        table[f"attr.{name}"] = np.asarray(values[rows, j, k], dtype=np.float64)
     return pd.DataFrame(table).assign(status="ok", error=None)
 
 

@@ -53,6 +53,8 @@ class CheckedDataset:
     bad_cells: int = 0
     listed: list[BadCell] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
+    label_encoding: str | None = None
+    """How classification labels were written: ``names``, ``indices`` (0 … k−1) or ``booleans``."""
 
 
 def read_table(data: bytes, *, where: str = "dataset") -> pd.DataFrame:
@@ -111,6 +113,7 @@ def check_dataset(
         where: Name of the dataset in error fields.
     """
     n = len(frame)
+    label_encoding = None
     cells: list[tuple[_Mask, str, str, str]] = []  # (rows, column, code, what is wrong)
     out: dict[str, Any] = {"row": np.arange(n, dtype=np.int64)}
     for feature in card.features:
@@ -134,9 +137,11 @@ def check_dataset(
             labels: Any = _numbers(frame[label])
             cells.append((present & ~np.isfinite(labels), label, "unknown_label", "is not a finite number"))
         else:
-            labels = _as_text(frame[label])
-            wrong = present & ~labels.isin(list(card.class_names)).to_numpy(bool)
-            cells.append((wrong, label, "unknown_label", f"is not one of the classes {list(card.class_names)}"))
+            labels, label_encoding = _class_labels(frame[label], list(card.class_names))
+            wrong = present & labels.isna().to_numpy(bool)
+            k = len(card.class_names)
+            what = f"is not one of the classes {list(card.class_names)}, nor a class index 0 … {k - 1}"
+            cells.append((wrong, label, "unknown_label", what + (", nor true/false" if k == 2 else "")))
         out["label"] = labels
     for name in sensitive:
         out[f"sensitive.{name}"] = _as_text(frame[name])
@@ -146,7 +151,7 @@ def check_dataset(
     for mask, name, code, what in cells:
         bad |= mask
         for i in np.flatnonzero(mask)[:_LISTED]:  # each column's first cells include the first overall
-            listed.append(BadCell(int(i), name, code, f"{frame[name].iloc[int(i)]!r} {what}", where))
+            listed.append(BadCell(int(i), name, code, f"{_as_written(frame[name].iloc[int(i)])} {what}", where))
     listed.sort(key=lambda c: (c.row, order[c.column]))
     used = {*card.feature_names, *sensitive, *([label] if label else [])}
     return CheckedDataset(
@@ -156,6 +161,7 @@ def check_dataset(
         bad_cells=sum(int(mask.sum()) for mask, *_ in cells),
         listed=listed[:_LISTED],
         ignored_columns=[str(c) for c in frame.columns if c not in used],
+        label_encoding=label_encoding if label is not None and card.task != "regression" else None,
     )
 
 
@@ -166,6 +172,41 @@ def bad_rows_error(checked: CheckedDataset) -> InvalidRequest:
     more = f"; … ({checked.bad_cells - 10} more cells)" if checked.bad_cells > 10 else ""
     detail = f"{checked.bad_rows} of {checked.uploaded_rows} rows have bad values: {shown}{more}"
     return InvalidRequest(detail + ' (send on_bad_rows: "skip" to leave them out)', code=first.code, field=first.field)
+
+
+def _class_labels(column: pd.Series, classes: list[str]) -> tuple[pd.Series, str]:
+    """Map a label column to class names, however the user kept them.
+
+    Class names win; else class indices ``0 … k−1`` (how scikit-learn users keep
+    labels); else, for two classes, booleans (``false`` → the first class).
+
+    Returns:
+        The class name of each row (``None`` where missing or not a class), and
+        the encoding that was used.
+    """
+    text = _as_text(column)
+    present = text.notna()
+    if text[present].isin(classes).all():
+        return text, "names"
+    indices = {str(i): name for i, name in enumerate(classes)}
+    as_index = text.map(indices)
+    booleans = {"true": classes[-1], "false": classes[0]} if len(classes) == 2 else {}
+    as_bool = text.map(lambda v: None if v is None else booleans.get(str(v).lower()))
+    # Whichever reading explains the most cells; names on a tie, so a typo is reported against the names.
+    best = max(
+        [(int(text.isin(classes).sum()), "names", text.where(text.isin(classes), None)),
+         (int(as_index.notna().sum()), "indices", as_index),
+         (int(as_bool.notna().sum()), "booleans", as_bool)],
+        key=lambda option: option[0],
+    )  # fmt: skip
+    return best[2].astype(object).where(best[2].notna(), None), best[1]
+
+
+def _as_written(value: Any) -> str:
+    """Quote a cell as the user wrote it: ``1`` or ``'x'``, never ``np.int64(1)``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
 
 
 def _numbers(column: pd.Series) -> np.ndarray[Any, Any]:

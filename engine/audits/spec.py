@@ -21,10 +21,9 @@ import numpy as np
 import pandas as pd
 
 from engine.audits.dataset import CheckedDataset, check_dataset
-from engine.audits.summary import FairnessThresholds
+from engine.audits.fairness import FairnessThresholds
 from engine.errors import InvalidRequest, UnknownField
-from engine.explain.run import ExplainRequest, build_request
-from engine.models.rows import row_values
+from engine.explain.plan import ExplainRequest, plan_explanation
 from engine.models.store import ModelVersion
 from engine.settings import Settings
 
@@ -121,8 +120,7 @@ def prepare_audit(
     title = _optional_str(body, "title") or f"Audit of {model.name} v{model.version}"
     template = {k: body[k] for k in ("method", "parameters") if k in body}
     template["targets"] = [positive] if positive is not None else None
-    zero_row = row_values(np.zeros(len(card.features)), card)  # any valid row: the method is checked, not the data
-    request = build_request({**template, "instances": [zero_row]}, model, settings, variant)
+    plan = plan_explanation(template, model, settings, variant, rows=1)  # each slice is costed again as it runs
     spec = AuditSpec(
         title=title,
         task=card.task,
@@ -132,7 +130,7 @@ def prepare_audit(
         positive=positive,
         on_bad_rows=str(policy),
         thresholds=_thresholds(body.get("thresholds")),
-        request={k: v for k, v in request.to_payload().items() if k != "rows"},
+        request=plan.to_dict(),
     )
     _check_columns(frame, spec, where)
     checked = check_dataset(frame, card, label=label, sensitive=spec.sensitive, where=where)

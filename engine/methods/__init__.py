@@ -1,22 +1,19 @@
-"""The explanation methods: which exist, what they accept, which one ``auto`` picks.
+"""The method table: every explanation method, what it accepts and costs, in one place.
 
-This module is imported by the API process, so it names the implementations
-by import string and never imports shap, lime or the implementing modules
-itself; :func:`get_explainer` imports one when a worker first needs it.
+Validation (:func:`validate_params`), costing (:func:`evaluations_per_row`), ``auto`` (:func:`choose_auto`) and
+the OpenAPI method enum (a test compares them) all read :data:`METHODS`. This module is imported by the API
+process, so it names implementations by import string and never imports shap, lime or the implementing modules;
+:func:`get_explainer` imports one when a worker first needs it.
 
 NOTE: to add a method:
-    1. Write ``engine/methods/<module>.py`` with a class that satisfies
-       :class:`engine.methods.base.Explainer` (``name``,
-       ``needs_background``, ``explain(task) -> Attributions``); import its
-       heavy libraries there, never here.
-    2. Add ``"<name>": "engine.methods.<module>:<Class>"`` to
-       :data:`EXPLAINERS`.
-    3. Add its parameters to :data:`PARAMETERS` (always including ``seed``);
-       the explainer may then read ``task.params[...]`` without checking.
-    4. If ``auto`` should ever pick it, extend :func:`choose_auto`.
-    5. Test it in ``tests/engine/test_explainers.py`` against the exact
-       Shapley values of a small real ONNX model (additivity, determinism by
-       seed), and add it to ``openapi.yaml``'s method enum.
+    1. Write ``engine/methods/<module>.py`` with a class that satisfies :class:`engine.methods.base.Explainer`
+       (``name``, ``explain(task) -> Attributions``); import its heavy libraries there, never here.
+    2. Add one :class:`Method` to :data:`METHODS`: import path, input kinds, parameters (always ``seed``; the
+       explainer may then read ``task.params[...]`` without checking), cost per row, caps, whether it samples
+       and needs background rows.
+    3. If ``auto`` should ever pick it, extend :func:`choose_auto`.
+    4. Test it in ``tests/engine/methods/`` against the exact Shapley values of a small real ONNX model
+       (additivity, determinism by seed), and add it to ``openapi.yaml``'s method enums.
 """
 
 from __future__ import annotations
@@ -24,24 +21,14 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from engine.errors import ExplanationFailed, InvalidRequest, OnnxplainError, UnknownField
+from engine.errors import InvalidRequest, UnknownField
 
 if TYPE_CHECKING:
-    from engine.methods.base import Explainer, ExplainTask
-
-EXPLAINERS: dict[str, str] = {
-    "kernel_shap": "engine.methods.kernel_shap:KernelShap",
-    "lime": "engine.methods.lime_tabular:LimeTabular",
-    "exact": "engine.methods.exact:Exact",
-    "permutation": "engine.methods.permutation:Permutation",
-    "linear": "engine.methods.linear:Linear",
-    "tree_shap": "engine.methods.tree_shap:TreeShap",
-}
+    from engine.methods.base import Explainer
 
 
 @dataclass(frozen=True)
@@ -79,68 +66,187 @@ _TIME_BUDGET = ParamSpec(
     3_600_000,
 )
 
-PARAMETERS: dict[str, dict[str, ParamSpec]] = {
-    "kernel_shap": {
-        "nsamples": ParamSpec(
-            ("integer",), 2048, "Coalitions evaluated per row, in one run; std_error by jackknife.", 16, 100_000
+CostFn = Callable[[Mapping[str, Any], int, int], int]
+"""Model rows evaluated per explained row, from ``(parameters, features, background rows)``."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One entry of the method table.
+
+    Attributes:
+        name: The name requests use (``method``).
+        target: ``"module:Class"`` of the implementation, imported only when first used.
+        input_kinds: Model input kinds it explains (``tabular`` today; ``image``, ``text`` later).
+        params: The parameters it accepts, with defaults and bounds.
+        cost: Model rows evaluated per explained row (the request's cost check multiplies by rows).
+        samples: It estimates by sampling (and so reports ``std_error`` and is capped by
+            ``Settings.max_explain_features``).
+        needs_background: It needs the model's background rows.
+        max_features: Most features it accepts at all (its default cap), or ``None``.
+    """
+
+    name: str
+    target: str
+    input_kinds: tuple[str, ...]
+    params: Mapping[str, ParamSpec]
+    cost: CostFn
+    samples: bool
+    needs_background: bool = True
+    max_features: int | None = None
+
+
+EXACT_MAX_FEATURES = 14
+"""The most features ``exact`` enumerates by default (cost is 2^features); ``auto`` picks it up to here."""
+
+_TABULAR = ("tabular",)
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method(
+            "kernel_shap",
+            "engine.methods.kernel_shap:KernelShap",
+            _TABULAR,
+            {
+                "nsamples": ParamSpec(
+                    ("integer",), 2048, "Coalitions evaluated per row, in one run; std_error by jackknife.", 16, 100_000
+                ),
+                "l1_reg": ParamSpec(
+                    ("boolean", "integer", "string"),
+                    False,
+                    'false (keep every feature), k, "num_features(k)", "aic" or "bic" to truncate.',
+                    1,
+                    10_000,
+                    choices=(False, "aic", "bic"),
+                    pattern=r"num_features\([1-9][0-9]*\)",
+                ),
+                "time_budget_ms": ParamSpec(
+                    ("integer",),
+                    None,
+                    "Lower nsamples to what a timed model call says fits in this many milliseconds; "
+                    "the estimate comes with its error.",
+                    1,
+                    3_600_000,
+                ),
+                "seed": _SEED,
+            },
+            lambda params, d, background: int(params["nsamples"]) * background,
+            samples=True,
         ),
-        "l1_reg": ParamSpec(
-            ("boolean", "integer", "string"),
-            False,
-            'false (keep every feature), k, "num_features(k)", "aic" or "bic" to truncate.',
-            1,
-            10_000,
-            choices=(False, "aic", "bic"),
-            pattern=r"num_features\([1-9][0-9]*\)",
+        Method(
+            "lime",
+            "engine.methods.lime_tabular:LimeTabular",
+            _TABULAR,
+            {
+                "num_samples": ParamSpec(
+                    ("integer",), 5000, "Perturbed samples the surrogate is fitted on.", 100, 100_000
+                ),
+                "num_features": ParamSpec(
+                    ("integer",), None, "Features kept in the surrogate (default: all).", 1, 10_000
+                ),
+                "discretize_continuous": ParamSpec(
+                    ("boolean",), True, "Discretize continuous features into quartiles."
+                ),
+                "seed": _SEED,
+            },
+            lambda params, d, background: int(params["num_samples"]),
+            samples=True,
         ),
-        "time_budget_ms": ParamSpec(
-            ("integer",),
-            None,
-            "Lower nsamples to what a timed model call says fits in this many milliseconds; "
-            "the estimate comes with its error.",
-            1,
-            3_600_000,
+        Method(
+            "exact",
+            "engine.methods.exact:Exact",
+            _TABULAR,
+            {
+                "max_features": ParamSpec(
+                    ("integer",), EXACT_MAX_FEATURES, "Refuse models with more features (cost is 2^features).", 1, 16
+                ),
+                "seed": _SEED,
+            },
+            lambda params, d, background: (2**d) * background,
+            samples=False,
+            max_features=EXACT_MAX_FEATURES,
         ),
-        "seed": _SEED,
-    },
-    "lime": {
-        "num_samples": ParamSpec(("integer",), 5000, "Perturbed samples the surrogate is fitted on.", 100, 100_000),
-        "num_features": ParamSpec(("integer",), None, "Features kept in the surrogate (default: all).", 1, 10_000),
-        "discretize_continuous": ParamSpec(("boolean",), True, "Discretize continuous features into quartiles."),
-        "seed": _SEED,
-    },
-    "exact": {
-        "max_features": ParamSpec(("integer",), 14, "Refuse models with more features (cost is 2^features).", 1, 16),
-        "seed": _SEED,
-    },
-    "permutation": {
-        "max_evals": ParamSpec(
-            ("integer",), 2048, "Model evaluations per row: max_evals // (2 × features + 1) orderings.", 3, 1_000_000
+        Method(
+            "permutation",
+            "engine.methods.permutation:Permutation",
+            _TABULAR,
+            {
+                "max_evals": ParamSpec(
+                    ("integer",),
+                    2048,
+                    "Model evaluations per row: max_evals // (2 × features + 1) orderings.",
+                    3,
+                    1_000_000,
+                ),
+                "repeats": ParamSpec(
+                    ("integer",), 8, "Groups the orderings are split into; their spread gives std_error.", 2, 64
+                ),
+                "time_budget_ms": _TIME_BUDGET,
+                "seed": _SEED,
+            },
+            lambda params, d, background: int(params["max_evals"]) * background,
+            samples=True,
         ),
-        "repeats": ParamSpec(
-            ("integer",), 8, "Groups the orderings are split into; their spread gives std_error.", 2, 64
+        Method(
+            "linear",
+            "engine.methods.linear:Linear",
+            _TABULAR,
+            {"seed": _SEED},
+            lambda params, d, background: background,
+            samples=False,
         ),
-        "time_budget_ms": _TIME_BUDGET,
-        "seed": _SEED,
-    },
-    "linear": {"seed": _SEED},
-    "tree_shap": {
-        "output_space": ParamSpec(
-            ("string",),
-            "margin",
-            "Explain the raw margin, or the probability (interventional).",
-            choices=("margin", "probability"),
+        Method(
+            "tree_shap",
+            "engine.methods.tree_shap:TreeShap",
+            _TABULAR,
+            {
+                "output_space": ParamSpec(
+                    ("string",),
+                    "margin",
+                    "Explain the raw margin, or the probability (interventional).",
+                    choices=("margin", "probability"),
+                ),
+                "seed": _SEED,
+            },
+            lambda params, d, background: background,
+            samples=False,
         ),
-        "seed": _SEED,
-    },
+    )
 }
+"""Every method, by name (``auto`` is not one: it picks one of these)."""
+
+EXPLAINERS: dict[str, str] = {name: method.target for name, method in METHODS.items()}
+"""Import path of each method's implementation (a view of :data:`METHODS`)."""
+
+PARAMETERS: dict[str, Mapping[str, ParamSpec]] = {name: method.params for name, method in METHODS.items()}
+"""Parameters of each method (a view of :data:`METHODS`)."""
+
+
+def find_method(name: str) -> Method:
+    """Return the table entry of ``name``.
+
+    Raises:
+        InvalidRequest: ``unknown_method``.
+    """
+    found = METHODS.get(name)
+    if found is None:
+        raise InvalidRequest(
+            f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}", code="unknown_method", field="method"
+        )
+    return found
+
+
+def evaluations_per_row(name: str, params: Mapping[str, Any], d: int, background_rows: int) -> int:
+    """Model rows one explained row costs under ``name`` with its validated ``params``."""
+    return int(find_method(name).cost(params, d, max(background_rows, 1)))
 
 
 def get_explainer(name: str) -> Explainer:
     """Import and build the explainer registered under ``name``.
 
     Args:
-        name: A key of :data:`EXPLAINERS`.
+        name: A key of :data:`METHODS`.
 
     Returns:
         A fresh explainer instance.
@@ -148,14 +254,7 @@ def get_explainer(name: str) -> Explainer:
     Raises:
         InvalidRequest: ``name`` is not a known method (code ``unknown_method``).
     """
-    target = EXPLAINERS.get(name)
-    if target is None:
-        raise InvalidRequest(
-            f"unknown method {name!r}; known: {', '.join(sorted(EXPLAINERS))}",
-            code="unknown_method",
-            field="method",
-        )
-    module_name, class_name = target.split(":")
+    module_name, class_name = find_method(name).target.split(":")
     explainer_class = getattr(importlib.import_module(module_name), class_name)
     return cast("Explainer", explainer_class())
 
@@ -175,7 +274,7 @@ def validate_params(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
             the wrong type or out of bounds (``invalid_parameter``).
         UnknownField: A parameter the method does not accept.
     """
-    specs = PARAMETERS.get(method)
+    specs = METHODS[method].params if method in METHODS else None
     if specs is None:
         raise InvalidRequest(f"unknown method {method!r}", code="unknown_method", field="method")
     for name in params:
@@ -234,14 +333,16 @@ def _json_type(value: Any) -> str | None:
     return None
 
 
-def choose_auto(n_features: int, is_tree: bool, is_linear: bool, exact_max_features: int) -> tuple[str, str]:
+def choose_auto(
+    n_features: int, is_tree: bool, is_linear: bool, exact_max_features: int = EXACT_MAX_FEATURES
+) -> tuple[str, str]:
     """Pick the cheapest method that gives exact attributions, else ``kernel_shap``.
 
     Args:
         n_features: Number of raw features of the model.
         is_tree: The ONNX graph is a tree ensemble.
         is_linear: The ONNX graph is linear (see ``linear.is_linear``).
-        exact_max_features: The largest feature count ``exact`` accepts.
+        exact_max_features: The largest feature count ``exact`` is picked for (the table's cap).
 
     Returns:
         ``(method, reason)``, the reason being one sentence for the response.
@@ -259,24 +360,3 @@ def choose_auto(n_features: int, is_tree: bool, is_linear: bool, exact_max_featu
         f"The model has {n_features} features (more than {exact_max_features}) and no exact method "
         "applies, so Kernel SHAP estimates the attributions with standard errors."
     )
-
-
-@contextmanager
-def library_failures(method: str) -> Iterator[None]:
-    """Re-raise anything but an onnxplain error as :class:`ExplanationFailed`.
-
-    shap and lime raise bare ``ValueError``/``AssertionError``/``LinAlgError``
-    on inputs that passed our validation; the API must see one error tree.
-    """
-    try:
-        yield
-    except OnnxplainError:
-        raise
-    except Exception as exc:
-        raise ExplanationFailed(f"{method} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def require_background(task: ExplainTask, method: str) -> None:
-    """Raise ``InvalidRequest`` (``background_required``) when ``task`` has no background rows."""
-    if task.background.ndim != 2 or task.background.shape[0] == 0:
-        raise InvalidRequest(f"method {method!r} needs background rows", code="background_required", field="background")

@@ -10,11 +10,13 @@ ONNX and attributions come out per raw feature automatically.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.arrays import FloatArray
+from engine.errors import ExplanationFailed, InvalidRequest, OnnxplainError
 
 ModelFn = Callable[[FloatArray], FloatArray]
 
@@ -84,11 +86,12 @@ class Explainer(Protocol):
 
     Implementations are plain classes built with no arguments; heavy
     libraries are imported inside ``explain`` or at the top of the
-    implementing module (which is itself imported lazily).
+    implementing module (which is itself imported lazily). What the method
+    accepts, costs and needs is its entry in the method table
+    (:data:`engine.methods.METHODS`).
     """
 
     name: str
-    needs_background: bool
 
     def explain(self, task: ExplainTask) -> Attributions:
         """Explain every row of ``task.X`` for every output.
@@ -98,3 +101,24 @@ class Explainer(Protocol):
             ExplanationFailed: The method failed on valid input.
         """
         ...
+
+
+@contextmanager
+def library_failures(method: str) -> Iterator[None]:
+    """Re-raise anything but an onnxplain error as :class:`ExplanationFailed`.
+
+    shap and lime raise bare ``ValueError``/``AssertionError``/``LinAlgError``
+    on inputs that passed our validation; the API must see one error tree.
+    """
+    try:
+        yield
+    except OnnxplainError:
+        raise
+    except Exception as exc:
+        raise ExplanationFailed(f"{method} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def require_background(task: ExplainTask, method: str) -> None:
+    """Raise ``InvalidRequest`` (``background_required``) when ``task`` has no background rows."""
+    if task.background.ndim != 2 or task.background.shape[0] == 0:
+        raise InvalidRequest(f"method {method!r} needs background rows", code="background_required", field="background")

@@ -16,10 +16,9 @@ import numpy.typing as npt
 
 from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
-from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask, ModelFn
+from engine.methods import EXACT_MAX_FEATURES
+from engine.methods.base import Attributions, ExplainTask, ModelFn, library_failures, require_background
 
-DEFAULT_MAX_FEATURES = 14
 CHUNK_ROWS = 200_000
 """Model rows per ``f`` call: large enough to keep onnxruntime busy, small enough for memory."""
 
@@ -97,7 +96,6 @@ class Exact:
     """Exact Shapley values; cost doubles with every feature, so capped by ``max_features``."""
 
     name = "exact"
-    needs_background = True
 
     def explain(self, task: ExplainTask) -> Attributions:
         """Explain every row exactly.
@@ -109,7 +107,7 @@ class Exact:
         """
         require_background(task, self.name)
         n_features = task.X.shape[1]
-        cap = int(task.params.get("max_features", DEFAULT_MAX_FEATURES))
+        cap = int(task.params.get("max_features", EXACT_MAX_FEATURES))
         if n_features > cap:
             raise InvalidRequest(
                 f"exact enumerates 2^{n_features} coalitions; this model has more than "

@@ -55,8 +55,7 @@ from scipy.special import binom
 
 from engine.arrays import FloatArray, IndexArray
 from engine.errors import ExplanationFailed, InvalidRequest
-from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask
+from engine.methods.base import Attributions, ExplainTask, library_failures, require_background
 from engine.methods.exact import shapley_values
 from engine.methods.sampling import convergence, derived_seed, t_widening
 
@@ -85,7 +84,6 @@ class KernelShap:
     """Model-agnostic Shapley estimates with ``std_error`` and ``converged`` per row."""
 
     name = "kernel_shap"
-    needs_background = True
 
     def explain(self, task: ExplainTask) -> Attributions:
         """Estimate the Shapley values of every row.

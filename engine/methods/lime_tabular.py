@@ -26,15 +26,13 @@ from lime.lime_tabular import LimeTabularExplainer
 
 from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
-from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask
+from engine.methods.base import Attributions, ExplainTask, library_failures, require_background
 
 
 class LimeTabular:
     """A local linear surrogate per row and target, fitted on perturbed samples."""
 
     name = "lime"
-    needs_background = True
 
     def explain(self, task: ExplainTask) -> Attributions:
         """Fit LIME's surrogate for each row's targets.

@@ -28,8 +28,7 @@ from onnx import helper
 
 from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
-from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask
+from engine.methods.base import Attributions, ExplainTask, library_failures, require_background
 
 _AFFINE_OPS = {"MatMul", "Gemm", "Add", "Sub", "Mul", "Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _CONST_OPERAND_OPS = {"MatMul", "Gemm", "Mul"}
@@ -184,7 +183,6 @@ class Linear:
     """Closed-form Shapley values of a linear model's margin (``info['output_space'] = 'margin'``)."""
 
     name = "linear"
-    needs_background = True
 
     def explain(self, task: ExplainTask) -> Attributions:
         """Explain every row exactly.

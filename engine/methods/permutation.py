@@ -27,8 +27,7 @@ import shap
 
 from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
-from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask
+from engine.methods.base import Attributions, ExplainTask, library_failures, require_background
 from engine.methods.sampling import convergence, derived_seed, t_widening
 
 
@@ -36,7 +35,6 @@ class Permutation:
     """Model-agnostic Shapley estimates by antithetic permutation sampling."""
 
     name = "permutation"
-    needs_background = True
 
     def explain(self, task: ExplainTask) -> Attributions:
         """Estimate the Shapley values of every row.

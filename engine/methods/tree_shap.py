@@ -43,9 +43,9 @@ import shap
 
 from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, InvalidRequest
-from engine.methods import library_failures, require_background
-from engine.methods.base import Attributions, ExplainTask
-from engine.methods.trees.model import Tree, TreeEnsemble, not_applicable, read_ensemble, transform
+from engine.methods.base import Attributions, ExplainTask, library_failures, require_background
+from engine.methods.trees.model import Tree, TreeEnsemble, not_applicable, transform
+from engine.methods.trees.reader import read_ensemble
 
 MAX_SOFTMAX_CLASSES = 12
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -61,7 +61,7 @@ _cache_lock = threading.Lock()
 
 
 def cached_ensemble(onnx_bytes: bytes) -> TreeEnsemble:
-    """:func:`engine.methods.trees.model.read_ensemble` through the per-process LRU keyed by the bytes' SHA-256.
+    """:func:`engine.methods.trees.reader.read_ensemble` through the per-process LRU keyed by the bytes' SHA-256.
 
     Raises:
         InvalidRequest: As ``read_ensemble`` (failures are not cached).
@@ -95,7 +95,6 @@ class TreeShap:
     """Exact interventional TreeSHAP of an ONNX tree ensemble (no standard errors)."""
 
     name = "tree_shap"
-    needs_background = True
 
     def explain(self, task: ExplainTask) -> Attributions:
         """Explain every row for every output.

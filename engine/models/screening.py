@@ -214,6 +214,10 @@ def _type_string(t: onnx.TypeProto) -> str:
 
 def _graphs(model: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
     yield from _subgraph_walk(model.graph)
+    # onnxruntime ignores training_info for inference, but its graphs are still in the file we store and serve.
+    for info in model.training_info:
+        yield from _subgraph_walk(info.initialization)
+        yield from _subgraph_walk(info.algorithm)
     for function in model.functions:
         for node in function.node:
             for attr in node.attribute:
@@ -260,5 +264,7 @@ def _attr_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
         yield from attr.tensors
         if attr.HasField("sparse_tensor"):
             yield attr.sparse_tensor.values
+            yield attr.sparse_tensor.indices
         for sparse in attr.sparse_tensors:
             yield sparse.values
+            yield sparse.indices

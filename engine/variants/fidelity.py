@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from engine.errors import ExplanationFailed, InvalidRequest
 from engine.models.card import TASKS
+from engine.runtime.hardware import CpuProfile, host_cpu, same_kind
 from engine.runtime.sessions import session_options
 
 ScoresFn = Callable[[ort.InferenceSession, NDArray[Any]], NDArray[Any]]
@@ -78,7 +79,8 @@ def measure_variant(
         ``normalised_max_error`` = max|Δ| / fp32 output range, ``max_abs_error``,
         ``mean_abs_error``, ``output_range``); ``explanation_drift`` (``None``
         without ``explain``: Spearman correlation of per-row |attributions|,
-        mean top-k overlap, max |Δattribution| / output range).
+        mean top-k overlap, max |Δattribution| / output range); ``measured_on``
+        (this host's CPU kind, int8 features and onnxruntime version, see :mod:`engine.runtime.hardware`).
 
     Raises:
         InvalidRequest: ``invalid_task`` for an unknown task, ``invalid_rows``
@@ -124,6 +126,7 @@ def measure_variant(
         | {"threads": threads},
         "agreement": _agreement(base, other, task, spread),
         "explanation_drift": drift,
+        "measured_on": host_cpu().to_dict(),
     }
 
 
@@ -155,22 +158,36 @@ def passes_gate(
     return ok, f"normalised max error {error:.4f} {'<=' if ok else '>'} {max_norm_error}"
 
 
-def pick_fastest(reports: Mapping[str, Mapping[str, Any]], task: str, **gate: float) -> str:
+def pick_fastest(
+    reports: Mapping[str, Mapping[str, Any]],
+    task: str,
+    *,
+    host: CpuProfile | None = None,
+    min_top1: float = 0.99,
+    max_norm_error: float = 0.02,
+) -> str:
     """Return the variant ``fastest`` should serve, ``"fp32"`` when none qualifies.
 
     A variant qualifies when it passes the gate and is not slower than fp32 on single rows nor
     in batches; the best worse-of-the-two speedup wins, so ``fastest`` is never slower than fp32.
+    A report measured on another kind of CPU (or onnxruntime) does not qualify: its speed-up and
+    agreement need not hold on this one.
 
     Args:
         reports: Variant name → its :func:`measure_variant` report.
         task: The model's task.
-        **gate: ``min_top1`` / ``max_norm_error`` for :func:`passes_gate`.
+        host: The CPU that would serve (default: this host).
+        min_top1: The gate's least top-1 agreement (see :func:`passes_gate`).
+        max_norm_error: The gate's largest normalised error.
     """
+    host = host or host_cpu()
     best, best_gain = "fp32", 0.0
     for name, report in reports.items():
+        if not same_kind(report.get("measured_on"), host):
+            continue
         speedup = report["latency"]["speedup"]
         gain = min(float(speedup["single_row"]), float(speedup["batch"]))
-        if gain >= 1.0 and gain > best_gain and passes_gate(report, task, **gate)[0]:
+        if gain >= 1.0 and gain > best_gain and passes_gate(report, task, min_top1, max_norm_error)[0]:
             best, best_gain = name, gain
     return best
 

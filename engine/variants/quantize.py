@@ -36,6 +36,7 @@ from onnxruntime import quantization as oq
 
 from engine.errors import ExplanationFailed, InvalidRequest, ModelRejected
 from engine.models.card import VARIANT_KINDS
+from engine.runtime.hardware import CpuProfile, host_cpu
 from engine.runtime.sessions import session_options
 
 WEIGHTED_OPS = frozenset({"MatMul", "Gemm", "Conv"})
@@ -57,7 +58,9 @@ def has_quantizable_ops(model_bytes: bytes) -> bool:
     return bool(_weighted_nodes(_load(model_bytes)))
 
 
-def build_variant(model_bytes: bytes, kind: str, calibration: NDArray[Any] | None, workdir: Path) -> bytes:
+def build_variant(
+    model_bytes: bytes, kind: str, calibration: NDArray[Any] | None, workdir: Path, cpu: CpuProfile | None = None
+) -> bytes:
     """Build a quantized variant of an fp32 model.
 
     Args:
@@ -67,6 +70,8 @@ def build_variant(model_bytes: bytes, kind: str, calibration: NDArray[Any] | Non
             input; background data will do. Required by ``int8_static`` (which uses
             up to :data:`CALIBRATION_MAX_ROWS`); the others only smoke-test with them.
         workdir: Where a scratch directory for the quantizers' files is made and removed.
+        cpu: The CPU the variant will run on (default: this host); x86 without VNNI
+            gets 7-bit int8 weights (see :mod:`engine.runtime.hardware`).
 
     Returns:
         The serialized variant, verified to run in onnxruntime on the CPU.
@@ -85,14 +90,14 @@ def build_variant(model_bytes: bytes, kind: str, calibration: NDArray[Any] | Non
     rows = _calibration_rows(model, calibration, required=kind == "int8_static")
     with tempfile.TemporaryDirectory(dir=workdir, prefix="variant-") as tmp:
         try:
-            out = _build(model, kind, rows, Path(tmp))
+            out = _build(model, kind, rows, Path(tmp), (cpu or host_cpu()).reduce_range)
         except Exception as exc:  # the quantizers raise anything from assert to onnx errors
             raise ExplanationFailed(f"{kind} quantization failed: {exc}", code="quantization_failed") from exc
     _verify(out, kind, rows)
     return out
 
 
-def _build(model: ModelProto, kind: str, rows: NDArray[np.float32] | None, tmp: Path) -> bytes:
+def _build(model: ModelProto, kind: str, rows: NDArray[np.float32] | None, tmp: Path, reduce_range: bool) -> bytes:
     """Run the quantizer for ``kind`` in ``tmp`` and return the variant's bytes."""
     if kind == "fp16":
         return bytes(_float16(model).SerializeToString())
@@ -106,7 +111,12 @@ def _build(model: ModelProto, kind: str, rows: NDArray[np.float32] | None, tmp: 
     target = tmp / f"{kind}.onnx"
     if kind == "int8_dynamic":
         oq.quantize_dynamic(
-            source, target, op_types_to_quantize=DYNAMIC_OPS, weight_type=oq.QuantType.QInt8, extra_options=_EXTRA
+            source,
+            target,
+            op_types_to_quantize=DYNAMIC_OPS,
+            weight_type=oq.QuantType.QInt8,
+            reduce_range=reduce_range,
+            extra_options=_EXTRA,
         )
     else:
         assert rows is not None  # _calibration_rows enforced it
@@ -124,6 +134,7 @@ def _build(model: ModelProto, kind: str, rows: NDArray[np.float32] | None, tmp: 
             # magnitudes; plain MatMul graphs measured the same either way.
             per_channel=any(n.op_type in ("Conv", "Gemm") for n in graph.graph.node),
             calibrate_method=oq.CalibrationMethod.MinMax,
+            reduce_range=reduce_range,
             nodes_to_exclude=sorted(_output_tail(graph)),
             extra_options=_EXTRA,
         )

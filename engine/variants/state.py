@@ -1,31 +1,89 @@
-"""Quantized variants of a stored model: their state, report, and which one serves.
+"""Quantized variants of a stored model: their state on disk, and which one serves.
 
-Each variant lives in ``name/version/variants/KIND/``: ``state.json``
-(``building|ready|rejected|failed``, the fidelity report, the error) and,
-only once it passed the fidelity gate, ``model.onnx``. A rejected or failed
-variant therefore cannot be served, and nothing a variant does touches the
-fp32 model.
+Each variant lives in ``name/version/variants/KIND/``: ``state.json`` (a :class:`VariantState`: its
+:class:`State`, the fidelity report, the error) and, only once it passed the fidelity gate, ``model.onnx``.
+A rejected or failed variant therefore cannot be served, and nothing a variant does touches the fp32 model.
+Building one is :mod:`engine.variants.build`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from engine.arrays import FloatArray
-from engine.errors import ExplanationFailed, InvalidRequest, NotFound, OnnxplainError
+from engine.errors import InvalidRequest, NotFound
 from engine.files import write_atomic
 from engine.models.card import VARIANT_KINDS
-from engine.models.screening import is_single_tensor
 from engine.models.store import ModelVersion
 from engine.settings import Settings
 from engine.timestamps import utc_now
 
 ALIASES = {"int8": ("int8_static", "int8_dynamic")}
-STATES = ("building", "ready", "rejected", "failed")
+
+
+class State(StrEnum):
+    """Where a variant is: only ``ready`` ones are served."""
+
+    BUILDING = "building"
+    READY = "ready"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class VariantState:
+    """A variant's ``state.json``.
+
+    Attributes:
+        kind: The variant kind (``int8_dynamic``, ``int8_static``, ``fp16``).
+        state: Its :class:`State`.
+        created: When it was first requested.
+        updated: When the state last changed.
+        job: The id of the job building it, once queued.
+        error: ``{code, message}`` when it failed.
+        report: The fidelity and speed report, once measured.
+        gate: Why the gate passed or rejected it.
+        measured_on_this_cpu: Whether its report was made on this kind of CPU (set when listed, not stored);
+            ``fastest`` trusts only those.
+    """
+
+    kind: str
+    state: State
+    created: str
+    updated: str
+    job: str | None = None
+    error: dict[str, Any] | None = None
+    report: dict[str, Any] | None = None
+    gate: Any = None
+    measured_on_this_cpu: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rebuildable(self) -> bool:
+        """A new build may replace this state (it failed or was rejected)."""
+        return self.state in (State.FAILED, State.REJECTED)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state as stored and shown (``openapi.yaml``'s Variant)."""
+        out: dict[str, Any] = {"kind": self.kind, "created": self.created, **self.extra}
+        for name in ("job", "error", "report", "gate", "measured_on_this_cpu"):
+            value = getattr(self, name)
+            if value is not None or name == "error":
+                out[name] = value
+        return out | {"state": self.state.value, "updated": self.updated}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantState:
+        """Read a stored state (fields this version does not know are kept in ``extra``)."""
+        known = {f.name for f in fields(cls)} - {"extra", "state"}
+        return cls(
+            state=State(data["state"]),
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known and k != "state"},
+        )
 
 
 def variant_dir(model: ModelVersion, kind: str) -> Path:
@@ -33,23 +91,23 @@ def variant_dir(model: ModelVersion, kind: str) -> Path:
     return model.path / "variants" / kind
 
 
-def read_state(model: ModelVersion, kind: str) -> dict[str, Any] | None:
-    """Return a variant's state document, or ``None`` when it was never requested."""
+def read_state(model: ModelVersion, kind: str) -> VariantState | None:
+    """Return a variant's state, or ``None`` when it was never requested."""
     path = variant_dir(model, kind) / "state.json"
     if not path.exists():
         return None
-    state: dict[str, Any] = json.loads(path.read_text())
-    return state
+    return VariantState.from_dict(json.loads(path.read_text()))
 
 
-def write_state(model: ModelVersion, kind: str, state: str, **fields: Any) -> dict[str, Any]:
+def write_state(model: ModelVersion, kind: str, state: State, **changes: Any) -> VariantState:
     """Record a variant's state atomically (keeping its earlier fields) and return it."""
     directory = variant_dir(model, kind)
     directory.mkdir(parents=True, exist_ok=True)
-    document = read_state(model, kind) or {"kind": kind, "created": utc_now()}
-    document.update(fields, state=state, updated=utc_now())
-    write_atomic(directory / "state.json", json.dumps(document, indent=2))
-    return document
+    now = utc_now()
+    current = read_state(model, kind) or VariantState(kind=kind, state=state, created=now, updated=now)
+    updated = replace(current, state=state, updated=now, **changes)
+    write_atomic(directory / "state.json", json.dumps(updated.to_dict(), indent=2))
+    return updated
 
 
 def publish(model: ModelVersion, kind: str, onnx_bytes: bytes) -> Path:
@@ -61,12 +119,20 @@ def publish(model: ModelVersion, kind: str, onnx_bytes: bytes) -> Path:
     return target
 
 
-def list_variants(model: ModelVersion) -> list[dict[str, Any]]:
-    """Return the state document of every requested variant of ``model``."""
+def list_variants(model: ModelVersion) -> list[VariantState]:
+    """Return the state of every requested variant of ``model``.
+
+    A measured variant says whether its report was made on this kind of CPU
+    (``measured_on_this_cpu``); ``fastest`` trusts only those.
+    """
+    from engine.runtime.hardware import host_cpu, same_kind
+
     found = []
     for kind in VARIANT_KINDS:
         state = read_state(model, kind)
         if state is not None:
+            if isinstance(state.report, dict):
+                state = replace(state, measured_on_this_cpu=same_kind(state.report.get("measured_on"), host_cpu()))
             found.append(state)
     return found
 
@@ -101,9 +167,9 @@ def resolve(model: ModelVersion, requested: str, gate: dict[str, float]) -> str:
 
     if requested == "fp32":
         return "fp32"
-    ready = {s["kind"]: s["report"] for s in list_variants(model) if s["state"] == "ready"}
+    ready = {s.kind: s.report or {} for s in list_variants(model) if s.state is State.READY}
     if requested == "fastest":
-        return pick_fastest(ready, model.card.task, **gate)
+        return pick_fastest(ready, model.card.task, min_top1=gate["min_top1"], max_norm_error=gate["max_norm_error"])
     options = [k for k in ALIASES.get(requested, (requested,)) if k in ready]
     if not options:
         raise NotFound(
@@ -111,135 +177,15 @@ def resolve(model: ModelVersion, requested: str, gate: dict[str, float]) -> str:
             code="variant_not_found",
             field="variant",
         )
-    fastest = pick_fastest({k: ready[k] for k in options}, model.card.task, **gate)
+    fastest = pick_fastest(
+        {k: ready[k] for k in options},
+        model.card.task,
+        min_top1=gate["min_top1"],
+        max_norm_error=gate["max_norm_error"],
+    )
     return fastest if fastest != "fp32" else options[0]
 
 
 def gate_of(settings: Settings) -> dict[str, float]:
     """Return the fidelity gate's thresholds from the settings."""
     return {"min_top1": settings.variant_min_top1, "max_norm_error": settings.variant_max_norm_error}
-
-
-def check_buildable(model: ModelVersion, kind: str) -> None:
-    """Refuse, before any job, a variant that cannot be built for ``model``.
-
-    Raises:
-        InvalidRequest: ``variant_unsupported`` (not one numeric input tensor),
-            ``nothing_to_quantize`` (no weighted ops), ``background_required``
-            (variants are calibrated and measured on the background).
-    """
-    from engine.variants.quantize import has_quantizable_ops
-
-    inputs = model.signature.inputs
-    if not is_single_tensor(inputs, model.card.feature_names) or any(
-        f.encoding == "one_hot" for f in model.card.features
-    ):
-        raise InvalidRequest(
-            "variants are built for models with one numeric input tensor", code="variant_unsupported", field="kind"
-        )
-    if not has_quantizable_ops(model.model_path.read_bytes()):
-        raise InvalidRequest(
-            f"model {model.name!r} has no MatMul, Gemm or Conv weights: quantizing changes nothing",
-            code="nothing_to_quantize",
-            field="kind",
-        )
-    if model.background_rows < 4:
-        raise InvalidRequest(
-            "variants are calibrated and measured on the background data; register the model with at least 4 rows",
-            code="background_required",
-            field="kind",
-        )
-
-
-def build(model: ModelVersion, kind: str, background: FloatArray, settings: Settings) -> dict[str, Any]:
-    """Build, measure and gate one variant; record its state; return the state.
-
-    The fp32 model is never touched: a crash records the variant as
-    ``failed``, and a variant below the gate is ``rejected`` and never placed
-    where it could be served.
-
-    Raises:
-        OnnxplainError: After recording ``failed``, the error that caused it.
-    """
-    from engine.variants.fidelity import measure_variant, passes_gate
-    from engine.variants.quantize import build_variant
-
-    write_state(model, kind, "building", error=None)
-    try:
-        fp32 = model.model_path.read_bytes()
-        rows = np.ascontiguousarray(background, dtype=np.float32)
-        # Calibrate on half the rows and measure on the other half, so clipping
-        # at the calibrated range cannot hide from the fidelity gate.
-        calibration, held_out = rows[0::2], rows[1::2]
-        variant = build_variant(fp32, kind, calibration, variant_dir(model, kind))
-        report = measure_variant(
-            fp32,
-            variant,
-            held_out,
-            task=model.card.task,
-            scores=_scores(model),
-            explain=_drift_explainer(model, calibration),
-            threads=settings.ort_threads,
-        )
-        ok, why = passes_gate(report, model.card.task, **gate_of(settings))
-        if ok:
-            publish(model, kind, variant)
-        return write_state(model, kind, "ready" if ok else "rejected", report=report, gate=why)
-    except OnnxplainError as exc:
-        write_state(model, kind, "failed", error=exc.to_dict())
-        raise
-    except Exception as exc:
-        write_state(model, kind, "failed", error={"code": "quantization_failed", "message": str(exc)})
-        raise ExplanationFailed(f"building {kind} failed: {exc}", code="quantization_failed") from exc
-
-
-def _scores(model: ModelVersion) -> Any:
-    from engine.runtime.sessions import read_scores
-
-    name = model.signature.explained_output
-
-    def scores(session: Any, rows: Any) -> Any:
-        (value,) = session.run([name], {model.signature.inputs[0].name: rows})
-        return read_scores(value, model.card)
-
-    return scores
-
-
-def _drift_explainer(model: ModelVersion, rows: np.ndarray[Any, Any]) -> Any:
-    """Attributions of a model's bytes with a fixed method and seed, for the drift report."""
-    import onnxruntime as ort
-
-    from engine.methods import get_explainer, validate_params
-    from engine.methods.base import ExplainTask
-    from engine.runtime.sessions import session_options
-
-    background = np.asarray(rows[:50], dtype=np.float64)
-    scores = _scores(model)
-    fp32 = ort.InferenceSession(str(model.model_path), session_options(1), providers=["CPUExecutionProvider"])
-
-    def explain(model_bytes: bytes, subset: Any) -> Any:
-        session = ort.InferenceSession(model_bytes, session_options(1), providers=["CPUExecutionProvider"])
-
-        def f(X: FloatArray) -> FloatArray:
-            result: FloatArray = scores(session, X.astype(np.float32))
-            return result
-
-        X = np.asarray(subset, dtype=np.float64)
-        # Both models explain the class fp32 predicts, so the attributions compare like with like.
-        predicted = np.argmax(scores(fp32, X.astype(np.float32)), axis=1)
-        targets = [int(t) for t in predicted] if model.card.task == "classification" else [0] * len(X)
-        params = validate_params("kernel_shap", {"nsamples": 512, "seed": 0})
-        task = ExplainTask(
-            f=f,
-            X=X,
-            background=background,
-            feature_names=model.card.feature_names,
-            output_names=model.card.output_names,
-            targets=[[t] for t in targets],
-            params=params,
-            seed=0,
-        )
-        values = get_explainer("kernel_shap").explain(task).values
-        return values[np.arange(len(X)), :, targets]
-
-    return explain

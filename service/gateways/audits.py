@@ -71,6 +71,7 @@ class AuditGateway:
                 "bad_cells": checked.bad_cells,
             },
             "ignored_columns": checked.ignored_columns,
+            "label_encoding": checked.label_encoding,
             "chunks": chunk_bounds(len(checked.rows), size),
             "created_at": utc_now(),
         }
@@ -150,6 +151,7 @@ class AuditGateway:
                 "skipped_rows": info["rows"]["skipped"],
                 "bad_cells": info["rows"]["bad_cells"],
                 "ignored_columns": info["ignored_columns"],
+                "label_encoding": info.get("label_encoding"),
             },
             "progress": {"rows_total": total, "chunks_total": len(chunks), **progress},
             "created_at": info["created_at"],
@@ -160,7 +162,7 @@ class AuditGateway:
         }
         body["progress"]["fraction"] = round(body["progress"]["rows_done"] / total, 4) if total else 1.0
         if status == "succeeded":
-            body["summary"] = audit.summary()
+            body["summary"] = {**(audit.summary() or {}), "label_encoding": info.get("label_encoding")}
         if error is not None:
             body["error"] = error
         return body

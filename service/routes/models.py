@@ -24,7 +24,7 @@ def model_resource(model: ModelVersion) -> dict[str, Any]:
     """Return the public JSON of a model version, with its other versions."""
     body = model.to_dict()
     body["versions"] = services().registry.versions(model.name)
-    body["variants"] = variants.list_variants(model)
+    body["variants"] = [v.to_dict() for v in variants.list_variants(model)]
     return body
 
 
@@ -60,9 +60,7 @@ def register_model() -> tuple[Response, int, dict[str, str]]:
 @bp.get("/v1/models")
 def list_models() -> Response:
     """List models (latest version of each), paginated by ``limit`` and ``cursor``."""
-    limit = optional_int(request.args.get("limit"), "limit") or 50
-    if limit > 200:
-        raise InvalidRequest("limit must be at most 200", code="invalid_parameter", field="limit")
+    limit = optional_int(request.args.get("limit"), "limit", maximum=200, text=True) or 50
     cursor = request.args.get("cursor", "")
     for key in request.args:
         if key not in {"limit", "cursor"}:
@@ -77,7 +75,7 @@ def list_models() -> Response:
 @bp.get("/v1/models/<model_name:name>")
 def get_model(name: str) -> Response:
     """Describe the latest version of a model, or ``?version=``. Errors: 404."""
-    version = optional_int(request.args.get("version"), "version")
+    version = optional_int(request.args.get("version"), "version", text=True)
     return jsonify(model_resource(services().registry.get(name, version)))
 
 
@@ -87,7 +85,7 @@ def delete_model(name: str) -> Response:
 
     Errors: 404; 409 ``model_in_use`` while a queued or running job or audit uses a version; 503 Redis.
     """
-    version = optional_int(request.args.get("version"), "version")
+    version = optional_int(request.args.get("version"), "version", text=True)
     svc = services()
     targets = [svc.registry.get(name, version).version] if version is not None else svc.registry.versions(name)
     if not targets:

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, jsonify, request
 
-from engine.errors import InvalidRequest, NotFound
+from engine.errors import InvalidRequest
 from engine.models.screening import Port
 from engine.models.store import ModelVersion
-from service.bodies import ROW_FIELDS, body_bytes, check_object
+from service.bodies import ROW_FIELDS, body_bytes, check_object, parse_int
 from service.extensions import services
 from service.json_text import read_json
 
@@ -53,9 +53,7 @@ def _port_json(port: Port) -> dict[str, Any]:
 
 
 def _model(name: str, version: str | None) -> ModelVersion:
-    if version is not None and not version.isdigit():
-        raise NotFound(f"model {name!r} has no version {version!r}", code="version_not_found")
-    return services().registry.get(name, int(version) if version else None)
+    return services().registry.get(name, None if version is None else parse_int(version, "version"))
 
 
 @bp.get("/v2/health/live")
@@ -109,11 +107,7 @@ def infer(name: str, version: str | None = None) -> Response:
     model = _model(name, version)
     raw = body_bytes()
     header_length = request.headers.get(_HEADER)
-    split = len(raw)
-    if header_length is not None:
-        if not header_length.isascii() or not header_length.isdigit() or int(header_length[:12]) > len(raw):
-            raise InvalidRequest(f"{_HEADER} must be a byte count within the body", code="invalid_parameter")
-        split = int(header_length)
+    split = len(raw) if header_length is None else parse_int(header_length, _HEADER, minimum=0, maximum=len(raw))
     body = read_json(raw[:split], limit=split, non_finite_ok=ROW_FIELDS)
     body = check_object(body, {"id", "inputs", "outputs", "parameters"}, required={"inputs"})
     if "id" in body and not isinstance(body["id"], str):

@@ -10,6 +10,8 @@ from engine.errors import Unavailable
 from engine.jobs import JOBS
 from engine.models.store import ModelVersion
 from engine.variants import state as variants
+from engine.variants.build import check_buildable
+from engine.variants.state import State
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
 
@@ -23,15 +25,15 @@ def submit_variant(svc: Services, model: ModelVersion, kind: str) -> dict[str, A
         InvalidRequest: The variant cannot be built for this model.
         Unavailable: Redis cannot be reached.
     """
-    variants.check_buildable(model, kind)
+    check_buildable(model, kind)
     gateway = svc.jobs()
     payload = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
     current = variants.read_state(model, kind)
     job = gateway.submit(
         JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s, uses=(model.name, model.version)
     )
-    if current is None or current["state"] in ("failed", "rejected"):
-        variants.write_state(model, kind, "building", error=None, job=job.id)
+    if current is None or current.rebuildable:
+        variants.write_state(model, kind, State.BUILDING, error=None, job=job.id)
     return gateway.describe(job, location=url_for("explain.get_job", job_id=job.id))
 
 
@@ -41,7 +43,7 @@ def request_card_variants(svc: Services, model: ModelVersion) -> None:
         try:
             submit_variant(svc, model, variants.check_kind(kind))
         except Unavailable as exc:
-            variants.write_state(model, kind, "failed", error=exc.to_dict())
+            variants.write_state(model, kind, State.FAILED, error=exc.to_dict())
 
 
 @bp.post("/v1/models/<model_name:name>/variants")
@@ -57,4 +59,4 @@ def create_variant(name: str) -> tuple[Response, int, dict[str, str]]:
     kind = variants.check_kind(body["kind"])
     job = submit_variant(svc, model, kind)
     state = variants.read_state(model, kind)
-    return jsonify({"variant": state, "job": job}), 202, {"Location": job["location"]}
+    return jsonify({"variant": state.to_dict() if state else None, "job": job}), 202, {"Location": job["location"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,21 +13,28 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 
 from client.launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_up_starts_everything_and_the_printed_curl_lines_work(tmp_path):
-    """The printed predict and explain commands answer 200 with a prediction and an explanation."""
+def test_up_starts_everything_and_the_printed_commands_work(tmp_path):
+    """As a new user runs it: default (relative) stores, then the printed predict, explain and audit commands.
+
+    The printed audit (the README's example on the shipped demo/applicants.csv, whose
+    outcome column is 0/1) writes the report and the rows file in the working directory.
+    """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXPLAIN_")}
-    env |= {"ONNXPLAIN_MODEL_DIR": str(tmp_path / "models"), "ONNXPLAIN_AUDIT_DIR": str(tmp_path / "audits")}
+    env["PYTHONPATH"] = str(ROOT)  # run from another directory, as `make run` users do from theirs
+    home = tmp_path / "user"
+    home.mkdir()
     log = (tmp_path / "up.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "client.cli", "up", "--port", str(port), "--api-workers", "1"],
-        cwd=ROOT,
+        cwd=home,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -45,6 +53,18 @@ def test_up_starts_everything_and_the_printed_curl_lines_work(tmp_path):
             response = httpx.post(url, json=json.loads(body), timeout=60)
             assert response.status_code == 200, response.text
         assert response.json()["explanations"][0]["targets"][0]["attributions"]
+
+        (audit_line,) = re.findall(r"^  (\S.* audit .*) \\\n\s+(--label .*)$", text, flags=re.M)
+        audit = subprocess.run(
+            shlex.split(" ".join(audit_line)), cwd=home, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert audit.returncode == 0, audit.stdout[-2000:] + audit.stderr[-2000:]
+        html = (home / "report.html").read_text()
+        assert "<html" in html.lower() and 'id="fairness"' in html
+        rows = pd.read_parquet(home / "rows.parquet")
+        assert len(rows) == 2000 and (rows["status"] == "ok").all()
+        assert set(rows["label"]) == {"denied", "approved"}  # the 0/1 outcome read as class indices
+        assert (home / "var" / "models").is_dir() and (home / "var" / "audits").is_dir()
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0

@@ -192,6 +192,7 @@ def test_bad_rows_are_refused_by_number_or_skipped_and_counted(live_client, bina
         "skipped_rows": 3,
         "bad_cells": 3,
         "ignored_columns": [],
+        "label_encoding": "names",
     }
     audit = poll(live_client, accepted.headers["Location"])
     assert audit["summary"]["skipped_rows"] == 3 and audit["summary"]["rows"] == 117

@@ -329,3 +329,15 @@ def test_model_repository_is_loaded_at_start(settings, binary_model, redis_conn)
     response = client.post("/v1/models/copied:predict", json={"instances": binary_model.X[:2].tolist()})
     assert response.status_code == 200
     assert client.get("/v1/models/broken").status_code in (404, 422)
+
+
+def test_reads_never_write_to_the_store(client, settings, binary_model):
+    """A version copied in after start is not probed or sealed by a GET: only a scan at start adopts it."""
+    directory = settings.model_dir / "late" / "1"
+    directory.mkdir(parents=True)
+    (directory / "model.onnx").write_bytes(binary_model.onnx_bytes)
+    (directory / "card.json").write_text(binary_model.card_json(name="late"))
+    before = sorted(p.name for p in directory.iterdir())
+    assert client.get("/v1/models/late").status_code == 404
+    assert client.get("/v1/models").status_code == 200
+    assert sorted(p.name for p in directory.iterdir()) == before

@@ -74,6 +74,8 @@ def test_each_kind_builds_reports_and_serves(live_client, mlp):
         assert variant["state"] == "ready", variant
         report = variant["report"]
         assert REPORT_FIELDS <= set(report)
+        assert variant["measured_on_this_cpu"] is True  # the workers share this host's CPU
+        assert report["measured_on"]["int8_scheme"] in ("s8s8", "s8s8_reduce_range")
         assert report["size_bytes"]["variant"] > 0 and report["latency"]["speedup"]["batch"] > 0
         assert report["agreement"]["top1"] >= 0.99
         assert report["explanation_drift"]["spearman_mean"] >= 0.9

@@ -7,7 +7,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from engine.explain.run import build_request
+from engine.explain.plan import build_request
 from engine.jobs import JOBS
 from engine.models.card import ModelCard
 from engine.models.store import ModelRegistry

@@ -144,42 +144,6 @@ def transform(margins: FloatArray, post_transform: str) -> FloatArray:
     return margins
 
 
-def is_tree_ensemble(onnx_bytes: bytes) -> bool:
-    """Tell whether ``tree_shap`` can read the model (used by ``auto``)."""
-    return load_ensemble(onnx_bytes) is not None
-
-
-def load_ensemble(onnx_bytes: bytes) -> TreeEnsemble | None:
-    """Read the tree ensemble of a model, or ``None`` when it is not one we support."""
-    try:
-        return read_ensemble(onnx_bytes)
-    except Exception:
-        return None
-
-
-def read_ensemble(onnx_bytes: bytes) -> TreeEnsemble:
-    """Read the tree ensemble of a model.
-
-    Args:
-        onnx_bytes: A serialized ONNX model.
-
-    Returns:
-        The ensemble, rewritten for shap.
-
-    Raises:
-        InvalidRequest: The graph is not a supported tree ensemble
-            (``method_not_applicable``, saying why).
-    """
-    from engine.methods.trees.reader import read_model  # lazily: the reader builds this module's classes
-
-    try:
-        return read_model(onnx_bytes)
-    except InvalidRequest:
-        raise
-    except Exception as exc:
-        raise not_applicable(f"the tree ensemble cannot be read ({type(exc).__name__}: {exc})") from exc
-
-
 def not_applicable(detail: str) -> InvalidRequest:
     """The error for a model ``tree_shap`` cannot explain, naming the fallback."""
     return InvalidRequest(

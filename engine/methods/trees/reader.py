@@ -16,6 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from engine.arrays import FloatArray, IntArray
+from engine.errors import InvalidRequest
 from engine.methods.trees.model import TreeEnsemble, not_applicable
 from engine.methods.trees.splits import Forest
 
@@ -28,12 +29,46 @@ _AFTER_OPS = ("ZipMap", "Normalizer", "Cast", "Identity")
 
 
 def read_model(onnx_bytes: bytes) -> TreeEnsemble:
-    """Read the tree ensemble of a serialized model (``engine.methods.trees.model.read_ensemble`` wraps the errors).
+    """Read the tree ensemble of a serialized model (:func:`read_ensemble` wraps the errors).
 
     Raises:
         InvalidRequest: The graph is not a supported tree ensemble (``method_not_applicable``).
     """
     return _read(onnx.load_from_string(onnx_bytes).graph)
+
+
+def is_tree_ensemble(onnx_bytes: bytes) -> bool:
+    """Tell whether ``tree_shap`` can read the model (used by ``auto``)."""
+    return load_ensemble(onnx_bytes) is not None
+
+
+def load_ensemble(onnx_bytes: bytes) -> TreeEnsemble | None:
+    """Read the tree ensemble of a model, or ``None`` when it is not one we support."""
+    try:
+        return read_ensemble(onnx_bytes)
+    except Exception:
+        return None
+
+
+def read_ensemble(onnx_bytes: bytes) -> TreeEnsemble:
+    """Read the tree ensemble of a model.
+
+    Args:
+        onnx_bytes: A serialized ONNX model.
+
+    Returns:
+        The ensemble, rewritten for shap.
+
+    Raises:
+        InvalidRequest: The graph is not a supported tree ensemble
+            (``method_not_applicable``, saying why).
+    """
+    try:
+        return read_model(onnx_bytes)
+    except InvalidRequest:
+        raise
+    except Exception as exc:
+        raise not_applicable(f"the tree ensemble cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:

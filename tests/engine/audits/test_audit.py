@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.audits.summary import FairnessThresholds, chunk_bounds, merge_chunks, summarize
+from engine.audits.fairness import FairnessThresholds
+from engine.audits.summary import chunk_bounds, merge_chunks, summarize
 from engine.errors import ExplanationFailed, InvalidRequest
 
 FEATURES = ["income", "age", "debt"]

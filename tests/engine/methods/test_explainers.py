@@ -30,6 +30,7 @@ from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, InvalidRequest, UnknownField
 from engine.methods import (
     EXPLAINERS,
+    METHODS,
     PARAMETERS,
     choose_auto,
     get_explainer,
@@ -636,7 +637,7 @@ def test_registry_names_every_method() -> None:
     assert all(spec["seed"].default == 0 for spec in PARAMETERS.values())
     for name in EXPLAINERS.keys() - {"tree_shap"}:
         explainer = get_explainer(name)
-        assert explainer.name == name and explainer.needs_background
+        assert explainer.name == name and METHODS[name].needs_background
 
 
 def test_registry_imports_no_heavy_library() -> None:

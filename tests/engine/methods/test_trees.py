@@ -43,7 +43,7 @@ from engine.arrays import FloatArray
 from engine.errors import InvalidRequest
 from engine.methods.base import Attributions, ExplainTask
 from engine.methods.tree_shap import TreeShap
-from engine.methods.trees.model import is_tree_ensemble, load_ensemble, read_ensemble
+from engine.methods.trees.reader import is_tree_ensemble, load_ensemble, read_ensemble
 
 D = 6  # features: 2^6 coalitions keep the brute force cheap
 Fn = Callable[[FloatArray], FloatArray]

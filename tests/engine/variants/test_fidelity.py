@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from engine.errors import InvalidRequest
+from engine.runtime.hardware import host_cpu, profile_from
 from engine.variants.fidelity import measure_variant, passes_gate, pick_fastest
 from engine.variants.quantize import VARIANT_KINDS, build_variant
 from tests.engine.variants import quantize_models as models
@@ -97,7 +98,10 @@ def test_report_has_every_field(pipeline: Model, tmp_path: Path) -> None:
         single_calls=10, batch_repeats=2,
     )  # fmt: skip
     json.dumps(report, allow_nan=False)  # JSON-ready: plain types, finite numbers
-    assert set(report) == {"task", "rows", "provider", "size_bytes", "latency", "agreement", "explanation_drift"}
+    assert set(report) == {
+        "task", "rows", "provider", "size_bytes", "latency", "agreement", "explanation_drift", "measured_on",
+    }  # fmt: skip
+    assert report["measured_on"] == host_cpu().to_dict()
     assert set(report["size_bytes"]) == {"fp32", "variant", "ratio"}
     latency = report["latency"]
     assert set(latency) == {"fp32", "variant", "speedup", "batch_rows", "threads"}
@@ -149,7 +153,8 @@ def test_fixed_batch_export_builds_and_is_measured_a_row_at_a_time(kind: str, tm
 def _report(task: str, single: float, batch: float, top1: float = 1.0, error: float = 0.0) -> dict[str, Any]:
     """A hand-made report with just the fields the gate and the picker read."""
     agreement = {"top1": top1} if task == "classification" else {"normalised_max_error": error}
-    return {"agreement": agreement, "latency": {"speedup": {"single_row": single, "batch": batch}}}
+    speedup = {"single_row": single, "batch": batch}
+    return {"agreement": agreement, "latency": {"speedup": speedup}, "measured_on": host_cpu().to_dict()}
 
 
 def test_fastest_is_never_slower_than_fp32_nor_unfaithful() -> None:
@@ -163,6 +168,20 @@ def test_fastest_is_never_slower_than_fp32_nor_unfaithful() -> None:
     assert pick_fastest({"fp16": reports["fp16"]}, "classification", min_top1=0.9) == "fp16"
     assert pick_fastest({"int8_dynamic": _report("regression", 1.5, 1.5, error=0.05)}, "regression") == "fp32"
     assert pick_fastest({}, "regression") == "fp32"
+
+
+def test_fastest_does_not_trust_a_report_from_another_kind_of_cpu() -> None:
+    here = host_cpu()
+    other = profile_from("aarch64" if here.is_x86 else "x86_64", {"avx2"}, here.onnxruntime)
+    older = profile_from(here.machine, set(here.features), "0.0.1")
+    fast = _report("classification", 2.0, 2.0)
+    assert pick_fastest({"int8_static": fast}, "classification") == "int8_static"
+    for measured_on in (other.to_dict(), older.to_dict(), None):
+        assert pick_fastest({"int8_static": {**fast, "measured_on": measured_on}}, "classification") == "fp32"
+    # Served from the other CPU, the same report is trusted there and not here.
+    assert (
+        pick_fastest({"int8_static": {**fast, "measured_on": other.to_dict()}}, "classification", host=other) != "fp32"
+    )
 
 
 def test_gate_rejects_an_unknown_task() -> None:

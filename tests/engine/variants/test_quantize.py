@@ -18,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from engine.errors import ExplanationFailed, InvalidRequest, ModelRejected
+from engine.runtime.hardware import profile_from
 from engine.variants.fidelity import measure_variant
 from engine.variants.quantize import VARIANT_KINDS, build_variant, has_quantizable_ops
 from tests.engine.variants import quantize_models as models
@@ -146,6 +147,27 @@ def test_gemm_folding_is_exact_and_only_where_valid(
     assert ("Gemm" in _ops(variant)) is fused
     report = measure_variant(model, variant, rows, task="regression", single_calls=2, batch_repeats=1)
     assert report["agreement"]["normalised_max_error"] < 0.05
+
+
+def _largest_int8_weight(model_bytes: bytes) -> int:
+    graph = onnx.load_model_from_string(model_bytes).graph
+    weights = [onnx.numpy_helper.to_array(t) for t in graph.initializer if t.data_type == TensorProto.INT8]
+    assert weights, "no int8 weights in the variant"
+    return max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.size > 1)
+
+
+@pytest.mark.parametrize("kind", ["int8_dynamic", "int8_static"])
+def test_int8_scheme_follows_the_cpu_not_the_host(mlp: Model, kind: str, tmp_path: Path) -> None:
+    """x86 without VNNI saturates 8-bit u8s8 dot products, so it gets 7-bit weights; VNNI and ARM the full range."""
+    model, X = mlp
+    avx2 = profile_from("x86_64", {"avx2", "fma"}, "1")
+    vnni = profile_from("x86_64", {"avx2", "avx512f", "avx512_vnni"}, "1")
+    arm = profile_from("aarch64", {"asimd", "asimddp"}, "1")
+    assert avx2.reduce_range and not vnni.reduce_range and not arm.reduce_range
+    assert {avx2.kind, vnni.kind, arm.kind} == {"x86-novnni", "x86-vnni", "aarch64"}
+    assert _largest_int8_weight(build_variant(model, kind, X[:200], tmp_path, cpu=avx2)) <= 64
+    assert _largest_int8_weight(build_variant(model, kind, X[:200], tmp_path, cpu=vnni)) > 64
+    assert _largest_int8_weight(build_variant(model, kind, X[:200], tmp_path, cpu=arm)) > 64
 
 
 def test_static_needs_calibration_that_fits(mlp: Model, tmp_path: Path) -> None:

@@ -1,0 +1,160 @@
+"""What to explain, validated before anything runs: the plan (model, variant, method, parameters, targets).
+
+The API calls :func:`build_request` (validation only: no shap, no model evaluation) and enqueues the request's
+payload; an audit makes one :class:`ExplainPlan` with :func:`plan_explanation` and pairs it with each chunk's
+rows. Method facts (parameters, caps, cost, background) come from the method table, :data:`engine.methods.METHODS`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InvalidRequest
+from engine.methods import METHODS, choose_auto, evaluations_per_row, validate_params
+from engine.models.rows import parse_instances
+from engine.models.store import ModelVersion
+from engine.settings import Settings
+
+
+@dataclass(frozen=True)
+class ExplainPlan:
+    """What to explain, apart from the rows: plain JSON, as stored in a job payload or an audit spec."""
+
+    model: str
+    version: int
+    sha256: str
+    variant: str
+    method: str
+    method_reason: str | None
+    parameters: dict[str, Any]
+    targets: list[str] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plan as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExplainPlan:
+        """Rebuild a plan from :meth:`to_dict` output."""
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """A plan and the rows it explains (raw feature space), as carried in a job payload."""
+
+    plan: ExplainPlan
+    rows: list[list[float]]
+
+    def to_payload(self) -> dict[str, Any]:
+        """Return the request as a JSON-ready dict (the plan's fields and ``rows``)."""
+        return {**self.plan.to_dict(), "rows": self.rows}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> ExplainRequest:
+        """Rebuild a request from :meth:`to_payload` output."""
+        fields = dict(payload)
+        rows = fields.pop("rows")
+        return cls(ExplainPlan.from_dict(fields), rows)
+
+
+def build_request(body: dict[str, Any], model: ModelVersion, settings: Settings, variant: str) -> ExplainRequest:
+    """Validate an explain request body (rows and plan) against the model (no model evaluation).
+
+    Raises:
+        InvalidRequest: Bad rows, method, parameters or targets; or no
+            background data for a method that needs it.
+    """
+    X = parse_instances(body.get("instances"), model.card, max_rows=settings.max_explain_rows)
+    return ExplainRequest(plan_explanation(body, model, settings, variant, rows=len(X)), X.tolist())
+
+
+def plan_explanation(
+    body: dict[str, Any], model: ModelVersion, settings: Settings, variant: str, *, rows: int
+) -> ExplainPlan:
+    """Validate what to explain (``method``, ``parameters``, ``targets`` of ``body``) for ``rows`` rows.
+
+    Raises:
+        InvalidRequest: Bad method, parameters or targets; a method that does not apply to the model; no
+            background data for a method that needs it; too many features; too expensive for ``rows`` rows.
+    """
+    method = body.get("method", "auto")
+    if not isinstance(method, str) or (method != "auto" and method not in METHODS):
+        raise InvalidRequest(
+            f"method must be 'auto' or one of {sorted(METHODS)}", code="unknown_method", field="method"
+        )
+    reason = None
+    if method == "auto":
+        method, reason = _choose(model)
+    entry = METHODS[method]
+    raw_params = body.get("parameters", {})
+    if not isinstance(raw_params, dict):
+        raise InvalidRequest("parameters must be an object", code="invalid_parameter", field="parameters")
+    params = validate_params(method, raw_params)
+    if model.card.input_kind not in entry.input_kinds:
+        raise InvalidRequest(
+            f"{method} explains {', '.join(entry.input_kinds)} models, not {model.card.input_kind}",
+            code="method_not_applicable",
+            field="method",
+        )
+    if entry.needs_background and model.background_rows == 0:
+        raise InvalidRequest(
+            f"model {model.name!r} v{model.version} has no background data, which {method} needs; "
+            "register it with a 'background' part",
+            code="background_required",
+            field="method",
+        )
+    d = len(model.card.features)
+    if entry.samples and d > settings.max_explain_features:
+        raise InvalidRequest(
+            f"{method} explains at most {settings.max_explain_features} features; the model has {d}",
+            code="too_many_features",
+            field="method",
+        )
+    background_rows = min(model.background_rows, settings.background_summary_rows)
+    cost = rows * evaluations_per_row(method, params, d, background_rows)
+    if cost > settings.max_model_evaluations:
+        raise InvalidRequest(
+            f"this request would cost about {cost:,} model evaluations, over the limit of "
+            f"{settings.max_model_evaluations:,}; send fewer rows, lower the sample budget, or submit an audit",
+            code="too_expensive",
+            field="parameters",
+        )
+    targets = body.get("targets")
+    if targets is not None:
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+            raise InvalidRequest("targets must be a non-empty list of names", code="invalid_parameter", field="targets")
+        known = model.card.output_names
+        for i, target in enumerate(targets):
+            if target not in known:
+                raise InvalidRequest(
+                    f"{target!r} is not an output of the model: {known}", code="unknown_target", field=f"targets[{i}]"
+                )
+    return ExplainPlan(
+        model=model.name,
+        version=model.version,
+        sha256=model.sha256,
+        variant=variant,
+        method=method,
+        method_reason=reason,
+        parameters=params,
+        targets=targets,
+    )
+
+
+def _choose(model: ModelVersion) -> tuple[str, str]:
+    is_tree, is_linear = _graph_kind(model.sha256, model.model_path)
+    return choose_auto(len(model.card.features), is_tree, is_linear)
+
+
+@functools.lru_cache(maxsize=64)
+def _graph_kind(sha256: str, path: Path) -> tuple[bool, bool]:
+    """Whether a model is a tree ensemble / linear; parsed once per model content, not per request."""
+    from engine.methods.linear import is_linear
+    from engine.methods.trees.reader import is_tree_ensemble
+
+    onnx_bytes = path.read_bytes()
+    return is_tree_ensemble(onnx_bytes), is_linear(onnx_bytes)

@@ -1,0 +1,142 @@
+"""Build one quantized variant: quantize, measure its fidelity and speed, gate it, record its state.
+
+Runs in a worker (``JOBS["variant"]``); the API only calls :func:`check_buildable` before queueing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.arrays import FloatArray
+from engine.errors import ExplanationFailed, InvalidRequest, OnnxplainError
+from engine.models.screening import is_single_tensor
+from engine.models.store import ModelVersion
+from engine.settings import Settings
+from engine.variants.state import State, VariantState, gate_of, publish, variant_dir, write_state
+
+
+def check_buildable(model: ModelVersion, kind: str) -> None:
+    """Refuse, before any job, a variant that cannot be built for ``model``.
+
+    Raises:
+        InvalidRequest: ``variant_unsupported`` (not one numeric input tensor),
+            ``nothing_to_quantize`` (no weighted ops), ``background_required``
+            (variants are calibrated and measured on the background).
+    """
+    from engine.variants.quantize import has_quantizable_ops
+
+    inputs = model.signature.inputs
+    if not is_single_tensor(inputs, model.card.feature_names) or any(
+        f.encoding == "one_hot" for f in model.card.features
+    ):
+        raise InvalidRequest(
+            "variants are built for models with one numeric input tensor", code="variant_unsupported", field="kind"
+        )
+    if not has_quantizable_ops(model.model_path.read_bytes()):
+        raise InvalidRequest(
+            f"model {model.name!r} has no MatMul, Gemm or Conv weights: quantizing changes nothing",
+            code="nothing_to_quantize",
+            field="kind",
+        )
+    if model.background_rows < 4:
+        raise InvalidRequest(
+            "variants are calibrated and measured on the background data; register the model with at least 4 rows",
+            code="background_required",
+            field="kind",
+        )
+
+
+def build(model: ModelVersion, kind: str, background: FloatArray, settings: Settings) -> VariantState:
+    """Build, measure and gate one variant; record its state; return the state.
+
+    The fp32 model is never touched: a crash records the variant as
+    ``failed``, and a variant below the gate is ``rejected`` and never placed
+    where it could be served.
+
+    Raises:
+        OnnxplainError: After recording ``failed``, the error that caused it.
+    """
+    from engine.variants.fidelity import measure_variant, passes_gate
+    from engine.variants.quantize import build_variant
+
+    write_state(model, kind, State.BUILDING, error=None)
+    try:
+        fp32 = model.model_path.read_bytes()
+        rows = np.ascontiguousarray(background, dtype=np.float32)
+        # Calibrate on half the rows and measure on the other half, so clipping
+        # at the calibrated range cannot hide from the fidelity gate.
+        calibration, held_out = rows[0::2], rows[1::2]
+        variant = build_variant(fp32, kind, calibration, variant_dir(model, kind))
+        report = measure_variant(
+            fp32,
+            variant,
+            held_out,
+            task=model.card.task,
+            scores=_scores(model),
+            explain=_drift_explainer(model, calibration),
+            threads=settings.ort_threads,
+        )
+        ok, why = passes_gate(report, model.card.task, **gate_of(settings))
+        if ok:
+            publish(model, kind, variant)
+        return write_state(model, kind, State.READY if ok else State.REJECTED, report=report, gate=why)
+    except OnnxplainError as exc:
+        write_state(model, kind, State.FAILED, error=exc.to_dict())
+        raise
+    except Exception as exc:
+        write_state(model, kind, State.FAILED, error={"code": "quantization_failed", "message": str(exc)})
+        raise ExplanationFailed(f"building {kind} failed: {exc}", code="quantization_failed") from exc
+
+
+def _scores(model: ModelVersion) -> Any:
+    from engine.runtime.sessions import read_scores
+
+    name = model.signature.explained_output
+
+    def scores(session: Any, rows: Any) -> Any:
+        (value,) = session.run([name], {model.signature.inputs[0].name: rows})
+        return read_scores(value, model.card)
+
+    return scores
+
+
+def _drift_explainer(model: ModelVersion, rows: np.ndarray[Any, Any]) -> Any:
+    """Attributions of a model's bytes with a fixed method and seed, for the drift report."""
+    import onnxruntime as ort
+
+    from engine.methods import get_explainer, validate_params
+    from engine.methods.base import ExplainTask
+    from engine.runtime.sessions import session_options
+
+    background = np.asarray(rows[:50], dtype=np.float64)
+    scores = _scores(model)
+    fp32 = ort.InferenceSession(str(model.model_path), session_options(1), providers=["CPUExecutionProvider"])
+
+    def explain(model_bytes: bytes, subset: Any) -> Any:
+        session = ort.InferenceSession(model_bytes, session_options(1), providers=["CPUExecutionProvider"])
+
+        def f(X: FloatArray) -> FloatArray:
+            result: FloatArray = scores(session, X.astype(np.float32))
+            return result
+
+        X = np.asarray(subset, dtype=np.float64)
+        # Both models explain the class fp32 predicts, so the attributions compare like with like.
+        predicted = np.argmax(scores(fp32, X.astype(np.float32)), axis=1)
+        targets = [int(t) for t in predicted] if model.card.task == "classification" else [0] * len(X)
+        params = validate_params("kernel_shap", {"nsamples": 512, "seed": 0})
+        task = ExplainTask(
+            f=f,
+            X=X,
+            background=background,
+            feature_names=model.card.feature_names,
+            output_names=model.card.output_names,
+            targets=[[t] for t in targets],
+            params=params,
+            seed=0,
+        )
+        values = get_explainer("kernel_shap").explain(task).values
+        return values[np.arange(len(X)), :, targets]
+
+    return explain
