@@ -65,19 +65,26 @@ class EmbeddedRedis:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_redis(port: int | None = None, *, persist: bool = False, extra_args: tuple[str, ...] = ()) -> EmbeddedRedis:
+def start_redis(
+    port: int | None = None,
+    *,
+    persist: bool = False,
+    extra_args: tuple[str, ...] = (),
+    directory: Path | None = None,
+) -> EmbeddedRedis:
     """Start a real Redis server on 127.0.0.1 and wait until it answers.
 
     Args:
         port: Port to use; a free one when omitted.
         persist: Keep an append-only file (in its temporary directory).
         extra_args: More ``redis-server`` options (tests: ``--enable-debug-command yes``).
+        directory: Data directory to reuse (a restart reads its append-only file); a new one when omitted.
 
     Raises:
         RuntimeError: The server did not start within 10 s.
     """
     port = port or free_port()
-    directory = Path(tempfile.mkdtemp(prefix="onnxplain-redis-"))
+    directory = directory or Path(tempfile.mkdtemp(prefix="onnxplain-redis-"))
     args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory)]
     args += ["--appendonly", "yes" if persist else "no", "--daemonize", "no", "--loglevel", "warning", *extra_args]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

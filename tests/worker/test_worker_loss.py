@@ -31,10 +31,8 @@ def _worker(env: dict[str, str], name: str, logs: Path) -> subprocess.Popen[byte
     return subprocess.Popen(args, env=env, cwd=ROOT, stdout=(logs / f"{name}.log").open("wb"), stderr=subprocess.STDOUT)
 
 
-@pytest.mark.slow
-def test_a_sigkilled_workers_job_runs_again_within_the_bound(tmp_path):
-    """The worker running a job is SIGKILLed; the other worker's sweeper re-queues it (no idle BLPOP needed)."""
-    server = start_redis()
+def _setup(tmp_path, server, model):
+    """Register ``model`` (one feature ``a``, background 1..3) in a store; return the env and an API client."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -49,13 +47,29 @@ def test_a_sigkilled_workers_job_runs_again_within_the_bound(tmp_path):
     app.test_client_class = ValidatingClient
     client = app.test_client()
     card = {"name": "spin", "task": "regression", "features": ["a"]}
-    model = builders.spin_model()
     files = {
         "model": (io.BytesIO(model.SerializeToString()), "m.onnx"),
         "card": json.dumps(card),
         "background": (io.BytesIO(b"a\n1\n2\n3\n"), "b.csv"),
     }
     assert client.post("/v1/models", data=files, content_type="multipart/form-data").status_code == 201
+    return env, client
+
+
+def _running_on(connection: Redis, job_id: str, deadline: float) -> Worker:
+    while True:
+        assert time.monotonic() < deadline, "the job never started"
+        for worker in Worker.all(connection=connection, serializer=JSONSerializer):
+            if worker.get_current_job_id() == job_id:
+                return worker
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_workers_job_runs_again_within_the_bound(tmp_path):
+    """The worker running a job is SIGKILLed; the other worker's sweeper re-queues it (no idle BLPOP needed)."""
+    server = start_redis()
+    env, client = _setup(tmp_path, server, builders.spin_model())
     procs = [_worker(env, f"loss-{i}", tmp_path) for i in range(2)]
     try:
         connection = Redis.from_url(server.url)
@@ -66,13 +80,7 @@ def test_a_sigkilled_workers_job_runs_again_within_the_bound(tmp_path):
         job = client.post("/v1/models/spin:explain", json={"instances": [[9.0]], "method": "exact", "wait": 0})
         assert job.status_code == 202
         location, job_id = job.headers["Location"], job.headers["X-Job-Id"]
-        victim = None
-        while victim is None:
-            assert time.monotonic() < deadline + 60, "the job never started"
-            for worker in Worker.all(connection=connection, serializer=JSONSerializer):
-                if worker.get_current_job_id() == job_id:
-                    victim = worker
-            time.sleep(0.05)
+        victim = _running_on(connection, job_id, deadline + 60)
         assert client.get(location).json["status"] == "running"
         os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -89,4 +97,25 @@ def test_a_sigkilled_workers_job_runs_again_within_the_bound(tmp_path):
         assert survivor.poll() is None
     finally:
         stop_processes(procs)
+        server.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_running_job_then_exits(tmp_path):
+    """A warm shutdown: the worker that gets SIGTERM mid-job completes it, records it, and exits 0."""
+    server = start_redis()
+    env, client = _setup(tmp_path, server, builders.spin_model(trips=200_000))
+    proc = _worker(env, "warm", tmp_path)
+    try:
+        connection = Redis.from_url(server.url)
+        job = client.post("/v1/models/spin:explain", json={"instances": [[9.0]], "method": "exact", "wait": 0})
+        assert job.status_code == 202
+        _running_on(connection, job.headers["X-Job-Id"], time.monotonic() + 120)
+        assert client.get(job.headers["Location"]).json["status"] == "running"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        body = client.get(job.headers["Location"]).json
+        assert body["status"] == "succeeded", body
+    finally:
+        stop_processes([proc])
         server.stop()
