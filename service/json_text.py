@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -20,6 +21,10 @@ MAX_DEPTH = 32
 
 MAX_INT = 2**63 - 1
 """Largest integer magnitude accepted anywhere: every integer fits int64."""
+
+
+_EXPONENT = re.compile(rb"[0-9.][eE]")
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 class _HugeInt(int):
@@ -79,19 +84,24 @@ def read_json(
         return value
 
     def integer(text: str) -> int:
-        value = int(text) if len(text) < 4000 else _HugeInt(0)
-        if -MAX_INT <= value <= MAX_INT:
+        # int() of a 5000-digit literal raises (Python's digit limit); no literal past 20 characters fits int64.
+        if len(text) <= 20 and -MAX_INT <= (value := int(text)) <= MAX_INT:
             return value
         seen["special"] = True
         return _HugeInt(0)
 
+    # Only an exponent can overflow a float to infinity; most bodies have none and skip the per-float hook.
+    text = raw if isinstance(raw, bytes) else raw.encode(errors="replace")
+    exponent = _EXPONENT.search(text) is not None
+    # Likewise only a run of 19 digits can be an integer past int64.
+    long_digits = _LONG_DIGITS.search(text) is not None
     try:
         data = json.loads(
             raw or b"null",
             object_pairs_hook=_pairs,
             parse_constant=constant,
-            parse_float=number,
-            parse_int=integer,
+            parse_float=number if exponent else None,
+            parse_int=integer if long_digits else None,
         )
     except _Refused as exc:
         raise InvalidRequest(f"{where or 'the body'} has a {exc}", code="duplicate_key", field=where or None) from None

@@ -75,7 +75,7 @@ WINGS: dict[str, list[tuple[str, ...]]] = {
         ("engine.audits",),
     ],
     "service": [
-        ("service.errors", "service.bodies"),
+        ("service.errors", "service.json_text", "service.bodies"),
         ("service.gateways", "service.extensions"),
         ("service.routes",),
         ("service.app",),

@@ -29,6 +29,7 @@ VALUES = {
     "deep_object": DEEP_OBJECT,
     "huge_int": HUGE_INT,
     "negative_huge_int": "-" + HUGE_INT,
+    "giant_int": "9" * 5000,  # past Python's int() digit limit
     "int64_overflow": str(2**63),
     "huge_float": "1e400",
     "nan": "NaN",
