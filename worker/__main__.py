@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         except (RedisError, OSError) as exc:  # RQ's teardown itself can fail when Redis is gone
             log.warning("worker %s lost Redis (%s)", name, exc)
             worked = False
-        if args.burst or getattr(worker, "_stop_requested", False):
+        # RQ notes a SIGTERM/SIGINT in _shutdown_requested_date whether idle or busy (_stop_requested only when busy).
+        if args.burst or getattr(worker, "_shutdown_requested_date", None) is not None:
             return
         # RQ's loop quits on any error outside its dequeue (a result it cannot store, a beat it cannot send):
         # wait for Redis with backoff and start again under the same name, instead of dying with it.
