@@ -11,3 +11,11 @@ timeout = 120
 graceful_timeout = 30
 accesslog = "-"
 errorlog = "-"
+
+
+def post_worker_init(worker: object) -> None:
+    """Cap each API worker's address space (ONNXPLAIN_PROCESS_MEMORY_BYTES) before it serves anything."""
+    from engine.runtime.limits import cap_address_space
+    from engine.settings import Settings
+
+    cap_address_space(Settings.from_env().process_memory_bytes)

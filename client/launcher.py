@@ -65,20 +65,28 @@ class EmbeddedRedis:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_redis(port: int | None = None, *, persist: bool = False) -> EmbeddedRedis:
+def start_redis(
+    port: int | None = None,
+    *,
+    persist: bool = False,
+    extra_args: tuple[str, ...] = (),
+    directory: Path | None = None,
+) -> EmbeddedRedis:
     """Start a real Redis server on 127.0.0.1 and wait until it answers.
 
     Args:
         port: Port to use; a free one when omitted.
         persist: Keep an append-only file (in its temporary directory).
+        extra_args: More ``redis-server`` options (tests: ``--enable-debug-command yes``).
+        directory: Data directory to reuse (a restart reads its append-only file); a new one when omitted.
 
     Raises:
         RuntimeError: The server did not start within 10 s.
     """
     port = port or free_port()
-    directory = Path(tempfile.mkdtemp(prefix="onnxplain-redis-"))
+    directory = directory or Path(tempfile.mkdtemp(prefix="onnxplain-redis-"))
     args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory)]
-    args += ["--appendonly", "yes" if persist else "no", "--daemonize", "no", "--loglevel", "warning"]
+    args += ["--appendonly", "yes" if persist else "no", "--daemonize", "no", "--loglevel", "warning", *extra_args]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -98,6 +106,9 @@ def start_api(
 ) -> subprocess.Popen[bytes]:
     """Start the API under gunicorn with the given environment."""
     args = [sys.executable, "-m", "gunicorn", "service.app:create_app()", "--bind", f"{host}:{port}"]
+    config = Path(__file__).resolve().parents[1] / "gunicorn.conf.py"
+    if config.exists():  # the checkout's settings (memory cap per worker), wherever the command runs
+        args += ["--config", str(config)]
     args += ["--workers", str(workers), "--threads", "4", "--timeout", "120", "--access-logfile", "-"]
     return subprocess.Popen(args, env=env)
 

@@ -20,6 +20,7 @@ statuses; the engine itself knows nothing of HTTP::
     ├── JobCanceled             a running job saw its cancel flag and stopped
     ├── JobRefused              a queued job names a function outside the queue contract
     └── ExplanationFailed       the model or an explainer failed on valid input
+        └── ModelLimitExceeded  a model call needed more memory or time than allowed
 
 Example::
 
@@ -165,3 +166,10 @@ class ExplanationFailed(OnnxplainError):
 
     code = "explanation_failed"
     title = "Explanation failed"
+
+
+class ModelLimitExceeded(ExplanationFailed):
+    """A model call ran into the process's memory cap or its per-call time limit (the code names which)."""
+
+    code = "model_memory_limit"
+    title = "Model limit exceeded"

@@ -79,6 +79,15 @@ class MetaKey(StrEnum):
     """The tenant that submitted the job: only it may read or cancel it."""
 
 
+def uses_key(model: str, version: int) -> str:
+    """Return the Redis key of the sorted set of job ids that use model version ``model``/``version``.
+
+    The API adds a job when it enqueues one (for an audit, its merge, which ends last) and refuses to delete a
+    version while one of them is queued or running.
+    """
+    return f"onnxplain:uses:{model}:{version}"
+
+
 def cancel_key(job_id: str) -> str:
     """Return the Redis key whose presence asks the running job ``job_id`` to stop."""
     return f"onnxplain:cancel:{job_id}"

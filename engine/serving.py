@@ -35,7 +35,11 @@ class Predictor:
         """The session cache, created on first use (never before a fork)."""
         if self._sessions is None:
             self._sessions = SessionCache(
-                self.settings.session_cache_size, self.settings.ort_threads, resolve_providers(self.settings.providers)
+                self.settings.session_cache_size,
+                self.settings.ort_threads,
+                resolve_providers(self.settings.providers),
+                timeout_s=self.settings.model_call_timeout_s,
+                memory_bytes=self.settings.process_memory_bytes,
             )
         return self._sessions
 

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.errors import InvalidRequest
 
@@ -29,6 +30,13 @@ class Settings:
     redis_url: str | None = None
     """Redis for the job queues (``redis://host:port/db``). Unset: the launcher
     starts an embedded server; the API then reports not-ready without it."""
+
+    redis_connect_timeout_s: float = 1.0
+    """Seconds to connect to Redis before the call fails (API: 503 with Retry-After; workers: retried)."""
+
+    redis_timeout_s: float = 1.5
+    """Seconds a Redis command may take in the API before it fails, so a stalled Redis answers 503 within
+    2 s instead of holding request threads. Waiting for a job's result uses its own, longer timeout."""
 
     model_dir: Path = field(default_factory=lambda: Path("var/models"))
     """Directory of the model store, laid out ``name/version/model.onnx``."""
@@ -68,6 +76,14 @@ class Settings:
 
     probe_memory_bytes: int = 4 * 1024 * 1024 * 1024
     """Address-space cap of that child process."""
+
+    process_memory_bytes: int = 8 * 1024 * 1024 * 1024
+    """Address-space cap (``RLIMIT_AS``) of every API worker and RQ worker process, set at start (0: none).
+    A model call that needs more fails with ``model_memory_limit`` instead of growing the process."""
+
+    model_call_timeout_s: float = 60.0
+    """Limit of one onnxruntime call in the API and the workers (0: none); past it the call is terminated
+    and fails with ``model_time_limit``."""
 
     job_timeout_s: int = 120
     """Hard limit on one interactive explanation job."""
@@ -132,6 +148,19 @@ class Settings:
 
     keys_secret: str = ""
     """Server secret of the keys' HMAC-SHA256; empty: read from ``<keys_file>.secret`` (created by ``keys add``)."""
+
+    def redis_options(self, *, read_timeout_s: float | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``redis.Redis.from_url``: the one place Redis timeouts are decided.
+
+        Args:
+            read_timeout_s: Read timeout for a connection that blocks on purpose (waits, worker dequeues);
+                :attr:`redis_timeout_s` when omitted.
+        """
+        return {
+            "socket_connect_timeout": self.redis_connect_timeout_s,
+            "socket_timeout": self.redis_timeout_s if read_timeout_s is None else read_timeout_s,
+            "health_check_interval": 30,
+        }
 
     def __post_init__(self) -> None:
         # Made absolute once, against the working directory at start: Flask's send_file

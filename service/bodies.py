@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Collection
 from typing import Any
 
-from flask import request
+from flask import g, request
 from werkzeug.exceptions import UnsupportedMediaType
 
-from engine.errors import InvalidRequest, UnknownField
+from engine.errors import InvalidRequest, PayloadTooLarge, UnknownField
+from service.json_text import read_json
+
+# Fields whose readers refuse NaN/Infinity themselves, naming the row and column.
+ROW_FIELDS = frozenset({"instances", "rows", "inputs"})
+
+
+def body_bytes() -> bytes:
+    """Return the request body, read at most once and never past the route's size cap.
+
+    A chunked body has no Content-Length to refuse up front, so the cap is enforced while reading.
+
+    Raises:
+        PayloadTooLarge: The body is over ``request.max_content_length``.
+    """
+    cached: bytes | None = g.get("onnxplain_body")
+    if cached is not None:
+        return cached
+    limit = request.max_content_length
+    if limit is None:
+        data = request.get_data(cache=False)
+    else:
+        data = request.stream.read(limit + 1)
+        # Werkzeug's stream stops quietly at the cap; one more byte tells a cut body from a whole one.
+        if len(data) > limit or (len(data) == limit and request.content_length is None and request.stream.read(1)):
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    g.onnxplain_body = data
+    return data
 
 
 def json_object(allowed: Collection[str], *, required: Collection[str] = (), any_type: bool = False) -> dict[str, Any]:
@@ -28,10 +54,8 @@ def json_object(allowed: Collection[str], *, required: Collection[str] = (), any
     """
     if not any_type and not request.is_json:
         raise UnsupportedMediaType("send the body as application/json")
-    try:
-        data = json.loads(request.get_data(cache=True) or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    raw = body_bytes()
+    data = read_json(raw, limit=len(raw), non_finite_ok=ROW_FIELDS)
     return check_object(data, allowed, required=required)
 
 
@@ -115,18 +139,17 @@ def check_parts(allowed: Collection[str]) -> None:
             raise UnknownField(f"unknown part {key!r}", field=key)
 
 
-def json_part(name: str, *, invalid_code: str = "invalid_json") -> object:
-    """Decode the JSON sent in multipart part ``name`` (as a field or as a file).
+def json_part(name: str, *, invalid_code: str = "invalid_json", limit: int = 1024 * 1024) -> object:
+    """Decode the JSON sent in multipart part ``name`` (as a field or as a file), as safely as a body.
 
     Raises:
-        InvalidRequest: ``missing_field`` when absent, ``invalid_code`` when not JSON.
+        InvalidRequest: ``missing_field`` when absent, ``invalid_code`` when not JSON, or a code of
+            :func:`~service.json_text.read_json`.
+        PayloadTooLarge: The part is over ``limit`` bytes.
     """
-    text = request.form.get(name)
+    text: str | bytes | None = request.form.get(name)
     if text is None and name in request.files:
-        text = request.files[name].read().decode("utf-8", errors="replace")
+        text = request.files[name].read(limit + 1)
     if text is None:
         raise InvalidRequest(f"part {name!r} is required", code="missing_field", field=name)
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} is not valid JSON: {exc}", code=invalid_code, field=name) from exc
+    return read_json(text, where=name, limit=limit, invalid_code=invalid_code)

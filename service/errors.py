@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -85,13 +86,34 @@ def status_for(record: JobError) -> int:
     return _JOB_STATUS.get(record.code, 500)
 
 
+# What a problem must never show a client: where the server keeps files (upload temp dirs, onnxruntime's source
+# tree in its messages) and where its Redis or other services listen.
+_SECRETS = [
+    (re.compile(r"\b(?:rediss?|unix|https?|tcp)://\S+"), "<address>"),
+    (re.compile(r"(?<![\w.:/])(?!/v[12]/)(?:/[\w.@+~-]+){2,}/?"), "<path>"),
+    (re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b"), "<address>"),
+    (re.compile(r"\[[0-9A-Fa-f:]*:[0-9A-Fa-f:]*\](?::\d{1,5})?"), "<address>"),
+    (re.compile(r"\b(?:localhost|[A-Za-z][\w-]*(?:\.[\w-]+)+|[A-Za-z][\w-]*):\d{2,5}\b"), "<address>"),
+]
+
+
+def scrub(text: str) -> str:
+    """Remove server paths and network addresses from text meant for a client."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
-    """Build a problem body (RFC 9457) with a stable ``code``: the one builder, for responses and job views."""
+    """Build a problem body (RFC 9457) with a stable ``code``: the one builder, for responses and job views.
+
+    The detail is scrubbed of server paths and addresses (:func:`scrub`), whatever raised it.
+    """
     body: dict[str, Any] = {
         "type": f"https://onnxplain.dev/problems/{code}",
         "title": title,
         "status": status,
-        "detail": detail,
+        "detail": scrub(detail),
         "code": code,
     }
     body.update({k: v for k, v in extra.items() if v is not None})

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from engine.errors import Unavailable
 from engine.jobs import BATCH, INTERACTIVE
@@ -18,6 +20,9 @@ from engine.settings import Settings
 from service.gateways.jobs import JobGateway
 
 KEY = "onnxplain"
+# redis-py retries a timed-out command 3 times with backoff by default: a stall would hold a request thread for
+# four timeouts. The API answers 503 after one; the client retries (Retry-After).
+_NO_RETRY = Retry(NoBackoff(), 0)
 
 
 @dataclass
@@ -30,6 +35,7 @@ class Services:
     access: ModelAccess
     keys: KeyRing
     _redis: Redis | None = None
+    _waiting: Redis | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def redis(self) -> Redis:
@@ -42,23 +48,28 @@ class Services:
             raise Unavailable("no Redis is configured (set ONNXPLAIN_REDIS_URL)", code="redis_not_configured")
         with self._lock:
             if self._redis is None:
-                # Short connect timeout so a dead Redis answers 503 quickly;
-                # the read timeout must outlast the longest ``wait``.
-                self._redis = Redis.from_url(
-                    self.settings.redis_url,
-                    socket_connect_timeout=2,
-                    socket_timeout=self.settings.max_wait_s + 10,
-                    health_check_interval=30,
-                )
+                # Short timeouts: a dead or stalled Redis answers 503 in under 2 s and frees the thread.
+                self._redis = Redis.from_url(self.settings.redis_url, retry=_NO_RETRY, **self.settings.redis_options())
             return self._redis
 
+    def waiting_redis(self) -> Redis:
+        """Return the connection that blocks on job results: its read timeout outlasts the longest ``wait``."""
+        self.redis()  # raises when no Redis is configured
+        with self._lock:
+            if self._waiting is None:
+                assert self.settings.redis_url is not None
+                options = self.settings.redis_options(read_timeout_s=self.settings.max_wait_s + 5)
+                self._waiting = Redis.from_url(self.settings.redis_url, retry=_NO_RETRY, **options)
+            return self._waiting
+
     def jobs(self) -> JobGateway:
-        """Return the job gateway over this process's Redis connection."""
+        """Return the job gateway over this process's Redis connections."""
         s = self.settings
         return JobGateway(
             self.redis(),
             result_ttl=s.result_ttl_s,
             failure_ttl=s.failure_ttl_s,
+            waiting=self.waiting_redis(),
             caps={INTERACTIVE: s.interactive_queue_cap, BATCH: s.batch_queue_cap},
             # A job that started just before its queued TTL keeps its whole run time; results then get result_ttl.
             queued_ttl={INTERACTIVE: s.interactive_queued_ttl_s + s.job_timeout_s},

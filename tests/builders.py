@@ -121,3 +121,87 @@ def to_parquet(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+def input_shaped_model(counts: dict[float, float] | None = None, *, scale: float | None = None) -> onnx.ModelProto:
+    """y = x·0 + Σ ConstantOfShape([n]) where n comes from the input ``x`` [N, 1] (the issue's memory bomb).
+
+    With ``scale``, n = max(x)·scale: any large input asks for memory. With ``counts``, n = Σ count·[max(x) == v]:
+    only those exact values do, so the model passes an upload trial that never feeds them.
+    """
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0)]
+    inits = []
+    if scale is not None:
+        inits.append(helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]))
+        nodes.append(helper.make_node("Mul", ["m", "scale"], ["nf"]))
+    else:
+        terms = []
+        for i, (value, count) in enumerate((counts or {}).items()):
+            inits += [
+                helper.make_tensor(f"v{i}", TensorProto.FLOAT, [], [value]),
+                helper.make_tensor(f"c{i}", TensorProto.FLOAT, [], [count]),
+            ]
+            nodes += [
+                helper.make_node("Equal", ["m", f"v{i}"], [f"eq{i}"]),
+                helper.make_node("Cast", [f"eq{i}"], [f"eqf{i}"], to=TensorProto.FLOAT),
+                helper.make_node("Mul", [f"eqf{i}", f"c{i}"], [f"t{i}"]),
+            ]
+            terms.append(f"t{i}")
+        nodes.append(helper.make_node("Sum", terms, ["nf"]))
+    inits += [
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+    ]
+    nodes += [
+        helper.make_node("Cast", ["nf"], ["n"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["n", "one"], ["shape"]),
+        helper.make_node(
+            "ConstantOfShape", ["shape"], ["ones"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+        ),
+        helper.make_node("ReduceSum", ["ones"], ["total"], keepdims=1),
+        helper.make_node("Mul", ["x", "zero"], ["x0"]),
+        helper.make_node("Add", ["x0", "total"], ["y"]),
+    ]
+    return helper_model(
+        nodes, inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])], initializers=inits
+    )
+
+
+def spin_model(trigger: float = 9.0, trips: int = 10**12) -> onnx.ModelProto:
+    """y = x, after a Loop of ``trips`` iterations when max(x) == ``trigger`` (else none): a time bomb."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor("step", TensorProto.FLOAT, [], [1.0])],
+    )
+    inits = [
+        helper.make_tensor("trigger", TensorProto.FLOAT, [], [trigger]),
+        helper.make_tensor("trips", TensorProto.INT64, [], [trips]),
+        helper.make_tensor("true", TensorProto.BOOL, [], [True]),
+        helper.make_tensor("acc0", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+    ]
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Equal", ["m", "trigger"], ["hit"]),
+        helper.make_node("Cast", ["hit"], ["hit64"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["hit64", "trips"], ["n"]),
+        helper.make_node("Loop", ["n", "true", "acc0"], ["acc"], body=body),
+        helper.make_node("Mul", ["acc", "zero"], ["acc0x"]),
+        helper.make_node("Add", ["x", "acc0x"], ["y"]),
+    ]
+    return helper_model(
+        nodes, inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])], initializers=inits
+    )

@@ -76,7 +76,7 @@ WINGS: dict[str, list[tuple[str, ...]]] = {
         ("engine.audits",),
     ],
     "service": [
-        ("service.errors", "service.bodies"),
+        ("service.errors", "service.json_text", "service.bodies"),
         ("service.gateways", "service.extensions"),
         ("service.auth", "service.limits"),
         ("service.routes",),

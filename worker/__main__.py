@@ -6,15 +6,20 @@ import argparse
 import logging
 import os
 import socket
+import time
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from engine.jobs import QUEUES
+from engine.runtime.limits import cap_address_space
 from engine.settings import Settings
 from worker.failures import record_failure
 from worker.heartbeat import HeartbeatWorker
+
+log = logging.getLogger("worker")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,21 +46,52 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SystemExit("ONNXPLAIN_REDIS_URL is not set")
-    connection = Redis.from_url(settings.redis_url)
-    queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUES]
+    cap_address_space(settings.process_memory_bytes)
+    # RQ raises the read timeout above its dequeue timeout itself; the connect timeout stays short.
+    connection = Redis.from_url(settings.redis_url, **settings.redis_options())
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
-    worker = HeartbeatWorker(
-        queues,
-        connection=connection,
-        serializer=JSONSerializer,
-        exception_handlers=[record_failure],
-        name=name,
-        # Abandoned jobs of dead workers are swept every minute, not every ten.
-        maintenance_interval=60,
-        job_monitoring_interval=args.job_monitoring_interval,
-        sweep_interval=args.sweep_interval,
-    )
-    worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
+    backoff = 1.0
+    while True:
+        queues = [Queue(q, connection=connection, serializer=JSONSerializer) for q in QUEUES]
+        worker = HeartbeatWorker(
+            queues,
+            connection=connection,
+            serializer=JSONSerializer,
+            exception_handlers=[record_failure],
+            name=name,
+            # Abandoned jobs of dead workers are swept every minute, not every ten.
+            maintenance_interval=60,
+            job_monitoring_interval=args.job_monitoring_interval,
+            sweep_interval=args.sweep_interval,
+        )
+        try:
+            worked = worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
+        except (RedisError, OSError) as exc:  # RQ's teardown itself can fail when Redis is gone
+            log.warning("worker %s lost Redis (%s)", name, exc)
+            worked = False
+        # RQ notes a SIGTERM/SIGINT in _shutdown_requested_date whether idle or busy (_stop_requested only when busy).
+        if args.burst or getattr(worker, "_shutdown_requested_date", None) is not None:
+            return
+        # RQ's loop quits on any error outside its dequeue (a result it cannot store, a beat it cannot send):
+        # wait for Redis with backoff and start again under the same name, instead of dying with it.
+        backoff = 1.0 if worked else min(backoff * 2, 30.0)
+        log.warning("worker %s stopped unexpectedly; restarting when Redis answers (backoff %.0f s)", name, backoff)
+        _wait_for_redis(connection, backoff)
+        try:
+            connection.delete(worker.key)  # the previous incarnation's record, so the name can register again
+        except (RedisError, OSError):
+            continue
+
+
+def _wait_for_redis(connection: Redis, backoff: float) -> None:
+    """Sleep ``backoff`` seconds, then until Redis answers a PING (doubling the pause up to 30 s)."""
+    while True:
+        time.sleep(backoff)
+        try:
+            connection.ping()
+            return
+        except (RedisError, OSError):
+            backoff = min(backoff * 2, 30.0)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from engine.jobs import cancel_key
 
 _CHECK_EVERY_S = 0.25
+log = logging.getLogger(__name__)
 
 
 def cancel_flag() -> Callable[[], bool]:
@@ -23,7 +26,12 @@ def cancel_flag() -> Callable[[], bool]:
     def should_stop() -> bool:
         now = time.monotonic()
         if now - last[0] >= _CHECK_EVERY_S:
-            last[0], last[1] = now, bool(job.connection.exists(key))
+            last[0] = now
+            try:
+                last[1] = bool(job.connection.exists(key))
+            except RedisError:
+                # A lost connection is no reason to stop, and never the job's failure: go on, check again later.
+                log.warning("cannot read the cancel flag of job %s; going on", job.id)
         return bool(last[1])
 
     return should_stop

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from types import TracebackType
 
+from redis.exceptions import RedisError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
@@ -29,6 +30,11 @@ def record_failure(
     if any(isinstance(e, JobTimeoutException) for e in _chain(exc_value)):
         error = job_error(exc_value, timeout_s=float(job.timeout or 0))
         job.retries_left = 0
+    elif any(isinstance(e, RedisError | ConnectionError) for e in _chain(exc_value)):
+        # A lost Redis (even wrapped in an engine error by a library callback) is not the input's fault: the
+        # job keeps its retry and runs again once Redis is back.
+        error = job_error(exc_value if not isinstance(exc_value, OnnxplainError) else RuntimeError(str(exc_value)))
+        log.warning("job %s lost its Redis connection; it keeps its retry", job.id)
     elif isinstance(exc_value, OnnxplainError):
         error = job_error(exc_value)
         job.retries_left = 0

@@ -85,6 +85,10 @@ def as_table(data: pd.DataFrame | list[Any], *, where: str = "rows") -> pd.DataF
     Raises:
         InvalidRequest: ``invalid_instances``, ``empty_input`` or ``invalid_dataset``.
     """
+    if not isinstance(data, pd.DataFrame | list):
+        raise InvalidRequest(
+            f"{where} must be a list of objects keyed by column", code="invalid_instances", field=where
+        )
     if isinstance(data, list):
         if not all(isinstance(r, dict) for r in data):
             raise InvalidRequest(f"{where} must be objects keyed by column", code="invalid_instances", field=where)

@@ -3,7 +3,7 @@
 A hostile or broken model can crash onnxruntime (segfault), exhaust memory
 or spin. The API therefore never loads an upload in its own process first:
 :func:`probe_model` starts ``python -m engine.runtime.trial`` with an address-space
-cap and a timeout, which creates a session, runs one row through the graph
+cap and a timeout, which creates a session, runs trial rows (zeros, background, boundary rows) through the graph
 and checks the explained output against the card. This module only starts the
 child and reads its answer, so the models wing needs nothing of the runtime.
 """
@@ -37,7 +37,10 @@ def probe_model(path: Path, card: ModelCard, signature: Signature, *, timeout_s:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    payload = json.dumps({"path": str(path), "card": card.to_dict(), "signature": signature.to_dict()})
+    # Each call gets half the budget, so a slow call answers model_time_limit before the child is killed.
+    payload = json.dumps(
+        {"path": str(path), "card": card.to_dict(), "signature": signature.to_dict(), "call_timeout_s": timeout_s / 2}
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
     try:
         done = subprocess.run(

@@ -14,6 +14,8 @@ reader sees a whole version or none, and a failed upload leaves nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -163,19 +165,48 @@ class ModelRegistry:
         }
         write_atomic(directory / "meta.json", json.dumps(meta, indent=2))
 
+    @contextlib.contextmanager
+    def _numbering(self, name: str) -> Any:
+        """Hold the lock of ``name``'s version numbers; yield its high-water mark file."""
+        marks = self.root / ".versions"
+        marks.mkdir(parents=True, exist_ok=True)
+        with open(marks / f"{name}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield marks / name
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _high_water(mark: Path) -> int:
+        try:
+            return int(mark.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _raise_mark(self, mark: Path, version: int) -> None:
+        if version > self._high_water(mark):
+            write_atomic(mark, str(version))
+
     def _place(self, tmp: Path, name: str) -> ModelVersion:
         target_dir = self.root / name
-        target_dir.mkdir(exist_ok=True)
-        for _ in range(100):
-            # Numbered past every directory, sealed or not, so a hand-copied version is never overwritten.
-            version = max((int(p.name) for p in target_dir.iterdir() if p.name.isdigit()), default=0) + 1
-            try:
-                # rename() onto a missing path is atomic; a concurrent upload
-                # that took this number makes it fail, and we take the next.
-                os.rename(tmp, target_dir / str(version))
-            except OSError:
-                continue
-            return self.get(name, version)
+        # Versions are immutable: a number once used (even if deleted since) is never given again, so
+        # ``version: 3`` always means the same sha256. The mark lives outside the name's directory, which a
+        # delete of the last version removes.
+        with self._numbering(name) as mark:
+            target_dir.mkdir(exist_ok=True)
+            for _ in range(100):
+                # Numbered past every directory, sealed or not, so a hand-copied version is never overwritten.
+                on_disk = max((int(p.name) for p in target_dir.iterdir() if p.name.isdigit()), default=0)
+                version = max(on_disk, self._high_water(mark)) + 1
+                try:
+                    # rename() onto a missing path is atomic; another host's upload that took this number
+                    # makes it fail, and we take the next.
+                    os.rename(tmp, target_dir / str(version))
+                except OSError:
+                    continue
+                self._raise_mark(mark, version)
+                return self.get(name, version)
         raise InvalidRequest("could not allocate a version number", code="version_conflict")
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
@@ -192,12 +223,14 @@ class ModelRegistry:
             raise NotFound(f"no model named {name!r}", code="model_not_found", field="name")
         trash = self.root / ".trash"
         trash.mkdir(exist_ok=True)
-        for v in versions:
-            moved = trash / uuid.uuid4().hex
-            os.rename(self.root / name / str(v), moved)
-            shutil.rmtree(moved, ignore_errors=True)
-        if not self.versions(name):
-            shutil.rmtree(self.root / name, ignore_errors=True)
+        with self._numbering(name) as mark:
+            self._raise_mark(mark, max(versions))
+            for v in versions:
+                moved = trash / uuid.uuid4().hex
+                os.rename(self.root / name / str(v), moved)
+                shutil.rmtree(moved, ignore_errors=True)
+            if not self.versions(name):
+                shutil.rmtree(self.root / name, ignore_errors=True)
         return versions
 
     # -- reading -----------------------------------------------------------

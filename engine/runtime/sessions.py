@@ -22,17 +22,21 @@ from engine.errors import ExplanationFailed
 from engine.models.card import ModelCard
 from engine.models.rows import Inputs, encode_feeds
 from engine.models.screening import Signature
+from engine.runtime.limits import WATCHDOG, limit_error
 
 BATCH_ROWS = 65_536
 
 
 def session_options(threads: int) -> ort.SessionOptions:
-    """Return session options with explicit, non-spinning threads.
+    """Return session options with explicit, non-spinning threads and no CPU memory arena.
 
     Measured here: onnxruntime's intra-op threads busy-wait by default, which
     halved the speed of the numpy work explainers do between model calls.
+    The arena would keep the peak of the largest call for the life of the
+    session; without it a call's memory goes back when the call ends.
     """
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -70,6 +74,8 @@ class ModelSession:
     card: ModelCard
     signature: Signature
     session: ort.InferenceSession
+    timeout_s: float = 0.0
+    memory_bytes: int = 0
 
     @property
     def provider(self) -> str:
@@ -80,11 +86,16 @@ class ModelSession:
         """Run the graph on ONNX feeds and return the requested outputs.
 
         Raises:
-            ExplanationFailed: ``model_error`` when onnxruntime fails.
+            ModelLimitExceeded: ``model_memory_limit`` or ``model_time_limit``.
+            ExplanationFailed: ``model_error`` when onnxruntime fails otherwise.
         """
         try:
-            return list(self.session.run(outputs, feeds))
-        except Exception as exc:  # onnxruntime raises its own untyped errors
+            with WATCHDOG.guard(self.timeout_s) as options:
+                return list(self.session.run(outputs, feeds, run_options=options))
+        except Exception as exc:  # onnxruntime raises its own untyped errors (MemoryError included)
+            limited = limit_error(exc, timeout_s=self.timeout_s, memory_bytes=self.memory_bytes)
+            if limited is not None:
+                raise limited from exc
             raise ExplanationFailed(f"onnxruntime failed: {exc}", code="model_error") from exc
 
     def scores(self, X: Inputs) -> FloatArray:
@@ -120,12 +131,18 @@ class SessionCache:
         capacity: Sessions kept; the least recently used is dropped beyond it.
         threads: Intra-op threads per session.
         providers: Execution providers, in preference order.
+        timeout_s: Limit of one model call (0: none), enforced by the watchdog.
+        memory_bytes: The process's address-space cap, for error messages.
     """
 
-    def __init__(self, capacity: int, threads: int, providers: list[str]) -> None:
+    def __init__(
+        self, capacity: int, threads: int, providers: list[str], *, timeout_s: float = 0.0, memory_bytes: int = 0
+    ) -> None:
         self.capacity = capacity
         self.threads = threads
         self.providers = providers
+        self.timeout_s = timeout_s
+        self.memory_bytes = memory_bytes
         self._sessions: OrderedDict[tuple[str, str], ModelSession] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -147,7 +164,7 @@ class SessionCache:
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ExplanationFailed(f"onnxruntime cannot load the model: {exc}", code="model_error") from exc
-        loaded = ModelSession(card, signature, session)
+        loaded = ModelSession(card, signature, session, self.timeout_s, self.memory_bytes)
         with self._lock:
             self._sessions[cache_key] = loaded
             while len(self._sessions) > self.capacity:

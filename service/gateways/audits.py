@@ -89,7 +89,9 @@ class AuditGateway:
         audit = self.store.create(info, checked.rows, row_group_rows=size)
         try:
             self._enqueue(audit)
-        except RedisError as exc:
+            # The merge ends last (it waits on every chunk): while it is queued the model version is in use.
+            self.jobs.mark_use(model.name, model.version, audit.merge_job)
+        except (RedisError, Unavailable) as exc:
             self.store.delete(audit.id)
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
         return audit

@@ -17,6 +17,7 @@ import json
 import math
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +31,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from engine.errors import Conflict, InvalidRequest, NotFound, QueueFull, Unavailable
-from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error
+from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error, uses_key
 from engine.timestamps import format_utc
 from service.errors import problem_of
 
@@ -50,6 +51,7 @@ _STATUS = {
 
 
 _REUSABLE_ENDED = (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
+_ACTIVE = (JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED)
 
 
 def new_job_id(kind: str) -> str:
@@ -133,8 +135,10 @@ class JobGateway:
         caps: Mapping[str, int] | None = None,
         queued_ttl: Mapping[str, int] | None = None,
         retry_after_s: int = 5,
+        waiting: Redis | None = None,
     ) -> None:
         self.connection = connection
+        self.waiting = waiting or connection
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl
         self.caps = dict(caps or {})
@@ -167,6 +171,7 @@ class JobGateway:
         timeout: int,
         tenant: str,
         idempotency: str | None = None,
+        uses: tuple[str, int] | None = None,
     ) -> Submission:
         """Return the tenant's job for this request: its ``Idempotency-Key``'s job, else the cached identical job
         (queued, running or succeeded), else a new job under a random id.
@@ -177,11 +182,53 @@ class JobGateway:
             timeout: The job's hard limit in seconds.
             tenant: Who submits; the cache and idempotency keys are this tenant's alone.
             idempotency: The request's ``Idempotency-Key``, if any (checked by :func:`check_idempotency_key`).
+            uses: The model version it reads, which cannot be deleted while the job is queued or running.
 
         Raises:
             InvalidRequest: ``idempotency_key_reused`` when the key was used for another request.
             Unavailable: Redis cannot be reached.
         """
+        submission = self._submit(kind, payload, timeout=timeout, tenant=tenant, idempotency=idempotency)
+        if uses is not None:
+            self.mark_use(*uses, submission.job.id)
+        return submission
+
+    def mark_use(self, model: str, version: int, job_id: str) -> None:
+        """Record that job ``job_id`` uses a model version (see :meth:`users_of`)."""
+        try:
+            key = uses_key(model, version)
+            self.connection.zadd(key, {job_id: time.time()})
+            self.connection.expire(key, self.result_ttl)
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+
+    def users_of(self, model: str, versions: list[int]) -> list[str]:
+        """Return the ids of queued or running jobs that use one of ``versions``; forget the ended ones.
+
+        Raises:
+            Unavailable: Redis cannot be reached (a delete must not go ahead unchecked).
+        """
+        active = []
+        try:
+            for version in versions:
+                key = uses_key(model, version)
+                for raw in self.connection.zrange(key, 0, -1):
+                    job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    try:
+                        status = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer).get_status()
+                    except NoSuchJobError:
+                        status = None
+                    if status in _ACTIVE and not self._canceled(job_id):
+                        active.append(job_id)
+                    else:
+                        self.connection.zrem(key, job_id)
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+        return active
+
+    def _submit(
+        self, kind: JobKind, payload: dict[str, Any], *, timeout: int, tenant: str, idempotency: str | None
+    ) -> Submission:
         digest = request_digest(tenant, kind.name, payload)
         try:
             if idempotency is not None:
@@ -290,10 +337,13 @@ class JobGateway:
 
     def wait(self, job: Job, seconds: float) -> None:
         """Block until the job ends or ``seconds`` pass (woken by RQ's result stream, no polling)."""
-        if seconds <= 0 or _status_of(job) in (JobStatus.FINISHED, JobStatus.FAILED):
-            return
         try:
-            job.latest_result(timeout=max(1, math.ceil(seconds)))
+            if seconds <= 0 or _status_of(job) in (JobStatus.FINISHED, JobStatus.FAILED):
+                return
+            # The blocking read goes over the waiting connection: the command connection's short read
+            # timeout would cut it off.
+            blocking = Job(job.id, connection=self.waiting, serializer=JSONSerializer)
+            blocking.latest_result(timeout=max(1, math.ceil(seconds)))
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
 

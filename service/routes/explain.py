@@ -49,6 +49,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
         timeout=svc.settings.job_timeout_s,
         tenant=tenant(),
         idempotency=idempotency,
+        uses=(model.name, model.version),
     )
     job = submission.job
     gateway.wait(job, min(float(wait), svc.settings.max_wait_s))

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from engine.errors import InvalidRequest, OnnxplainError, UnknownField
+from engine.errors import Conflict, InvalidRequest, NotFound, OnnxplainError, UnknownField
 from engine.explain.plan import methods_for
 from engine.models.access import VISIBILITIES
 from engine.models.card import ModelCard
@@ -99,10 +99,24 @@ def get_model(name: str) -> Response:
 
 @bp.delete("/v1/models/<model_name:name>")
 def delete_model(name: str) -> Response:
-    """Delete every version of a model, or ``?version=``. Errors: 404."""
+    """Delete every version of a model, or ``?version=``.
+
+    Errors: 404; 409 ``model_in_use`` while a queued or running job or audit uses a version; 503 Redis.
+    """
     version = optional_int(request.args.get("version"), "version", text=True)
     svc = services()
     managed_model(svc, name, version)
+    targets = [svc.registry.get(name, version).version] if version is not None else svc.registry.versions(name)
+    if not targets:
+        raise NotFound(f"no model named {name!r}", code="model_not_found", field="name")
+    if svc.settings.redis_url is not None:
+        users = svc.jobs().users_of(name, targets)
+        if users:
+            raise Conflict(
+                f"model {name!r} is in use by {len(users)} queued or running job(s) or audit(s), e.g. {users[0]}; "
+                "cancel them or wait for them to end",
+                code="model_in_use",
+            )
     deleted = svc.registry.delete(name, version)
     return jsonify({"name": name, "deleted_versions": deleted})
 

@@ -9,6 +9,7 @@ follow. Errors answer ``{"error": "..."}`` (see ``service/errors.py``).
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -19,8 +20,9 @@ from engine.errors import InvalidRequest
 from engine.models.screening import Port
 from engine.models.store import ModelVersion
 from service.auth import visible_model
-from service.bodies import check_object, parse_int
+from service.bodies import ROW_FIELDS, body_bytes, check_object, parse_int
 from service.extensions import services
+from service.json_text import read_json
 
 bp = Blueprint("v2", __name__)
 
@@ -104,14 +106,14 @@ def model_ready(name: str, version: str | None = None) -> Response:
 def infer(name: str, version: str | None = None) -> Response:
     """Run the model on V2 tensors (JSON data or the binary extension)."""
     model = _model(name, version)
-    raw = request.get_data(cache=True)
+    raw = body_bytes()
     header_length = request.headers.get(_HEADER)
-    try:
-        split = len(raw) if header_length is None else parse_int(header_length, _HEADER, minimum=0, maximum=len(raw))
-        body = json.loads(raw[:split] or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request header is not valid JSON: {exc}", code="invalid_json") from exc
+    split = len(raw) if header_length is None else parse_int(header_length, _HEADER, minimum=0, maximum=len(raw))
+    body = read_json(raw[:split], limit=split, non_finite_ok=ROW_FIELDS)
     body = check_object(body, {"id", "inputs", "outputs", "parameters"}, required={"inputs"})
+    if "id" in body and not isinstance(body["id"], str):
+        raise InvalidRequest("id must be a string", code="invalid_parameter", field="id")
+    _parameters(body, "parameters")
     feeds = _read_inputs(body["inputs"], model, raw, split)
     ports = _tensor_ports(model.signature.outputs)
     wanted = _requested_outputs(body, ports)
@@ -140,22 +142,44 @@ def infer(name: str, version: str | None = None) -> Response:
     return response
 
 
+_MAX_ELEMENTS = 2**31  # more values than any request body can carry
+
+
+def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``parameters`` object of a V2 request or tensor: an object of scalars."""
+    params = item.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict) or not all(isinstance(v, str | int | float | bool) for v in params.values()):
+        raise InvalidRequest(f"{where} must be an object of scalar values", code="invalid_parameter", field=where)
+    return params
+
+
+def _flag(params: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{where}.{key} must be true or false", code="invalid_parameter", field=f"{where}.{key}")
+    return value
+
+
 def _requested_outputs(body: dict[str, Any], ports: list[Port]) -> list[tuple[str, bool]]:
     names = {p.name for p in ports}
-    parameters = body.get("parameters") or {}
-    default_binary = bool(parameters.get("binary_data_output", False)) if isinstance(parameters, dict) else False
+    default_binary = _flag(_parameters(body, "parameters"), "binary_data_output", "parameters", False)
     requested = body.get("outputs")
-    if requested is None:
+    if requested is None or requested == []:
         return [(p.name, default_binary) for p in ports]
     if not isinstance(requested, list):
         raise InvalidRequest("outputs must be a list", code="invalid_json", field="outputs")
     wanted = []
     for i, item in enumerate(requested):
-        item = check_object(item, {"name", "parameters"}, required={"name"}, where=f"outputs[{i}]")
-        if item["name"] not in names:
-            raise InvalidRequest(f"the model has no tensor output {item['name']!r}", code="unknown_output")
-        params = item.get("parameters") or {}
-        wanted.append((item["name"], bool(params.get("binary_data", default_binary))))
+        where = f"outputs[{i}]"
+        item = check_object(item, {"name", "parameters"}, required={"name"}, where=where)
+        if not isinstance(item["name"], str) or item["name"] not in names:
+            raise InvalidRequest(
+                f"the model has no tensor output {str(item['name'])[:80]!r}", code="unknown_output", field=where
+            )
+        params = _parameters(item, f"{where}.parameters")
+        wanted.append((item["name"], _flag(params, "binary_data", f"{where}.parameters", default_binary)))
     return wanted
 
 
@@ -172,34 +196,54 @@ def _read_inputs(items: object, model: ModelVersion, raw: bytes, offset: int) ->
             required={"name", "shape", "datatype"},
             where=where,
         )
-        port = ports.get(item["name"])
+        port = ports.get(item["name"]) if isinstance(item["name"], str) else None
         if port is None:
-            raise InvalidRequest(f"the model has no input {item['name']!r}", code="unknown_input", field=where)
+            raise InvalidRequest(
+                f"the model has no input {str(item['name'])[:80]!r}", code="unknown_input", field=f"{where}.name"
+            )
+        if port.name in feeds:
+            raise InvalidRequest(f"input {port.name!r} is given twice", code="duplicate_input", field=f"{where}.name")
         expected = _DATATYPES.get(port.type, ("?", None))[0]
         if item["datatype"] != expected:
             raise InvalidRequest(
-                f"input {port.name!r} takes {expected}, got {item['datatype']}", code="wrong_datatype", field=where
+                f"input {port.name!r} takes {expected}, got {str(item['datatype'])[:40]}",
+                code="wrong_datatype",
+                field=f"{where}.datatype",
             )
         shape = item["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise InvalidRequest("shape must be a list of non-negative integers", code="invalid_shape", field=where)
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        # bool is an int in Python: [true, 10] is no shape. The product is exact (Python ints), never int64.
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 8
+            or not all(type(d) is int and 0 <= d <= _MAX_ELEMENTS for d in shape)
+            or math.prod(shape) > _MAX_ELEMENTS
+        ):
+            raise InvalidRequest(
+                f"shape must be a list of at most 8 non-negative integers holding at most {_MAX_ELEMENTS} values",
+                code="invalid_shape",
+                field=f"{where}.shape",
+            )
+        size = _parameters(item, f"{where}.parameters").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(raw):
+            if type(size) is not int or size < 0 or offset + size > len(raw):
                 raise InvalidRequest("binary_data_size runs past the body", code="invalid_binary_data", field=where)
             array = _from_bytes(raw[offset : offset + size], expected, where)
             offset += size
         elif "data" in item:
             dtype = _BY_NAME[expected]
+            if not isinstance(item["data"], list):
+                raise InvalidRequest("data must be a list", code="invalid_data", field=f"{where}.data")
             try:
                 array = np.asarray(item["data"], dtype=dtype).reshape(-1)
-            except (ValueError, TypeError) as exc:
-                raise InvalidRequest(f"data does not fit {expected}: {exc}", code="invalid_data", field=where) from exc
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise InvalidRequest(
+                    f"data does not fit {expected}: {str(exc)[:200]}", code="invalid_data", field=f"{where}.data"
+                ) from exc
             if expected == "BYTES":
                 array = np.asarray([str(v) for v in array], dtype=object)
         else:
             raise InvalidRequest("give data or binary_data_size", code="missing_field", field=where)
-        if int(np.prod(shape)) != array.size:
+        if math.prod(shape) != array.size:
             raise InvalidRequest(f"shape {shape} does not hold {array.size} values", code="invalid_shape", field=where)
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
             raise InvalidRequest(f"input {port.name!r} holds NaN or infinity", code="non_finite", field=where)

@@ -34,7 +34,12 @@ def submit_variant(
     payload = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
     current = variants.read_state(model, kind)
     submission = gateway.submit(
-        JOBS["variant"], payload, timeout=svc.settings.batch_job_timeout_s, tenant=tenant, idempotency=idempotency
+        JOBS["variant"],
+        payload,
+        timeout=svc.settings.batch_job_timeout_s,
+        tenant=tenant,
+        idempotency=idempotency,
+        uses=(model.name, model.version),
     )
     job = submission.job
     if current is None or current.rebuildable:

@@ -1,0 +1,149 @@
+"""The one safe JSON reader for request bodies and multipart JSON parts.
+
+Python's ``json`` module takes ``NaN``/``Infinity``, keeps the last of duplicate keys, turns ``1e400`` into
+infinity, parses 400-digit integers that overflow every numpy type later, and raises ``RecursionError`` (a 500)
+on deep nesting. :func:`read_json` refuses all of these as a 422 naming the field, except non-finite numbers
+under the fields that check them themselves with a better message (rows: ``non_finite`` naming row and column).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Collection
+from typing import Any
+
+from engine.errors import InvalidRequest, PayloadTooLarge
+
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects any request needs (rows are 2-3 levels deep)."""
+
+MAX_INT = 2**63 - 1
+"""Largest integer magnitude accepted anywhere: every integer fits int64."""
+
+
+_EXPONENT = re.compile(rb"[0-9.][eE]")
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+class _HugeInt(int):
+    """An integer literal past :data:`MAX_INT`, kept aside so the walk can name its field."""
+
+
+class _Refused(ValueError):
+    """A duplicate key, raised from inside the parser."""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _Refused(f"duplicate key {duplicate[:80]!r}")
+    return out
+
+
+def read_json(
+    raw: bytes | str,
+    *,
+    where: str = "",
+    limit: int,
+    non_finite_ok: Collection[str] = (),
+    invalid_code: str = "invalid_json",
+) -> Any:
+    """Decode untrusted JSON text.
+
+    Args:
+        raw: The body or part.
+        where: Its name in error fields (``""`` for a whole body, ``"card"`` for a part).
+        limit: Largest accepted size in bytes.
+        non_finite_ok: Top-level fields under which ``NaN``/``Infinity`` pass through (their readers check them).
+        invalid_code: The code of text that is not JSON at all.
+
+    Returns:
+        The decoded value.
+
+    Raises:
+        PayloadTooLarge: Over ``limit``.
+        InvalidRequest: ``invalid_code`` (not JSON), ``duplicate_key``, ``json_too_deep``,
+            ``number_out_of_range`` or ``non_finite_number`` (with the field).
+    """
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"{where or 'the body'} is larger than {limit} bytes", field=where or None)
+    seen = {"special": False}
+
+    def constant(text: str) -> float:
+        seen["special"] = True
+        return float(text)  # NaN, Infinity, -Infinity
+
+    def number(text: str) -> float:
+        value = float(text)
+        if math.isinf(value):
+            seen["special"] = True
+        return value
+
+    def integer(text: str) -> int:
+        # int() of a 5000-digit literal raises (Python's digit limit); no literal past 20 characters fits int64.
+        if len(text) <= 20 and -MAX_INT <= (value := int(text)) <= MAX_INT:
+            return value
+        seen["special"] = True
+        return _HugeInt(0)
+
+    # Only an exponent can overflow a float to infinity; most bodies have none and skip the per-float hook.
+    text = raw if isinstance(raw, bytes) else raw.encode(errors="replace")
+    exponent = _EXPONENT.search(text) is not None
+    # Likewise only a run of 19 digits can be an integer past int64.
+    long_digits = _LONG_DIGITS.search(text) is not None
+    try:
+        data = json.loads(
+            raw or b"null",
+            object_pairs_hook=_pairs,
+            parse_constant=constant,
+            parse_float=number if exponent else None,
+            parse_int=integer if long_digits else None,
+        )
+    except _Refused as exc:
+        raise InvalidRequest(f"{where or 'the body'} has a {exc}", code="duplicate_key", field=where or None) from None
+    except RecursionError:
+        raise InvalidRequest(
+            f"{where or 'the body'} is nested deeper than {MAX_DEPTH} levels", code="json_too_deep", field=where or None
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(
+            f"{where or 'the body'} is not valid JSON: {str(exc)[:200]}", code=invalid_code, field=where or None
+        ) from None
+    _walk(data, where, MAX_DEPTH, set(non_finite_ok) if seen["special"] else None)
+    return data
+
+
+def _walk(data: Any, where: str, max_depth: int, non_finite_ok: set[str] | None) -> None:
+    """Check the nesting depth everywhere and, when the parser saw a special number, where it is.
+
+    ``non_finite_ok`` is ``None`` when no special number was seen (only the depth is checked); otherwise huge
+    integers are refused everywhere and non-finite floats outside the fields it names.
+    """
+    specials = non_finite_ok is not None
+    stack: list[tuple[Any, int, str, bool]] = [(data, 0, where, specials)]
+    while stack:
+        value, depth, path, finite = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= max_depth:
+                raise InvalidRequest(
+                    f"{path or 'the body'} is nested deeper than {max_depth} levels", code="json_too_deep", field=path
+                )
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(item, dict | list) or (specials and isinstance(item, float | _HugeInt)):
+                    child = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+                    # The row readers check non-finite values themselves, naming row and column.
+                    keep = finite and not (depth == 0 and non_finite_ok is not None and key in non_finite_ok)
+                    stack.append((item, depth + 1, child, keep))
+        elif isinstance(value, _HugeInt):
+            raise InvalidRequest(
+                f"{path or 'the body'} is an integer outside ±{MAX_INT}", code="number_out_of_range", field=path or None
+            )
+        elif finite and isinstance(value, float) and not math.isfinite(value):
+            raise InvalidRequest(
+                f"{path or 'the body'} is not a finite number", code="non_finite_number", field=path or None
+            )
