@@ -226,6 +226,10 @@ def _structured(model: ModelProto, sparsity: float) -> dict[str, Any]:
     stale = [v for v in graph.value_info if v.name in changed]
     for value in stale:
         graph.value_info.remove(value)
+    for value in graph.input:  # before IR 4, initializers were also declared as inputs, with their shapes
+        if value.name in changed and value.name in arrays:
+            shape = arrays[value.name].shape
+            value.CopyFrom(onnx.helper.make_tensor_value_info(value.name, value.type.tensor_type.elem_type, shape))
     return {
         "units_removed_fraction": removed_units / total_units,
         "layers": pruned,

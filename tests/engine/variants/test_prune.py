@@ -142,6 +142,17 @@ def test_removing_dead_neurons_leaves_the_outputs_exactly_as_they_were() -> None
     assert _weights(pruned)["W1"].shape == (4, 4) and info["layers"][0]["removed"] == 2
     rows = rng.normal(size=(50, 4)).astype(np.float32)
     np.testing.assert_allclose(_run(pruned, rows), _run(model, rows), rtol=1e-6, atol=1e-6)
+    # Old exporters also declare initializers as graph inputs, with shapes that must follow the pruning.
+    declared = onnx.load_model_from_string(model)
+    for tensor in declared.graph.initializer:
+        declared.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    redeclared, _ = prune(declared.SerializeToString(), "prune_structured", 2 / 6)
+    inputs = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in onnx.load_model_from_string(redeclared).graph.input
+    }
+    assert inputs["W1"] == [4, 4] and inputs["B1"] == [4] and inputs["W2"] == [4, 2]
+    np.testing.assert_allclose(_run(redeclared, rows), _run(model, rows), rtol=1e-6, atol=1e-6)
 
 
 def test_unsafe_structures_are_left_alone() -> None:
