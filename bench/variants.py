@@ -1,4 +1,4 @@
-"""Variants benchmark: fp32 against int8_dynamic, int8_static and fp16 on the CPU.
+"""Variants benchmark: fp32 against int8_dynamic, int8_static, fp16 and the pruned kinds on the CPU.
 
 Run from the repository root (about a minute)::
 
@@ -11,7 +11,9 @@ on 20 features, (b) a wider StandardScaler + MLP regressor on 100 features,
 measured with :func:`engine.variants.fidelity.measure_variant` against raw fp32
 onnxruntime in the same run, sessions interleaved call by call, one
 intra-op thread, no spinning. fp16 targets GPUs; on the CPU it is measured
-for reference only and is left out of the ``fastest`` pick.
+for reference only and is left out of the ``fastest`` pick. Pruned kinds are
+built with :func:`engine.variants.prune.prune` at the sparsities in :data:`PRUNED`
+(the combination then quantizes the pruned model as ``int8_static``).
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from engine.models.card import QUANTIZED_KINDS
 from engine.variants.fidelity import measure_variant, passes_gate, pick_fastest
-from engine.variants.quantize import VARIANT_KINDS, build_variant
+from engine.variants.prune import prune
+from engine.variants.quantize import build_variant
 
 CALIBRATION_ROWS = 100
 TARGET = ("mlp_regressor_100", "int8_static", 1.4)  # issue 5: int8 static >= 1.4x fp32 batched
 TIMING: dict[str, Any] = {"single_calls": 400, "batch_rows": 256, "batch_repeats": 40, "threads": 1}
 ROUNDS = 5
+PRUNED = {"prune_magnitude": 0.5, "prune_structured": 0.25, "prune_structured+int8_static": 0.25}
 
 
 @dataclass
@@ -123,18 +128,30 @@ def measure(case: Case, variant: bytes) -> dict[str, Any]:
     return median
 
 
+def make_variant(case: Case, kind: str, workdir: Path) -> tuple[bytes, dict[str, Any] | None]:
+    """Build one variant the way the service does; return it and its pruning report (pruned kinds)."""
+    if kind not in PRUNED:
+        return build_variant(case.model, kind, case.calibration, workdir), None
+    method, _, then = kind.partition("+")
+    pruned, info = prune(case.model, method, PRUNED[kind])
+    return (build_variant(pruned, then, case.calibration, workdir) if then else pruned), info
+
+
 def run(case: Case, workdir: Path) -> tuple[list[dict[str, Any]], str]:
     """Build and measure every variant of one case; return its table rows and ``fastest`` pick."""
-    reports = {
-        kind: measure(case, build_variant(case.model, kind, case.calibration, workdir)) for kind in VARIANT_KINDS
-    }
+    reports = {}
+    for kind in (*QUANTIZED_KINDS, *PRUNED):
+        variant, pruning = make_variant(case, kind, workdir)
+        reports[kind] = measure(case, variant) | ({"pruning": pruning} if pruning else {})
     rows = []
     for kind, report in reports.items():
         agreement, latency = report["agreement"], report["latency"]
         rows.append(
             {
                 "model": case.name,
-                "variant": kind + (" (GPU; CPU ref.)" if kind == "fp16" else ""),
+                "variant": kind
+                + (" (GPU; CPU ref.)" if kind == "fp16" else "")
+                + (f" s={PRUNED[kind]}" if kind in PRUNED else ""),
                 "fp32_us": latency["fp32"]["single_row_ms"] * 1e3,
                 "variant_us": latency["variant"]["single_row_ms"] * 1e3,
                 "single_x": latency["speedup"]["single_row"],

@@ -180,6 +180,42 @@ class Client:
             time.sleep(interval)
         raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s")
 
+    def build_variant(
+        self,
+        name: str,
+        kind: str,
+        *,
+        sparsity: float | None = None,
+        version: int | None = None,
+        wait: bool = True,
+        timeout: float = 600.0,
+    ) -> dict[str, Any]:
+        """Build a quantized or pruned variant; return its state (once built, unless ``wait`` is false).
+
+        Args:
+            name: The model.
+            kind: ``int8_dynamic``, ``int8_static``, ``fp16``, ``prune_magnitude``, ``prune_structured``
+                or ``prune_structured+int8_static``.
+            sparsity: For pruned kinds (the server's default is 0.5).
+            version: The model version (default: latest).
+            wait: Wait for the build job and return the variant's final state (``ready``, ``rejected``).
+            timeout: Seconds to wait.
+
+        Raises:
+            ApiError: The request was refused, or the build failed.
+        """
+        body: dict[str, Any] = {"kind": kind}
+        if sparsity is not None:
+            body["sparsity"] = sparsity
+        if version is not None:
+            body["version"] = version
+        queued: dict[str, Any] = self._call("POST", f"/v1/models/{name}/variants", json=body).json()
+        if not wait:
+            return queued
+        job = self.wait_job(queued["job"]["id"], timeout=timeout)
+        state: dict[str, Any] = job["result"]
+        return state
+
     def submit_audit(
         self,
         model: str,

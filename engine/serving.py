@@ -67,7 +67,7 @@ class Predictor:
         Raises:
             NotFound: ``variant_not_found`` when it is not ready.
         """
-        kind = resolve(model, variant, gate_of(self.settings))
+        kind = resolve(model, variant, gate_of(self.settings), allow_drift=self.settings.variant_fastest_allows_drift)
         return kind, self.session(model, kind)
 
     def predict(self, model: ModelVersion, X: Inputs, variant: str = "fp32") -> list[dict[str, Any]]:

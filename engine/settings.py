@@ -56,6 +56,13 @@ class Settings:
     variant_max_norm_error: float = 0.02
     """Fidelity gate for regressor variants: largest max|Δ| / fp32 output range."""
 
+    variant_min_drift_spearman: float = 0.9
+    """Least mean Spearman rank correlation of a variant's attributions with fp32's
+    (``explanation_drift.spearman_mean``); below it the report says ``drift_flagged``."""
+
+    variant_fastest_allows_drift: bool = False
+    """Whether ``fastest`` may pick a variant whose report is ``drift_flagged`` (``true``/``false``)."""
+
     max_model_bytes: int = 64 * 1024 * 1024
     """Largest accepted upload (model + card + background), checked before buffering."""
 
@@ -200,8 +207,11 @@ class Settings:
                 continue
             kind = Path if f.name.endswith(("_dir", "_file")) else type(getattr(_DEFAULTS, f.name))
             try:
-                values[f.name] = kind(raw) if f.name != "redis_url" else raw
-            except ValueError as exc:
+                if kind is bool:  # bool("false") is True: read the word
+                    values[f.name] = _BOOLS[raw.strip().lower()]
+                else:
+                    values[f.name] = kind(raw) if f.name != "redis_url" else raw
+            except (ValueError, KeyError) as exc:
                 raise InvalidRequest(
                     f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}",
                     code="invalid_setting",
@@ -211,3 +221,4 @@ class Settings:
 
 
 _DEFAULTS = Settings(redis_url="")
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

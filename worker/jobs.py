@@ -40,12 +40,13 @@ def explain(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_variant(payload: dict[str, Any]) -> dict[str, Any]:
-    """Build, measure and gate a quantized variant; return its state document."""
+    """Build, measure and gate a quantized or pruned variant; return its state document."""
     ctx = context()
     model = ctx.registry.get(payload["model"], payload["version"])
     if model.sha256 != payload["sha256"]:
         raise InvalidRequest("the model version changed since the variant was requested", code="model_changed")
-    return build(model, payload["kind"], ctx.registry.background(model), ctx.settings).to_dict()
+    background = ctx.registry.background(model)
+    return build(model, payload["kind"], background, ctx.settings, payload.get("sparsity")).to_dict()
 
 
 def audit_chunk(payload: dict[str, Any]) -> dict[str, Any]:

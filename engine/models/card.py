@@ -22,7 +22,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TASKS = ("classification", "regression")
 INPUT_KINDS = ("tabular", "image", "text")
 FEATURE_TYPES = ("numeric", "categorical")
-VARIANT_KINDS = ("int8_dynamic", "int8_static", "fp16")
+QUANTIZED_KINDS = ("int8_dynamic", "int8_static", "fp16")
+PRUNED_KINDS = ("prune_magnitude", "prune_structured", "prune_structured+int8_static")
+VARIANT_KINDS = QUANTIZED_KINDS + PRUNED_KINDS
 
 
 @dataclass(frozen=True, slots=True)

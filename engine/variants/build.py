@@ -1,4 +1,4 @@
-"""Build one quantized variant: quantize, measure its fidelity and speed, gate it, record its state.
+"""Build one variant: quantize and/or prune, measure its fidelity and speed, gate it, record its state.
 
 Runs in a worker (``JOBS["variant"]``); the API only calls :func:`check_buildable` before queueing.
 """
@@ -11,21 +11,38 @@ import numpy as np
 
 from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, InvalidRequest, OnnxplainError
+from engine.models.card import PRUNED_KINDS
 from engine.models.screening import is_single_tensor
 from engine.models.store import ModelVersion
 from engine.settings import Settings
+from engine.variants.prune import DEFAULT_SPARSITY
 from engine.variants.state import State, VariantState, gate_of, publish, variant_dir, write_state
 
 
-def check_buildable(model: ModelVersion, kind: str) -> None:
+def check_buildable(model: ModelVersion, kind: str, sparsity: float | None = None) -> None:
     """Refuse, before any job, a variant that cannot be built for ``model``.
+
+    Args:
+        model: The model version.
+        kind: A checked variant kind.
+        sparsity: The pruning sparsity asked for (pruned kinds only).
 
     Raises:
         InvalidRequest: ``variant_unsupported`` (not one numeric input tensor),
-            ``nothing_to_quantize`` (no weighted ops), ``background_required``
+            ``nothing_to_quantize`` (no weighted ops), ``nothing_to_prune`` (no layer
+            structured pruning can rewire), ``invalid_parameter`` (``sparsity`` out of
+            range or given for a kind that does not prune), ``background_required``
             (variants are calibrated and measured on the background).
     """
+    from engine.variants.prune import check_sparsity, prune
     from engine.variants.quantize import has_quantizable_ops
+
+    if sparsity is not None:
+        if kind not in PRUNED_KINDS:
+            raise InvalidRequest(
+                f"sparsity applies to {list(PRUNED_KINDS)} only", code="invalid_parameter", field="sparsity"
+            )
+        check_sparsity(sparsity)
 
     inputs = model.signature.inputs
     if not is_single_tensor(inputs, model.card.feature_names) or any(
@@ -40,6 +57,8 @@ def check_buildable(model: ModelVersion, kind: str) -> None:
             code="nothing_to_quantize",
             field="kind",
         )
+    if kind.startswith("prune_structured"):
+        prune(model.model_path.read_bytes(), "prune_structured", sparsity or DEFAULT_SPARSITY)  # nothing_to_prune
     if model.background_rows < 4:
         raise InvalidRequest(
             "variants are calibrated and measured on the background data; register the model with at least 4 rows",
@@ -48,17 +67,29 @@ def check_buildable(model: ModelVersion, kind: str) -> None:
         )
 
 
-def build(model: ModelVersion, kind: str, background: FloatArray, settings: Settings) -> VariantState:
+def build(
+    model: ModelVersion, kind: str, background: FloatArray, settings: Settings, sparsity: float | None = None
+) -> VariantState:
     """Build, measure and gate one variant; record its state; return the state.
 
     The fp32 model is never touched: a crash records the variant as
     ``failed``, and a variant below the gate is ``rejected`` and never placed
-    where it could be served.
+    where it could be served. A pruned variant's report adds ``pruning`` (see
+    :func:`engine.variants.prune.prune`); every report says ``drift_flagged``
+    when its explanations drift below ``variant_min_drift_spearman``.
+
+    Args:
+        model: The model version.
+        kind: A variant kind.
+        background: The model's background rows (calibration and held-out measurement).
+        settings: Gate, drift threshold and threads.
+        sparsity: For pruned kinds (default :data:`~engine.variants.prune.DEFAULT_SPARSITY`).
 
     Raises:
         OnnxplainError: After recording ``failed``, the error that caused it.
     """
     from engine.variants.fidelity import measure_variant, passes_gate
+    from engine.variants.prune import prune
     from engine.variants.quantize import build_variant
 
     write_state(model, kind, State.BUILDING, error=None)
@@ -68,7 +99,16 @@ def build(model: ModelVersion, kind: str, background: FloatArray, settings: Sett
         # Calibrate on half the rows and measure on the other half, so clipping
         # at the calibrated range cannot hide from the fidelity gate.
         calibration, held_out = rows[0::2], rows[1::2]
-        variant = build_variant(fp32, kind, calibration, variant_dir(model, kind))
+        pruning = None
+        if kind in PRUNED_KINDS:
+            method, _, then = kind.partition("+")
+            source, pruning = prune(fp32, method, DEFAULT_SPARSITY if sparsity is None else sparsity)
+            # The combination quantizes the pruned graph with the same quantizer as int8_static.
+            variant = build_variant(source, then, calibration, variant_dir(model, kind)) if then else source
+            if then:
+                pruning["then"] = then
+        else:
+            variant = build_variant(fp32, kind, calibration, variant_dir(model, kind))
         report = measure_variant(
             fp32,
             variant,
@@ -78,6 +118,9 @@ def build(model: ModelVersion, kind: str, background: FloatArray, settings: Sett
             explain=_drift_explainer(model, calibration),
             threads=settings.ort_threads,
         )
+        if pruning is not None:
+            report["pruning"] = pruning
+        report |= drift_flag(report, settings.variant_min_drift_spearman)
         ok, why = passes_gate(report, model.card.task, **gate_of(settings))
         if ok:
             publish(model, kind, variant)
@@ -88,6 +131,21 @@ def build(model: ModelVersion, kind: str, background: FloatArray, settings: Sett
     except Exception as exc:
         write_state(model, kind, State.FAILED, error={"code": "quantization_failed", "message": str(exc)})
         raise ExplanationFailed(f"building {kind} failed: {exc}", code="quantization_failed") from exc
+
+
+def drift_flag(report: dict[str, Any], min_spearman: float) -> dict[str, Any]:
+    """Return ``drift_flagged`` (and the threshold) for a measured report.
+
+    A variant is flagged when the mean Spearman rank correlation of its attributions
+    with fp32's (``explanation_drift.spearman_mean``) is below ``min_spearman``; a
+    report without a drift measurement is not flagged.
+    """
+    drift = report.get("explanation_drift") or {}
+    spearman = drift.get("spearman_mean")
+    return {
+        "drift_flagged": spearman is not None and float(spearman) < min_spearman,
+        "drift_min_spearman": min_spearman,
+    }
 
 
 def _scores(model: ModelVersion) -> Any:

@@ -165,13 +165,16 @@ def pick_fastest(
     host: CpuProfile | None = None,
     min_top1: float = 0.99,
     max_norm_error: float = 0.02,
+    allow_drift: bool = False,
 ) -> str:
     """Return the variant ``fastest`` should serve, ``"fp32"`` when none qualifies.
 
     A variant qualifies when it passes the gate and is not slower than fp32 on single rows nor
     in batches; the best worse-of-the-two speedup wins, so ``fastest`` is never slower than fp32.
     A report measured on another kind of CPU (or onnxruntime) does not qualify: its speed-up and
-    agreement need not hold on this one.
+    agreement need not hold on this one. Nor does a variant whose pruning cannot speed it up
+    (``pruning.speeds_up`` false: unstructured zeros run through the same dense kernels, so any
+    measured gain is noise), nor, unless ``allow_drift``, one whose report is ``drift_flagged``.
 
     Args:
         reports: Variant name → its :func:`measure_variant` report.
@@ -179,11 +182,16 @@ def pick_fastest(
         host: The CPU that would serve (default: this host).
         min_top1: The gate's least top-1 agreement (see :func:`passes_gate`).
         max_norm_error: The gate's largest normalised error.
+        allow_drift: Whether a ``drift_flagged`` variant may be picked.
     """
     host = host or host_cpu()
     best, best_gain = "fp32", 0.0
     for name, report in reports.items():
         if not same_kind(report.get("measured_on"), host):
+            continue
+        if (report.get("pruning") or {}).get("speeds_up") is False:
+            continue
+        if report.get("drift_flagged") and not allow_drift:
             continue
         speedup = report["latency"]["speedup"]
         gain = min(float(speedup["single_row"]), float(speedup["batch"]))

@@ -35,7 +35,7 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 from onnxruntime import quantization as oq
 
 from engine.errors import ExplanationFailed, InvalidRequest, ModelRejected
-from engine.models.card import VARIANT_KINDS
+from engine.models.card import QUANTIZED_KINDS
 from engine.runtime.hardware import CpuProfile, host_cpu
 from engine.runtime.sessions import session_options
 
@@ -65,7 +65,7 @@ def build_variant(
 
     Args:
         model_bytes: The serialized fp32 ONNX model.
-        kind: One of :data:`VARIANT_KINDS`.
+        kind: One of :data:`QUANTIZED_KINDS` (pruned kinds are :mod:`engine.variants.prune`'s).
         calibration: Representative float32 rows (batch first) for the model's single
             input; background data will do. Required by ``int8_static`` (which uses
             up to :data:`CALIBRATION_MAX_ROWS`); the others only smoke-test with them.
@@ -82,8 +82,10 @@ def build_variant(
         ModelRejected: The bytes are not an ONNX model.
         ExplanationFailed: ``quantization_failed`` when the tools crash or their output does not run.
     """
-    if kind not in VARIANT_KINDS:
-        raise InvalidRequest(f"unknown variant {kind!r}, not in {VARIANT_KINDS}", code="invalid_variant", field="kind")
+    if kind not in QUANTIZED_KINDS:
+        raise InvalidRequest(
+            f"unknown quantization {kind!r}, not in {QUANTIZED_KINDS}", code="invalid_variant", field="kind"
+        )
     model = _load(model_bytes)
     if not _weighted_nodes(model):
         raise InvalidRequest("no MatMul, Gemm or Conv with constant weights to quantize", code="nothing_to_quantize")

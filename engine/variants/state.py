@@ -1,4 +1,4 @@
-"""Quantized variants of a stored model: their state on disk, and which one serves.
+"""Quantized and pruned variants of a stored model: their state on disk, and which one serves.
 
 Each variant lives in ``name/version/variants/KIND/``: ``state.json`` (a :class:`VariantState`: its
 :class:`State`, the fidelity report, the error) and, only once it passed the fidelity gate, ``model.onnx``.
@@ -38,7 +38,7 @@ class VariantState:
     """A variant's ``state.json``.
 
     Attributes:
-        kind: The variant kind (``int8_dynamic``, ``int8_static``, ``fp16``).
+        kind: The variant kind (one of :data:`~engine.models.card.VARIANT_KINDS`).
         state: Its :class:`State`.
         created: When it was first requested.
         updated: When the state last changed.
@@ -148,12 +148,13 @@ def check_kind(kind: object) -> str:
     return str(kind)
 
 
-def resolve(model: ModelVersion, requested: str, gate: dict[str, float]) -> str:
+def resolve(model: ModelVersion, requested: str, gate: dict[str, float], *, allow_drift: bool = False) -> str:
     """Resolve a requested variant name to a ready variant kind (or ``fp32``).
 
     ``fastest`` is the ready variant that measured fastest without being
-    slower than fp32 on single rows or in batches (else ``fp32``); ``int8``
-    is the faster ready int8 variant.
+    slower than fp32 on single rows or in batches (else ``fp32``), skipping
+    unstructured pruning and, unless ``allow_drift``, variants flagged for
+    explanation drift; ``int8`` is the faster ready int8 variant.
 
     Raises:
         NotFound: ``variant_not_found`` when the name is unknown or not ready.
@@ -162,6 +163,7 @@ def resolve(model: ModelVersion, requested: str, gate: dict[str, float]) -> str:
         model: The model version.
         requested: ``fp32``, ``fastest``, ``int8`` or a kind.
         gate: ``min_top1`` / ``max_norm_error`` of the fidelity gate.
+        allow_drift: Whether ``fastest`` may pick a ``drift_flagged`` variant.
     """
     from engine.variants.fidelity import pick_fastest
 
@@ -169,7 +171,13 @@ def resolve(model: ModelVersion, requested: str, gate: dict[str, float]) -> str:
         return "fp32"
     ready = {s.kind: s.report or {} for s in list_variants(model) if s.state is State.READY}
     if requested == "fastest":
-        return pick_fastest(ready, model.card.task, min_top1=gate["min_top1"], max_norm_error=gate["max_norm_error"])
+        return pick_fastest(
+            ready,
+            model.card.task,
+            min_top1=gate["min_top1"],
+            max_norm_error=gate["max_norm_error"],
+            allow_drift=allow_drift,
+        )
     options = [k for k in ALIASES.get(requested, (requested,)) if k in ready]
     if not options:
         raise NotFound(

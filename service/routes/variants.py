@@ -1,4 +1,4 @@
-"""Quantized variant routes (``/v1/models/{name}/variants``)."""
+"""Variant routes (quantized and pruned) (``/v1/models/{name}/variants``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from engine.jobs import JOBS
 from engine.models.store import ModelVersion
 from engine.variants import state as variants
 from engine.variants.build import check_buildable
+from engine.variants.prune import check_sparsity
 from engine.variants.state import State
 from service.auth import managed_model, principal
 from service.bodies import json_object, optional_int
@@ -21,17 +22,24 @@ bp = Blueprint("variants", __name__)
 
 
 def submit_variant(
-    svc: Services, model: ModelVersion, kind: str, tenant: str, idempotency: str | None = None
+    svc: Services,
+    model: ModelVersion,
+    kind: str,
+    tenant: str,
+    idempotency: str | None = None,
+    sparsity: float | None = None,
 ) -> dict[str, Any]:
     """Enqueue the build of one variant (on the batch queue) and return the job's view, with ``cache``.
 
     Raises:
-        InvalidRequest: The variant cannot be built for this model.
+        InvalidRequest: The variant cannot be built for this model (or ``sparsity`` is wrong).
         Unavailable: Redis cannot be reached.
     """
-    check_buildable(model, kind)
+    check_buildable(model, kind, sparsity)
     gateway = svc.jobs()
-    payload = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
+    payload: dict[str, Any] = {"model": model.name, "version": model.version, "sha256": model.sha256, "kind": kind}
+    if sparsity is not None:
+        payload["sparsity"] = sparsity
     current = variants.read_state(model, kind)
     submission = gateway.submit(
         JOBS["variant"],
@@ -58,17 +66,20 @@ def request_card_variants(svc: Services, model: ModelVersion, tenant: str) -> No
 
 @bp.post("/v1/models/<model_name:name>/variants")
 def create_variant(name: str) -> tuple[Response, int, dict[str, str]]:
-    """Build a quantized variant as a job: 202 with the job and the variant's state.
+    """Build a quantized or pruned variant as a job: 202 with the job and the variant's state.
 
-    Errors: 404 model/version; 415; 422 ``nothing_to_quantize``,
-    ``variant_unsupported``, ``background_required``, bad kind; 503 Redis.
+    Errors: 404 model/version; 415; 422 ``nothing_to_quantize``, ``nothing_to_prune``,
+    ``variant_unsupported``, ``background_required``, bad kind or ``sparsity``; 503 Redis.
     """
     svc = services()
-    body = json_object({"kind", "version"}, required={"kind"})
+    body = json_object({"kind", "version", "sparsity"}, required={"kind"})
     model = managed_model(svc, name, optional_int(body.get("version"), "version"))
     kind = variants.check_kind(body["kind"])
+    sparsity = body.get("sparsity")
     idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
-    job = submit_variant(svc, model, kind, principal().tenant, idempotency)
+    job = submit_variant(
+        svc, model, kind, principal().tenant, idempotency, None if sparsity is None else check_sparsity(sparsity)
+    )
     state = variants.read_state(model, kind)
     body = {"variant": state.to_dict() if state else None, "job": job}
     return jsonify(body), 202, {"Location": job["location"], "X-Cache": job["cache"]}

@@ -124,3 +124,29 @@ def test_sdk_sends_its_key_and_reports_401(live_url, live_key):
     with pytest.raises(ApiError) as error:
         Client(live_url, api_key="onx_000000000000_" + "x" * 43).models()
     assert error.value.status == 401 and error.value.code == "invalid_key"
+
+
+def test_sdk_builds_a_pruned_variant_and_serves_it(live_url, live_key):
+    """build_variant sends the sparsity, waits for the job and returns the gated state; a bad sparsity is 422."""
+    import numpy as np
+    import pandas as pd
+
+    from tests.engine.variants import quantize_models as models
+
+    model, X = models.pipeline()
+    features = [f"x{i}" for i in range(X.shape[1])]
+    api = Client(live_url, api_key=live_key)
+    card = {"name": "sdk-pruned", "task": "classification", "features": features, "class_names": ["no", "yes"]}
+    background = pd.DataFrame(X[:300], columns=features).to_csv(index=False).encode()
+    api.register(model, card, background=background)
+    state = api.build_variant("sdk-pruned", "prune_structured", sparsity=0.25)
+    assert state["kind"] == "prune_structured" and state["state"] in ("ready", "rejected")
+    assert state["report"]["pruning"]["layers"][0]["removed"] == 8
+    listed = {v["kind"]: v for v in api.model("sdk-pruned")["variants"]}
+    assert listed["prune_structured"]["state"] == state["state"]
+    if state["state"] == "ready":
+        served = api.predict("sdk-pruned", np.asarray(X[300:310]).tolist(), variant="prune_structured")
+        assert served["model"]["variant"] == "prune_structured"
+    with pytest.raises(ApiError) as error:
+        api.build_variant("sdk-pruned", "prune_magnitude", sparsity=1.0)
+    assert error.value.status == 422 and error.value.field == "sparsity"

@@ -39,3 +39,11 @@ def test_a_setting_that_does_not_parse_names_its_variable() -> None:
     with pytest.raises(InvalidRequest) as caught:
         Settings.from_env({"ONNXPLAIN_AUDIT_CHUNK_ROWS": "many"})
     assert caught.value.field == "ONNXPLAIN_AUDIT_CHUNK_ROWS"
+
+
+def test_a_boolean_setting_reads_the_word_not_its_truthiness() -> None:
+    assert Settings.from_env({"ONNXPLAIN_VARIANT_FASTEST_ALLOWS_DRIFT": "false"}).variant_fastest_allows_drift is False
+    assert Settings.from_env({"ONNXPLAIN_VARIANT_FASTEST_ALLOWS_DRIFT": "True"}).variant_fastest_allows_drift is True
+    with pytest.raises(InvalidRequest) as caught:
+        Settings.from_env({"ONNXPLAIN_VARIANT_FASTEST_ALLOWS_DRIFT": "maybe"})
+    assert caught.value.field == "ONNXPLAIN_VARIANT_FASTEST_ALLOWS_DRIFT"

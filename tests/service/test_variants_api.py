@@ -59,6 +59,16 @@ def _wait_variant(client, name: str, kind: str, timeout: float = 180) -> dict:
     raise AssertionError(f"variant {kind} of {name} still building")
 
 
+def _wait_job(client, location: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(location).json
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {location} still running")
+
+
 def test_each_kind_builds_reports_and_serves(live_client, mlp):
     """int8_dynamic, int8_static and fp16 build on the batch queue, carry a full report and pass the gate."""
     _register(live_client, mlp, "mlp-variants")
@@ -123,6 +133,73 @@ def test_a_variant_below_the_gate_is_rejected_and_fp32_keeps_serving(live_client
     assert fp32.status_code == 200 and fp32.json["predictions"][0]["value"] == pytest.approx(1e3, rel=1e-5)
     fastest = live_client.post("/v1/models/fragile:predict", json={"instances": [[0, 1e6]], "variant": "fastest"})
     assert fastest.json["model"]["variant"] == "fp32"
+
+
+def test_pruned_variants_build_report_and_gate(live_client, mlp):
+    """Pruned kinds run the same job, gate and report; pruned too far is rejected and fp32 keeps serving."""
+    _register(live_client, mlp, "mlp-pruned")
+    requests = {"prune_magnitude": 0.3, "prune_structured": 0.25, "prune_structured+int8_static": 0.25}
+    for kind, sparsity in requests.items():
+        response = live_client.post("/v1/models/mlp-pruned/variants", json={"kind": kind, "sparsity": sparsity})
+        assert response.status_code == 202, response.json
+    rows = mlp.X[300:500]
+    for kind, sparsity in requests.items():
+        variant = _wait_variant(live_client, "mlp-pruned", kind)
+        assert variant["state"] in ("ready", "rejected") and variant["report"], variant
+        report = variant["report"]
+        assert REPORT_FIELDS <= set(report) and report["pruning"]["sparsity_requested"] == sparsity
+        assert report["drift_flagged"] == (report["explanation_drift"]["spearman_mean"] < 0.9)
+        assert report["latency"]["speedup"]["single_row"] > 0 and report["latency"]["speedup"]["batch"] > 0
+    magnitude = {v["kind"]: v for v in live_client.get("/v1/models/mlp-pruned").json["variants"]}["prune_magnitude"]
+    assert magnitude["state"] == "ready", magnitude["gate"]
+    pruning = magnitude["report"]["pruning"]
+    assert pruning["speeds_up"] is False and abs(pruning["sparsity_achieved"] - 0.3) < 0.01
+    for kind in requests:
+        state = {v["kind"]: v for v in live_client.get("/v1/models/mlp-pruned").json["variants"]}[kind]["state"]
+        served = live_client.post("/v1/models/mlp-pruned:predict", json={"instances": rows.tolist(), "variant": kind})
+        assert served.status_code == (200 if state == "ready" else 404), (kind, state)
+    structured = {v["kind"]: v for v in live_client.get("/v1/models/mlp-pruned").json["variants"]}["prune_structured"]
+    assert [layer["removed"] for layer in structured["report"]["pruning"]["layers"]] == [8]
+    assert structured["report"]["size_bytes"]["ratio"] < 1
+    fastest = live_client.post(
+        "/v1/models/mlp-pruned:predict", json={"instances": rows[:1].tolist(), "variant": "fastest"}
+    ).json["model"]["variant"]
+    assert fastest != "prune_magnitude"  # its zeros run through the same dense kernels
+
+    far = live_client.post("/v1/models/mlp-pruned/variants", json={"kind": "prune_magnitude", "sparsity": 0.97})
+    assert far.status_code == 202
+    _wait_job(live_client, far.headers["Location"])
+    rejected = _wait_variant(live_client, "mlp-pruned", "prune_magnitude")
+    assert rejected["state"] == "rejected" and rejected["report"]["pruning"]["sparsity_requested"] == 0.97
+    assert rejected["report"]["agreement"]["top1"] < 0.99
+    refused = live_client.post(
+        "/v1/models/mlp-pruned:predict", json={"instances": rows[:1].tolist(), "variant": "prune_magnitude"}
+    )
+    assert refused.status_code == 404 and refused.json["code"] == "variant_not_found"
+    fp32 = live_client.post("/v1/models/mlp-pruned:predict", json={"instances": rows[:1].tolist()})
+    assert fp32.status_code == 200 and fp32.json["model"]["variant"] == "fp32"
+
+
+def test_pruned_variant_request_errors(live_client, mlp):
+    """sparsity is checked and named; a kind that does not prune refuses it; unprunable structure is 422."""
+    _register(live_client, mlp, "mlp-prune-errors")
+    for bad in (0, 1, 1.2, "half", True):
+        response = live_client.post(
+            "/v1/models/mlp-prune-errors/variants", json={"kind": "prune_magnitude", "sparsity": bad}
+        )
+        assert response.status_code == 422 and response.json["field"] == "sparsity", (bad, response.json)
+    quantized = live_client.post("/v1/models/mlp-prune-errors/variants", json={"kind": "fp16", "sparsity": 0.5})
+    assert quantized.status_code == 422 and quantized.json["field"] == "sparsity"
+    linear = builders.affine_regressor([1.0, 2.0], bias=0.0)
+    background = pd.DataFrame(np.random.default_rng(0).normal(size=(20, 2)), columns=["a", "b"])
+    data = {
+        "model": (io.BytesIO(linear.SerializeToString()), "m"),
+        "card": json.dumps({"name": "linear", "task": "regression", "features": ["a", "b"]}),
+        "background": (io.BytesIO(background.to_csv(index=False).encode()), "b"),
+    }
+    assert live_client.post("/v1/models", data=data, content_type="multipart/form-data").status_code == 201
+    flat = live_client.post("/v1/models/linear/variants", json={"kind": "prune_structured"})
+    assert flat.status_code == 422 and flat.json["code"] == "nothing_to_prune"
 
 
 def test_variants_requested_in_the_card_are_built_at_registration(live_client, mlp):

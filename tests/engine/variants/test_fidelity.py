@@ -19,7 +19,7 @@ import pytest
 from engine.errors import InvalidRequest
 from engine.runtime.hardware import host_cpu, profile_from
 from engine.variants.fidelity import measure_variant, passes_gate, pick_fastest
-from engine.variants.quantize import VARIANT_KINDS, build_variant
+from engine.variants.quantize import QUANTIZED_KINDS, build_variant
 from tests.engine.variants import quantize_models as models
 from tests.engine.variants.quantize_models import Model
 
@@ -140,7 +140,7 @@ def test_gate_rejects_weights_int8_cannot_represent(wide_range: Model, kind: str
     assert "normalised max error" in why
 
 
-@pytest.mark.parametrize("kind", VARIANT_KINDS)
+@pytest.mark.parametrize("kind", QUANTIZED_KINDS)
 def test_fixed_batch_export_builds_and_is_measured_a_row_at_a_time(kind: str, tmp_path: Path) -> None:
     model = models.export_cnn(dynamic_batch=False)  # input shape [1, 3, 16, 16]
     images = np.random.default_rng(7).normal(size=(20, 3, 16, 16)).astype(np.float32)
@@ -188,3 +188,18 @@ def test_gate_rejects_an_unknown_task() -> None:
     with pytest.raises(InvalidRequest) as caught:
         passes_gate(_report("classification", 1, 1), "ranking")
     assert caught.value.code == "invalid_task"
+
+
+def test_fastest_skips_unstructured_pruning_and_drifted_explanations() -> None:
+    """Zeros run through dense kernels (any measured gain is noise); drift-flagged variants need leave to be picked."""
+    magnitude = {**_report("classification", 1.2, 1.2), "pruning": {"speeds_up": False}}
+    structured = {**_report("classification", 1.1, 1.1), "pruning": {"speeds_up": True}}
+    drifted = {**_report("classification", 1.5, 1.5), "drift_flagged": True}
+    assert pick_fastest({"prune_magnitude": magnitude}, "classification") == "fp32"
+    assert pick_fastest({"prune_magnitude": magnitude, "prune_structured": structured}, "classification") == (
+        "prune_structured"
+    )
+    assert pick_fastest({"int8_static": drifted, "prune_structured": structured}, "classification") == (
+        "prune_structured"
+    )
+    assert pick_fastest({"int8_static": drifted}, "classification", allow_drift=True) == "int8_static"

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from engine.errors import ExplanationFailed, InvalidRequest, ModelRejected
 from engine.runtime.hardware import profile_from
 from engine.variants.fidelity import measure_variant
-from engine.variants.quantize import VARIANT_KINDS, build_variant, has_quantizable_ops
+from engine.variants.quantize import QUANTIZED_KINDS, build_variant, has_quantizable_ops
 from tests.engine.variants import quantize_models as models
 from tests.engine.variants.quantize_models import FEATURES, Model
 
@@ -63,7 +63,7 @@ def _ops(model_bytes: bytes) -> set[str]:
     return {node.op_type for node in onnx.load_model_from_string(model_bytes).graph.node}
 
 
-@pytest.mark.parametrize("kind", VARIANT_KINDS)
+@pytest.mark.parametrize("kind", QUANTIZED_KINDS)
 @pytest.mark.parametrize("name", ["mlp", "pipeline", "cnn"])
 def test_every_kind_builds_and_loads(name: str, kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     model, rows = request.getfixturevalue(name)
@@ -79,7 +79,7 @@ def test_every_kind_builds_and_loads(name: str, kind: str, request: pytest.Fixtu
     assert list(tmp_path.iterdir()) == []  # the quantizers' scratch files are gone
 
 
-@pytest.mark.parametrize("kind", VARIANT_KINDS)
+@pytest.mark.parametrize("kind", QUANTIZED_KINDS)
 def test_tree_ensemble_has_nothing_to_quantize(forest: Model, kind: str, tmp_path: Path) -> None:
     model, X = forest
     assert not has_quantizable_ops(model)
