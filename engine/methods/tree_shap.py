@@ -175,11 +175,12 @@ class TreeShap:
             prepared = _prepared(ensemble, task)
             trees = prepared.trees
             Z = ensemble.prepare(task.X)
-            scores = trees.scores(Z)
+            ok = trees.routed(Z)
+            scores = trees.scores(Z, ok)
             _verify(task, ensemble, scores, task.X, prepared.size)
             margins = scores @ ensemble.matrix.T + ensemble.offset
             if space == "margin" or ensemble.post_transform == "NONE":
-                phi, expected = trees.margin(Z)
+                phi, expected = trees.margin(Z, ok)
                 values = phi @ ensemble.matrix.T
                 base = ensemble.matrix @ expected + ensemble.offset
                 output = margins if space == "margin" else transform(margins, ensemble.post_transform)
@@ -192,7 +193,7 @@ class TreeShap:
                             f"output_space 'probability' handles at most {MAX_SOFTMAX_CLASSES} softmax classes"
                         )
                     maps = _softmax_maps(margins, prepared.margins)
-                values = trees.mapped(Z, maps, ensemble.matrix)
+                values = trees.mapped(Z, maps, ensemble.matrix, ok)
                 base = transform(prepared.margins, ensemble.post_transform).mean(axis=0)
                 output = transform(margins, ensemble.post_transform)
             _check_additivity(values, base, output, prepared.size)

@@ -209,24 +209,42 @@ class InterventionalTrees:
         self.pair_entry = np.array(pair_entry, dtype=np.intp)
         self.pair_slot = np.array(pair_slot, dtype=np.intp)
         self.pair_ok = np.array(pair_ok, dtype=bool)
+        # Pairs the pattern's rows fail (F) first, then those they pass (T), each half in entry order: then
+        # |A| is the F pairs x passes, |C| the T pairs x fails, and the leaf is dead if x fails an F pair.
+        order = np.argsort(self.pair_ok, kind="stable")
+        self.pair_entry, self.pair_slot, self.pair_ok = (
+            self.pair_entry[order],
+            self.pair_slot[order],
+            self.pair_ok[order],
+        )
+        self.fails = int((~self.pair_ok).sum())
+        ids = np.arange(entries)
+        head, tail = self.pair_entry[: self.fails], self.pair_entry[self.fails :]
+        self.f_start, self.f_end = np.searchsorted(head, ids), np.searchsorted(head, ids, side="right")
+        self.t_start, self.t_end = np.searchsorted(tail, ids), np.searchsorted(tail, ids, side="right")
         self.pair_feature = paths.slot_feature[self.pair_slot] if len(pair_slot) else np.zeros(0, np.intp)
-        self.entry_start = np.searchsorted(self.pair_entry, np.arange(entries)).astype(np.intp)
+        self.pair_value = paths.leaf_value[self.entry_leaf[self.pair_entry]] if len(pair_slot) else np.zeros((0, 1))
         # (entries, m): which background rows share each entry's pattern, for per-reference output maps.
         self.membership = np.zeros((entries, m))
         for e, rows in enumerate(members):
             self.membership[e, rows] = 1.0
 
-    def scores(self, Z: FloatArray) -> FloatArray:
+    def routed(self, Z: FloatArray) -> BoolArray:
+        """``(n, slots)``: the one routing pass the other methods take as ``ok`` (so a request routes once)."""
+        return self.paths.satisfied(np.asarray(Z, dtype=np.float64))
+
+    def scores(self, Z: FloatArray, ok: BoolArray | None = None) -> FloatArray:
         """The ensemble's summed leaf weights plus base, ``(n, scores)``, routed in one pass over every split."""
         Z = np.asarray(Z, dtype=np.float64)
         base = np.tile(self.ensemble.base, (len(Z), 1))
         if not len(self.paths.slot_leaf):
             return base
-        reach = np.logical_and.reduceat(self.paths.satisfied(Z), self.paths.leaf_slots[:-1], axis=1)
+        ok = self.paths.satisfied(Z) if ok is None else ok
+        reach = np.logical_and.reduceat(ok, self.paths.leaf_slots[:-1], axis=1)
         out: FloatArray = base + reach @ self.paths.leaf_value
         return out
 
-    def margin(self, Z: FloatArray) -> tuple[FloatArray, FloatArray]:
+    def margin(self, Z: FloatArray, ok: BoolArray | None = None) -> tuple[FloatArray, FloatArray]:
         """Interventional TreeSHAP values of the scores.
 
         Args:
@@ -242,16 +260,16 @@ class InterventionalTrees:
         phi = np.zeros((len(Z), self.n_features, scores))
         if not len(self.pair_entry):
             return phi, self.expected
+        ok = self.paths.satisfied(Z) if ok is None else ok
         step = max(1, ROW_CHUNK_PAIRS // len(self.pair_entry))
         for start in range(0, len(Z), step):
-            rows = Z[start : start + step]
-            phi[start : start + step] = self._margin_rows(rows)
+            phi[start : start + step] = self._margin_rows(ok[start : start + step])
         return phi, self.expected
 
-    def _margin_rows(self, Z: FloatArray) -> FloatArray:
-        n = len(Z)
-        coef = self._coefficients(Z, unit_weight=False)
-        values = self.paths.leaf_value[self.entry_leaf[self.pair_entry]]  # (pairs, scores)
+    def _margin_rows(self, ok: BoolArray) -> FloatArray:
+        n = len(ok)
+        coef = self._coefficients(ok, unit_weight=False)
+        values = self.pair_value  # (pairs, scores)
         d = self.n_features
         target = (np.arange(n)[:, None] * d + self.pair_feature[None, :]).ravel()
         out = np.zeros((n, d, values.shape[1]))
@@ -260,24 +278,25 @@ class InterventionalTrees:
             out[:, :, k] = np.bincount(target, weights, minlength=n * d).reshape(n, d)
         return out
 
-    def _coefficients(self, Z: FloatArray, *, unit_weight: bool) -> FloatArray:
+    def _coefficients(self, ok: BoolArray, *, unit_weight: bool) -> FloatArray:
         """``(n, pairs)``: each (leaf pattern, slot)'s Shapley coefficient, times the pattern's share unless unit."""
-        x_ok = self.paths.satisfied(Z)[:, self.pair_slot]  # (n, pairs)
-        b_ok = self.pair_ok[None, :]
-        only_x = x_ok & ~b_ok
-        only_b = b_ok & ~x_ok
-        neither = ~x_ok & ~b_ok
-        # Per (row, entry): |A|, |C| and whether the leaf is reachable at all (pairs are grouped by entry).
-        a = np.add.reduceat(only_x.astype(np.intp), self.entry_start, axis=1)
-        c = np.add.reduceat(only_b.astype(np.intp), self.entry_start, axis=1)
-        dead = np.logical_or.reduceat(neither, self.entry_start, axis=1)
+        n = len(ok)
+        x_ok = ok[:, self.pair_slot]  # (n, pairs)
+        passed_f, passed_t = x_ok[:, : self.fails], x_ok[:, self.fails :]
+        sums_f = np.zeros((n, self.fails + 1), dtype=np.int32)
+        np.cumsum(passed_f, axis=1, out=sums_f[:, 1:])
+        sums_t = np.zeros((n, len(self.pair_ok) - self.fails + 1), dtype=np.int32)
+        np.cumsum(passed_t, axis=1, out=sums_t[:, 1:])
+        a = sums_f[:, self.f_end] - sums_f[:, self.f_start]  # |A|: tests only x passes
+        c = (self.t_end - self.t_start) - (sums_t[:, self.t_end] - sums_t[:, self.t_start])  # |C|: only b passes
+        dead = a < (self.f_end - self.f_start)  # x fails a test b fails too
         scale = np.where(dead, 0.0, 1.0 if unit_weight else self.entry_weight[None, :])
-        w_in = (self.w_in[a, c] * scale)[:, self.pair_entry]
-        w_out = (self.w_out[a, c] * scale)[:, self.pair_entry]
-        coef: FloatArray = np.where(only_x, w_in, 0.0) - np.where(only_b, w_out, 0.0)
+        coef = np.empty((n, len(self.pair_ok)))
+        coef[:, : self.fails] = passed_f * (self.w_in[a, c] * scale)[:, self.pair_entry[: self.fails]]
+        coef[:, self.fails :] = ~passed_t * -(self.w_out[a, c] * scale)[:, self.pair_entry[self.fails :]]
         return coef
 
-    def mapped(self, Z: FloatArray, maps: FloatArray, matrix: FloatArray) -> FloatArray:
+    def mapped(self, Z: FloatArray, maps: FloatArray, matrix: FloatArray, ok: BoolArray | None = None) -> FloatArray:
         """Mean over the background of each reference's margin attributions mapped by that reference's matrix.
 
         ``(1/m) Σ_b W_b φ^b`` with ``φ^b`` the single-reference attributions of
@@ -299,10 +318,11 @@ class InterventionalTrees:
         if not len(self.pair_entry):
             return out
         margin_value = self.paths.leaf_value[self.entry_leaf] @ matrix.T  # (entries, K)
+        ok = self.paths.satisfied(Z) if ok is None else ok
         for i in range(n):
             summed = (self.membership @ maps[i].reshape(m, K * K)).reshape(-1, K, K) / m  # (entries, K, K)
             per_entry = np.einsum("ekc,ec->ek", summed, margin_value)
-            coef = self._coefficients(Z[i : i + 1], unit_weight=True)[0]  # (pairs,)
+            coef = self._coefficients(ok[i : i + 1], unit_weight=True)[0]  # (pairs,)
             weights = coef[:, None] * per_entry[self.pair_entry]  # (pairs, K)
             for k in range(K):
                 out[i, :, k] = np.bincount(self.pair_feature, weights[:, k], minlength=self.n_features)
