@@ -98,6 +98,7 @@ def main() -> None:
     body = {
         "instances": [base64.b64encode(png.getvalue()).decode("ascii")],
         "method": "occlusion",
+        "parameters": {"patch": 2, "stride": 1},
         "wait": 30,
     }
     (HERE / "digits_example.json").write_text(json.dumps(body) + "\n")

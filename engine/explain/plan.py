@@ -191,8 +191,17 @@ def _choose_perception(model: ModelVersion) -> tuple[str, str]:
     return choose_for_kind(model.card.input_kind, gradient_verdict(model) is None, bool(convolutions(model)))
 
 
+def gradients_installed() -> bool:
+    """Whether the ``gradients`` extra (torch, onnx2torch, captum) is installed, without importing it."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx2torch", "captum"))
+
+
 def gradient_verdict(model: ModelVersion) -> str | None:
     """Why gradient methods cannot explain ``model`` (naming the operator or input), or ``None`` when they can."""
+    if not gradients_installed():
+        return "the server lacks the 'gradients' extra (torch, torchvision, onnx2torch, captum)"
     if model.card.input_kind == "text":
         return "this text model takes strings (integrated gradients needs a token-id model)"
     return _gradient_verdict(model.sha256, model.model_path, model.signature.explained_output)

@@ -7,7 +7,7 @@
   one for signed maps) and blended over the input, enlarged with nearest
   neighbours so small inputs stay legible; a base64 PNG written by Pillow.
 * :func:`highlight_html` — the text with each word in a ``<mark>`` shaded by
-  its attribution (red against, blue for). Everything from the input is
+  its attribution (red for, blue against, as in the heatmaps). Everything from the input is
   HTML-escaped: the snippet is safe to drop into a page.
 """
 
@@ -96,7 +96,7 @@ def heatmap_png(image: FloatArray, values: FloatArray, *, signed: bool, min_side
 def highlight_html(text: str, tokens: Sequence[Token], values: Sequence[float]) -> str:
     """Return the text as an HTML snippet with each word shaded by its attribution.
 
-    Positive attributions are blue, negative red, opacity proportional to
+    Positive attributions are red, negative blue (as in the heatmaps' ``bwr`` colormap), opacity proportional to
     ``|value| / max |value|``; each ``<mark>`` carries the value in ``title``
     and ``data-attribution``. All text is escaped.
     """
@@ -106,7 +106,7 @@ def highlight_html(text: str, tokens: Sequence[Token], values: Sequence[float]) 
     for token, value in zip(tokens, values, strict=True):
         parts.append(html.escape(text[position : token.start]))
         strength = abs(float(value)) / top
-        colour = "33, 102, 172" if value >= 0 else "178, 24, 43"
+        colour = "178, 24, 43" if value >= 0 else "33, 102, 172"
         parts.append(
             f'<mark style="background-color: rgba({colour}, {strength:.3f})" '
             f'title="{float(value):.4g}" data-attribution="{float(value):.6g}">{html.escape(token.text)}</mark>'

@@ -45,6 +45,13 @@ def check_buildable(model: ModelVersion, kind: str, sparsity: float | None = Non
         check_sparsity(sparsity)
 
     inputs = model.signature.inputs
+    if model.card.input_kind != "tabular":
+        # Fidelity and explanation drift are measured on tabular rows; image and text variants are not built yet.
+        raise InvalidRequest(
+            f"variants are built for tabular models, not {model.card.input_kind} ones",
+            code="variant_unsupported",
+            field="kind",
+        )
     if not is_single_tensor(inputs, model.card.feature_names) or any(
         f.encoding == "one_hot" for f in model.card.features
     ):

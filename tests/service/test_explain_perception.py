@@ -185,3 +185,9 @@ def test_audits_of_image_models_are_refused_for_now(client, cnn):
     assert register(client, cnn.onnx_bytes, DIGITS_CARD).status_code == 201
     response = client.post("/v1/audits", json={"model": "digits", "rows": [[0.0] * 64]})
     assert response.status_code == 422
+
+
+def test_variants_of_image_models_are_refused_for_now(client, cnn):
+    assert register(client, cnn.onnx_bytes, DIGITS_CARD, pixel_csv(cnn.images[:20])).status_code == 201
+    response = client.post("/v1/models/digits/variants", json={"kind": "int8_dynamic"})
+    assert response.status_code == 422 and response.json["code"] == "variant_unsupported"

@@ -41,5 +41,5 @@ def test_highlight_html_escapes_the_text_and_marks_every_word():
     snippet = highlight_html(text, tokens, [0.1 * i - 0.2 for i in range(len(tokens))])
     assert "<script" not in snippet and "&lt;<mark" in snippet and "&amp;" in snippet and "&quot;" in snippet
     assert snippet.count("<mark") == len(tokens) == 6
-    assert re.search(r"rgba\(178, 24, 43, 0\.667\)[^>]*>a</mark>", snippet)
-    assert re.search(r"rgba\(33, 102, 172, 1\.000\)[^>]*>great</mark>", snippet)
+    assert re.search(r"rgba\(33, 102, 172, 0\.667\)[^>]*>a</mark>", snippet)
+    assert re.search(r"rgba\(178, 24, 43, 1\.000\)[^>]*>great</mark>", snippet)

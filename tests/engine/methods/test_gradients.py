@@ -52,20 +52,28 @@ def test_conv_layers_are_listed_without_torch():
     assert conv_layers(cnn, "probabilities") == ["/0/Conv", "/2/Conv"]
 
 
-gradients = pytest.importorskip("engine.methods.gradients", exc_type=ImportError)
+@pytest.fixture(scope="module")
+def gradients():
+    """engine.methods.gradients, which needs the optional 'gradients' extra (torch, onnx2torch, captum)."""
+    pytest.importorskip("captum")
+    pytest.importorskip("onnx2torch")
+    from engine.methods import gradients as module
+
+    return module
 
 
-def refused(onnx_bytes: bytes, output: str, inputs: np.ndarray, reference) -> InvalidRequest:
+def refused(gradients, onnx_bytes: bytes, output: str, inputs: np.ndarray, reference) -> InvalidRequest:
     with pytest.raises(InvalidRequest) as caught:
         gradients.convert(onnx_bytes, output, check_inputs=inputs, reference=reference)
     assert caught.value.code == "method_not_supported_for_model" and caught.value.field == "method"
     return caught.value
 
 
-def test_tree_model_asked_for_gradients_is_refused_naming_the_operator():
+def test_tree_model_asked_for_gradients_is_refused_naming_the_operator(gradients):
     forest = builders.forest_classifier()
     sess = deep_models.session(forest.onnx_bytes)
     error = refused(
+        gradients,
         forest.onnx_bytes,
         "probabilities",
         forest.X[:8].astype(np.float32),
@@ -74,7 +82,7 @@ def test_tree_model_asked_for_gradients_is_refused_naming_the_operator():
     assert "ai.onnx.ml:TreeEnsembleClassifier" in error.detail
 
 
-def test_an_operator_onnx2torch_cannot_convert_is_named():
+def test_an_operator_onnx2torch_cannot_convert_is_named(gradients):
     graph = helper.make_graph(
         [helper.make_node("Shrink", ["x"], ["y"], lambd=0.5)],
         "shrink",
@@ -83,11 +91,11 @@ def test_an_operator_onnx2torch_cannot_convert_is_named():
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
     sess = deep_models.session(model)
-    error = refused(model, "y", np.ones((2, 2), np.float32), lambda x: sess.run(None, {"x": x})[0])
+    error = refused(gradients, model, "y", np.ones((2, 2), np.float32), lambda x: sess.run(None, {"x": x})[0])
     assert "Shrink" in error.detail
 
 
-def test_a_conversion_that_disagrees_with_the_served_session_is_refused(tmp_path):
+def test_a_conversion_that_disagrees_with_the_served_session_is_refused(gradients, tmp_path):
     """The served session is an int8 variant of the MLP: its outputs differ from the fp32 graph by more than 1e-4."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -96,7 +104,9 @@ def test_a_conversion_that_disagrees_with_the_served_session_is_refused(tmp_path
     source.write_bytes(onnx_bytes)
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QUInt8, reduce_range=True)
     int8 = deep_models.session(target.read_bytes())
-    error = refused_with_key(onnx_bytes, X[:32].astype(np.float32), lambda x: int8.run(None, {"x": x})[0], "int8")
+    error = refused_with_key(
+        gradients, onnx_bytes, X[:32].astype(np.float32), lambda x: int8.run(None, {"x": x})[0], "int8"
+    )
     assert "disagrees with onnxruntime" in error.detail
     fp32 = deep_models.session(onnx_bytes)
     ok = gradients.convert(
@@ -108,7 +118,7 @@ def test_a_conversion_that_disagrees_with_the_served_session_is_refused(tmp_path
     assert again is ok
 
 
-def refused_with_key(onnx_bytes: bytes, inputs: np.ndarray, reference, key: str) -> InvalidRequest:
+def refused_with_key(gradients, onnx_bytes: bytes, inputs: np.ndarray, reference, key: str) -> InvalidRequest:
     with pytest.raises(InvalidRequest) as caught:
         gradients.convert(onnx_bytes, "probabilities", check_inputs=inputs, reference=reference, reference_key=key)
     assert caught.value.code == "method_not_supported_for_model"
@@ -116,7 +126,7 @@ def refused_with_key(onnx_bytes: bytes, inputs: np.ndarray, reference, key: str)
 
 
 @pytest.fixture(scope="module")
-def mlp():
+def mlp(gradients):
     onnx_bytes, X, y = deep_models.tabular_mlp()
     sess = deep_models.session(onnx_bytes)
 
@@ -127,7 +137,7 @@ def mlp():
     return converted, f, X
 
 
-def test_tabular_integrated_gradients_is_complete_against_onnxruntime(mlp):
+def test_tabular_integrated_gradients_is_complete_against_onnxruntime(gradients, mlp):
     converted, f, X = mlp
     baseline = X[:100].mean(axis=0)
     targets = [[0, 1]] * 5
@@ -142,7 +152,7 @@ def test_tabular_integrated_gradients_is_complete_against_onnxruntime(mlp):
         np.testing.assert_allclose(result.base_values, f(baseline[None])[0])
 
 
-def test_tabular_saliency_is_the_gradient_of_the_onnx_model(mlp):
+def test_tabular_saliency_is_the_gradient_of_the_onnx_model(gradients, mlp):
     """Ground truth: central finite differences through onnxruntime."""
     converted, f, X = mlp
     (result,) = gradients.tabular_gradients(converted, f, X[:1], [[1]], method="saliency")
