@@ -66,6 +66,20 @@ def issue_key(settings: Settings, tenant: str = "acme", scopes: tuple[str, ...] 
     return key
 
 
+def server_keys(directory: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """For a server started as a process: the ``ONNXPLAIN_*`` variables of a keys file with one full key
+    (rate limit raised as in :func:`keyed`), and the headers that authenticate with that key."""
+    settings = keyed(Settings(), directory)
+    key = issue_key(settings)
+    env = {
+        "ONNXPLAIN_AUTH": "on",
+        "ONNXPLAIN_KEYS_FILE": str(settings.keys_file),
+        "ONNXPLAIN_KEYS_SECRET": KEYS_SECRET,
+        "ONNXPLAIN_RATE_LIMIT": settings.rate_limit,
+    }
+    return env, {"Authorization": f"Bearer {key}"}
+
+
 def authorize(client: Any, key: str) -> Any:
     """Make every request of a Flask test client carry ``Authorization: Bearer <key>``."""
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"

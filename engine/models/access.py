@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.errors import Conflict, NotFound
 from engine.files import write_atomic
+from engine.models.card import NAME_PATTERN
 
 PRIVATE, SHARED = "private", "shared"
 VISIBILITIES = (PRIVATE, SHARED)
@@ -62,6 +63,8 @@ class ModelAccess:
 
     def of(self, name: str) -> Access:
         """Return the access of ``name`` (:data:`OPERATOR` when none was recorded)."""
+        if not NAME_PATTERN.fullmatch(name):
+            return OPERATOR  # not a model name: nothing to read (the store then answers model_not_found)
         try:
             data = json.loads(self._path(name).read_text())
         except FileNotFoundError:

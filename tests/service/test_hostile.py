@@ -14,7 +14,7 @@ import pytest
 
 from engine.settings import Settings
 from service.app import create_app
-from tests.conftest import upload
+from tests.conftest import authorize, issue_key, keyed, upload
 from tests.contract import ValidatingClient
 
 ROW = [1.0, 2.0, 3.0, 4.0]
@@ -84,13 +84,20 @@ def body(fields: dict[str, str]) -> str:
 @pytest.fixture
 def hostile(tmp_path, redis_url, redis_conn, binary_model, multiclass_model) -> ValidatingClient:
     """An app with two models (credit, and species for variants), whose explains answer 202 at once."""
-    settings = Settings(
-        redis_url=redis_url, model_dir=tmp_path / "models", default_wait_s=0.0, max_wait_s=0.0, max_body_bytes=1 << 20
+    settings = keyed(
+        Settings(
+            redis_url=redis_url,
+            model_dir=tmp_path / "models",
+            default_wait_s=0.0,
+            max_wait_s=0.0,
+            max_body_bytes=1 << 20,
+        ),
+        tmp_path,
     )
     app = create_app(settings)
     app.testing = True
     app.test_client_class = ValidatingClient
-    client = app.test_client()
+    client = authorize(app.test_client(), issue_key(settings))
     assert upload(client, binary_model).status_code == 201
     assert upload(client, multiclass_model).status_code == 201
     return client

@@ -25,9 +25,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from client.launcher import free_port, start_api, stop_processes
-from tests.conftest import with_db
+from tests.conftest import server_keys, with_db
 
 ROOT = Path(__file__).resolve().parents[2]
+HEADERS: dict[str, str] = {}  # the live server's key, set by the fixture
 EXAMPLES = 6  # per operation: the whole run stays near a minute on two shared cores
 
 
@@ -35,8 +36,11 @@ EXAMPLES = 6  # per operation: the whole run stays near a minute on two shared c
 def live_api(tmp_path, redis_url, binary_model) -> Iterator[str]:
     """gunicorn serving the app on a free port, one model registered over HTTP."""
     port = free_port()
+    keys_env, headers = server_keys(tmp_path)
+    HEADERS.update(headers)
     env = {
         **os.environ,
+        **keys_env,
         "PYTHONPATH": str(ROOT),
         "ONNXPLAIN_REDIS_URL": with_db(redis_url, 5),
         "ONNXPLAIN_MODEL_DIR": str(tmp_path / "models"),
@@ -62,11 +66,14 @@ def live_api(tmp_path, redis_url, binary_model) -> Iterator[str]:
             "model": ("m.onnx", io.BytesIO(binary_model.onnx_bytes)),
             "background": ("b.csv", io.BytesIO(binary_model.background_csv())),
         }
-        response = httpx.post(f"{base}/v1/models", files=files, data={"card": binary_model.card_json()}, timeout=60)
+        response = httpx.post(
+            f"{base}/v1/models", files=files, data={"card": binary_model.card_json()}, timeout=60, headers=HEADERS
+        )
         assert response.status_code == 201, response.text
         yield base
     finally:
         stop_processes([proc])
+        HEADERS.clear()
 
 
 def _parameters_only(operation: schemathesis.APIOperation) -> bool:
@@ -92,7 +99,7 @@ def test_live_server_survives_the_contract_fuzz(live_api):
         def run(case: schemathesis.Case) -> None:
             if "name" in (case.path_parameters or {}) and case.path_parameters["name"][:1] in "aeiou":
                 case.path_parameters["name"] = "credit"  # reach the registered model's handlers too
-            response = case.call(base_url=live_api, timeout=30)
+            response = case.call(base_url=live_api, timeout=30, headers=HEADERS)
             case.validate_response(response, checks=checks)  # noqa: B023 (run() is called in this iteration)
 
         try:
