@@ -13,8 +13,10 @@ from redis import Redis
 from client.launcher import start_redis
 from engine.settings import Settings
 from service.app import create_app
-from tests.conftest import upload
+from tests.conftest import authorize, issue_key, keyed, upload
 from tests.contract import ValidatingClient
+
+HEADERS: dict[str, str] = {}  # the server's key, set by the fixture
 
 STALL_S = 6
 DEADLINE_S = 2.0  # the issue's bound: an answer within 2 s while Redis is stalled
@@ -26,10 +28,12 @@ def stallable(tmp_path, binary_model) -> Iterator[tuple[str, Redis]]:
     from werkzeug.serving import make_server
 
     server = start_redis(extra_args=("--enable-debug-command", "yes"))
-    settings = Settings(redis_url=server.url, model_dir=tmp_path / "models", default_wait_s=0.0)
+    settings = keyed(Settings(redis_url=server.url, model_dir=tmp_path / "models", default_wait_s=0.0), tmp_path)
     app = create_app(settings)
     app.test_client_class = ValidatingClient
-    assert upload(app.test_client(), binary_model).status_code == 201
+    key = issue_key(settings)
+    HEADERS["Authorization"] = f"Bearer {key}"
+    assert upload(authorize(app.test_client(), key), binary_model).status_code == 201
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -63,4 +67,4 @@ def test_a_stalled_redis_answers_503_fast_and_predictions_go_on(stallable):
     stall.join()
     # Recovery: the same process answers normally once Redis is back.
     assert httpx.get(f"{base}/readyz").status_code == 200
-    assert httpx.post(f"{base}/v1/models/credit:explain", json=explain, timeout=10).status_code == 202
+    assert httpx.post(f"{base}/v1/models/credit:explain", json=explain, timeout=10, headers=HEADERS).status_code == 202

@@ -20,6 +20,7 @@ from client.launcher import start_redis, stop_processes
 from engine.settings import Settings
 from service.app import create_app
 from tests import builders
+from tests.conftest import authorize, issue_key, keyed
 from tests.contract import ValidatingClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,10 +43,10 @@ def _setup(tmp_path, server, model):
         # The spin model runs until the call limit: the first run is killed long before, the second ends there.
         "ONNXPLAIN_MODEL_CALL_TIMEOUT_S": "8",
     }
-    settings = Settings(redis_url=server.url, model_dir=tmp_path / "models", default_wait_s=0.0)
+    settings = keyed(Settings(redis_url=server.url, model_dir=tmp_path / "models", default_wait_s=0.0), tmp_path)
     app = create_app(settings)
     app.test_client_class = ValidatingClient
-    client = app.test_client()
+    client = authorize(app.test_client(), issue_key(settings))
     card = {"name": "spin", "task": "regression", "features": ["a"]}
     files = {
         "model": (io.BytesIO(model.SerializeToString()), "m.onnx"),
