@@ -57,7 +57,9 @@ def test_a_stalled_redis_answers_503_fast_and_predictions_go_on(stallable):
     stall = threading.Thread(target=redis.execute_command, args=("DEBUG", "SLEEP", STALL_S))
     stall.start()
     time.sleep(0.5)  # let the server enter its sleep
-    with httpx.Client(base_url=base, timeout=DEADLINE_S, headers=HEADERS) as client:  # a slower answer raises ReadTimeout
+    with httpx.Client(
+        base_url=base, timeout=DEADLINE_S, headers=HEADERS
+    ) as client:  # a slower answer raises ReadTimeout
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.headers["Retry-After"]
         assert ready.json()["status"] == "unavailable"
