@@ -22,6 +22,7 @@ import pandas as pd
 
 from engine.audits.dataset import CheckedDataset, check_dataset
 from engine.audits.fairness import FairnessThresholds
+from engine.audits.study import check_variants
 from engine.errors import InvalidRequest, UnknownField
 from engine.explain.plan import ExplainRequest, plan_explanation
 from engine.models.store import ModelVersion
@@ -29,7 +30,7 @@ from engine.settings import Settings
 
 SPEC_FIELDS = frozenset(
     {"model", "version", "variant", "method", "parameters", "label", "sensitive"}
-    | {"positive", "on_bad_rows", "thresholds", "title"}
+    | {"positive", "on_bad_rows", "thresholds", "title", "variants"}
 )
 BAD_ROW_POLICIES = ("reject", "skip")
 
@@ -48,6 +49,7 @@ class AuditSpec:
         on_bad_rows: ``reject`` or ``skip``.
         thresholds: Fairness limits (fields of :class:`FairnessThresholds`).
         request: The explanation request of every chunk, without its rows.
+        compression: The compression study (:func:`engine.audits.study.check_variants`), or ``None``.
     """
 
     title: str
@@ -59,6 +61,7 @@ class AuditSpec:
     on_bad_rows: str
     thresholds: dict[str, float]
     request: dict[str, Any] = field(default_factory=dict)
+    compression: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the spec as JSON."""
@@ -99,6 +102,7 @@ def prepare_audit(
     Raises:
         UnknownField: A spec or thresholds field is unknown.
         InvalidRequest: A bad field, method or parameter; missing or unknown columns; too many rows; no valid row.
+        NotFound: ``variant_not_found`` naming ``variants[i]``, a variant of the study that is not ready.
     """
     for key in body:
         if key not in SPEC_FIELDS:
@@ -137,6 +141,7 @@ def prepare_audit(
         on_bad_rows=str(policy),
         thresholds=_thresholds(body.get("thresholds")),
         request=plan.to_dict(),
+        compression=check_variants(body.get("variants"), model, settings, variant=variant),
     )
     _check_columns(frame, spec, where)
     checked = check_dataset(frame, card, label=label, sensitive=spec.sensitive, where=where)

@@ -1,0 +1,175 @@
+"""The compression study of an audit, end to end: real variants built by real workers, every row explained on
+fp32 and on each variant, the per-variant numbers recomputed here from the per-row files."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+from sklearn.datasets import make_classification
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from engine.settings import Settings
+from tests import builders
+from tests.conftest import poll
+
+FEATURES = [f"x{i}" for i in range(5)]
+KINDS = ("int8_static", "prune_structured")
+
+
+@pytest.fixture
+def live_settings(live_settings: Settings) -> Settings:
+    """The shared live settings, with four chunks for this module's 2000 rows."""
+    return live_settings.replace(audit_chunk_rows=500)
+
+
+@pytest.fixture(scope="module")
+def mlp() -> builders.BuiltModel:
+    """A scaler + MLP classifier on 5 features (exact Shapley values enumerate 32 coalitions), skl2onnx."""
+    X, y = make_classification(n_samples=2400, n_features=5, n_informative=4, n_redundant=0, random_state=7)
+    model = make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=800, random_state=0)).fit(X, y)
+    onx = builders._convert(model, X, options={id(model): {"zipmap": False}})
+    card = {"name": "mlp", "task": "classification", "features": FEATURES, "class_names": ["denied", "approved"]}
+    return builders.BuiltModel(onx, card, X, y, model)
+
+
+def _register_with_variants(client: Any, built: builders.BuiltModel, name: str) -> None:
+    data = {
+        "model": (io.BytesIO(built.onnx_bytes), "m"),
+        "card": built.card_json(name=name),
+        "background": (io.BytesIO(built.background_csv(rows=40)), "b"),
+    }
+    assert client.post("/v1/models", data=data, content_type="multipart/form-data").status_code == 201
+    for kind in KINDS:
+        body = {"kind": kind, **({"sparsity": 0.25} if kind.startswith("prune") else {})}
+        assert client.post(f"/v1/models/{name}/variants", json=body).status_code == 202
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        states = {v["kind"]: v["state"] for v in client.get(f"/v1/models/{name}").json["variants"]}
+        if all(states.get(k) not in (None, "building") for k in KINDS):
+            assert all(states[k] == "ready" for k in KINDS), states
+            return
+        time.sleep(0.5)
+    raise AssertionError("variants still building")
+
+
+def _dataset(built: builders.BuiltModel, n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(built.X[400 : 400 + n], columns=FEATURES)
+    frame["y"] = np.where(built.y[400 : 400 + n] == 1, "approved", "denied")
+    frame["group"] = rng.choice(["a", "b"], n)
+    return frame
+
+
+def _submit(client: Any, frame: pd.DataFrame, spec: dict[str, Any]) -> Any:
+    data = {"dataset": (io.BytesIO(frame.to_csv(index=False).encode()), "d.csv"), "spec": json.dumps(spec)}
+    return client.post("/v1/audits", data=data, content_type="multipart/form-data")
+
+
+def _rows(client: Any, location: str, variant: str | None = None) -> pd.DataFrame:
+    response = client.get(f"{location}/rows" + (f"?variant={variant}" if variant else ""))
+    assert response.status_code == 200, response.json
+    return pd.read_parquet(io.BytesIO(response.data))
+
+
+def test_a_compression_study_compares_every_row_on_every_variant(live_client, mlp):
+    """2000 rows on fp32, int8_static and prune_structured: the summary's numbers equal those recomputed here."""
+    _register_with_variants(live_client, mlp, "mlp-study")
+    frame = _dataset(mlp, 2000)
+    spec = {"model": "mlp-study", "method": "exact", "label": "y", "sensitive": ["group"], "variants": list(KINDS)}
+    response = _submit(live_client, frame, spec)
+    assert response.status_code == 202, response.json
+    audit = poll(live_client, response.headers["Location"], timeout=300)
+    assert audit["status"] == "succeeded", audit
+    study = audit["summary"]["compression"]
+    assert study["reference"] == "fp32" and study["top_k"] == 3 and study["min_spearman"] == 0.9
+    assert [v["variant"] for v in study["variants"]] == list(KINDS)
+
+    fp32 = _rows(live_client, audit["location"])
+    attrs = [f"attr.{f}" for f in FEATURES]
+    for item in study["variants"]:
+        rows = _rows(live_client, audit["location"], item["variant"])
+        assert rows["row"].tolist() == fp32["row"].tolist() and item["rows"] == 2000
+        a, b = fp32[attrs].to_numpy(), rows[attrs].to_numpy()
+        assert not np.allclose(a, b)  # the variant's own explanation, not fp32's again
+        assert (rows["target"] == fp32["target"]).all()  # the same class explained on both
+        # Exact Shapley values are additive on the variant's own scores.
+        np.testing.assert_allclose(rows["base_value"] + b.sum(axis=1), rows["score"], atol=1e-5)
+        rho = np.array([spearmanr(np.abs(x), np.abs(y)).statistic for x, y in zip(a, b, strict=True)])
+        np.testing.assert_allclose(rows["spearman"], rho, atol=1e-12)
+        got = item["rank_correlation"]
+        assert got["median"] == pytest.approx(np.median(rho), abs=1e-12)
+        assert got["mean"] == pytest.approx(rho.mean(), abs=1e-12)
+        assert got["min"] == pytest.approx(rho.min(), abs=1e-12)
+        assert got["quantiles"]["p05"] == pytest.approx(np.quantile(rho, 0.05), abs=1e-12)
+        assert sum(got["histogram"]["counts"]) == 2000
+        assert item["drift_flagged"] == (np.median(rho) < 0.9 - 1e-9)  # a median on the threshold meets it
+        top = [
+            len(set(np.argsort(-np.abs(x))[:3]) & set(np.argsort(-np.abs(y))[:3])) / 3
+            for x, y in zip(a, b, strict=True)
+        ]
+        assert item["top_k_overlap"]["mean"] == pytest.approx(np.mean(top), abs=1e-12)
+        same = (rows["prediction"] == fp32["prediction"]).to_numpy()
+        assert item["agreement"]["prediction"] == pytest.approx(same.mean())
+        assert (rows["fp32_prediction"] == fp32["prediction"]).all()
+
+        shift = {s["feature"]: s for s in item["importance_shift"]}
+        for j, name in enumerate(FEATURES):
+            assert shift[name]["fp32_mean_abs"] == pytest.approx(np.abs(a[:, j]).mean(), rel=1e-12)
+            assert shift[name]["variant_mean_abs"] == pytest.approx(np.abs(b[:, j]).mean(), rel=1e-12)
+        changed = item["changed_rows"]
+        assert len(changed) == 10 and changed[0]["spearman"] == pytest.approx(rho.min(), abs=1e-12)
+        first = changed[0]
+        position = fp32.index[fp32["row"] == first["row"]][0]
+        assert [f["fp32"] for f in first["features"]] == pytest.approx(a[position].tolist())
+        assert [f["variant"] for f in first["features"]] == pytest.approx(b[position].tolist())
+
+        # Fairness on the variant's own predictions, by hand.
+        approved = rows["prediction"].to_numpy() == "approved"
+        groups = rows["sensitive.group"].to_numpy()
+        rates = {g: approved[groups == g].mean() for g in ("a", "b")}
+        column = item["fairness"]["columns"]["group"]
+        for g, rate in rates.items():
+            assert column["groups"][g]["selection_rate"] == pytest.approx(rate, abs=1e-12)
+        difference = abs(rates["a"] - rates["b"])
+        assert column["demographic_parity_difference"] == pytest.approx(difference, abs=1e-12)
+        before = audit["summary"]["fairness"]["columns"]["group"]["demographic_parity_difference"]
+        change = item["fairness_change"]["group"]["demographic_parity_difference"]
+        assert change["fp32"] == before and change["change"] == pytest.approx(difference - before, abs=1e-12)
+        assert item["build"]["size_ratio"] > 0
+
+    html = live_client.get(f"{audit['location']}/report").get_data(as_text=True)
+    assert 'id="compression"' in html and all(f'id="compression-{k}"' in html for k in KINDS)
+    csv = live_client.get(f"{audit['location']}/rows?variant=int8_static&format=csv")
+    assert csv.status_code == 200 and len(pd.read_csv(io.BytesIO(csv.data))) == 2000
+    unknown = live_client.get(f"{audit['location']}/rows?variant=fp16")
+    assert unknown.status_code == 404 and unknown.json["code"] == "variant_not_found"
+    assert unknown.json["field"] == "variant"
+
+
+def test_study_variants_are_checked_at_submission(live_client, mlp):
+    """A variant that is not ready, repeated, fp32 itself, or a study of a variant: refused before any job."""
+    _register_with_variants(live_client, mlp, "mlp-study-errors")
+    frame = _dataset(mlp, 20)
+    base = {"model": "mlp-study-errors", "method": "exact"}
+    cases = [
+        ({"variants": ["int8_static", "fp16"]}, 404, "variant_not_found", "variants[1]"),
+        ({"variants": ["prune_magnitude"]}, 404, "variant_not_found", "variants[0]"),
+        ({"variants": ["no_such_kind"]}, 404, "variant_not_found", "variants[0]"),
+        ({"variants": ["int8_static", "int8"]}, 422, "invalid_parameter", "variants[1]"),
+        ({"variants": ["fp32"]}, 422, "invalid_parameter", "variants[0]"),
+        ({"variants": []}, 422, "invalid_parameter", "variants"),
+        ({"variants": "int8_static"}, 422, "invalid_parameter", "variants"),
+        ({"variants": ["prune_structured"], "variant": "int8_static"}, 422, "invalid_parameter", "variant"),
+    ]
+    for extra, status, code, field in cases:
+        response = _submit(live_client, frame, {**base, **extra})
+        assert (response.status_code, response.json["code"], response.json["field"]) == (status, code, field), extra
