@@ -12,10 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import spearmanr
-from sklearn.datasets import make_classification
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from engine.settings import Settings
 from tests import builders
@@ -33,12 +29,8 @@ def live_settings(live_settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def mlp() -> builders.BuiltModel:
-    """A scaler + MLP classifier on 5 features (exact Shapley values enumerate 32 coalitions), skl2onnx."""
-    X, y = make_classification(n_samples=2400, n_features=5, n_informative=4, n_redundant=0, random_state=7)
-    model = make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=800, random_state=0)).fit(X, y)
-    onx = builders._convert(model, X, options={id(model): {"zipmap": False}})
-    card = {"name": "mlp", "task": "classification", "features": FEATURES, "class_names": ["denied", "approved"]}
-    return builders.BuiltModel(onx, card, X, y, model)
+    """The study's MLP on 5 features (see :func:`tests.builders.study_mlp`)."""
+    return builders.study_mlp()
 
 
 def _register_with_variants(client: Any, built: builders.BuiltModel, name: str) -> None:
