@@ -165,3 +165,38 @@ def test_study_variants_are_checked_at_submission(live_client, mlp):
     for extra, status, code, field in cases:
         response = _submit(live_client, frame, {**base, **extra})
         assert (response.status_code, response.json["code"], response.json["field"]) == (status, code, field), extra
+
+
+def test_a_multiclass_study_explains_on_each_variant_the_class_fp32_explained(live_client, multiclass_model):
+    """Without a positive class each row explains its predicted class: the variant explains fp32's, even where
+    its own prediction differs, so both attributions answer the same question."""
+    built = multiclass_model
+    data = {
+        "model": (io.BytesIO(built.onnx_bytes), "m"),
+        "card": built.card_json(name="species-study"),
+        "background": (io.BytesIO(built.background_csv(rows=40)), "b"),
+    }
+    assert live_client.post("/v1/models", data=data, content_type="multipart/form-data").status_code == 201
+    assert live_client.post("/v1/models/species-study/variants", json={"kind": "int8_static"}).status_code == 202
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        states = {v["kind"]: v for v in live_client.get("/v1/models/species-study").json["variants"]}
+        if states.get("int8_static", {}).get("state") not in (None, "building"):
+            break
+        time.sleep(0.5)
+    assert states["int8_static"]["state"] == "ready", states["int8_static"]
+    frame = pd.DataFrame(built.X, columns=built.card["features"])
+    spec = {"model": "species-study", "method": "exact", "variants": ["int8_static"]}
+    response = _submit(live_client, frame, spec)
+    assert response.status_code == 202, response.json
+    audit = poll(live_client, response.headers["Location"], timeout=300)
+    assert audit["status"] == "succeeded", audit
+    fp32 = _rows(live_client, audit["location"])
+    rows = _rows(live_client, audit["location"], "int8_static")
+    assert len(set(fp32["target"])) == 3  # every class is explained somewhere: the rows were grouped by it
+    assert (rows["target"] == fp32["target"]).all() and (fp32["target"] == fp32["prediction"]).all()
+    attrs = rows[[f"attr.{f}" for f in built.card["features"]]].to_numpy()
+    # The variant's exact attributions add up to its own score of the class explained.
+    np.testing.assert_allclose(rows["base_value"] + attrs.sum(axis=1), rows["score"], atol=1e-5)
+    item = audit["summary"]["compression"]["variants"][0]
+    assert item["agreement"]["changed_rows"] == int((rows["prediction"] != fp32["prediction"]).sum())
