@@ -83,7 +83,7 @@ def test_a_compression_study_compares_every_row_on_every_variant(live_client, ml
     assert audit["status"] == "succeeded", audit
     study = audit["summary"]["compression"]
     assert study["reference"] == "fp32" and study["top_k"] == 3 and study["min_spearman"] == 0.9
-    assert [v["variant"] for v in study["variants"]] == list(KINDS)
+    assert [v["variant"] for v in study["variants"]] == list(KINDS) == audit["variants"]
 
     fp32 = _rows(live_client, audit["location"])
     attrs = [f"attr.{f}" for f in FEATURES]
@@ -200,3 +200,55 @@ def test_a_multiclass_study_explains_on_each_variant_the_class_fp32_explained(li
     np.testing.assert_allclose(rows["base_value"] + attrs.sum(axis=1), rows["score"], atol=1e-5)
     item = audit["summary"]["compression"]["variants"][0]
     assert item["agreement"]["changed_rows"] == int((rows["prediction"] != fp32["prediction"]).sum())
+
+
+def test_a_regression_study_compares_values_and_group_errors(live_client):
+    """A regressor's study: agreement is the difference of values, fairness the per-group errors of the variant."""
+    from sklearn.datasets import make_regression
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = make_regression(n_samples=600, n_features=4, noise=0.1, random_state=5)
+    model = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(16,), max_iter=2000, random_state=0)).fit(
+        X, y
+    )
+    features = ["a", "b", "c", "d"]
+    built = builders.BuiltModel(
+        builders._convert(model, X), {"name": "price", "task": "regression", "features": features}, X, y, model
+    )
+    data = {
+        "model": (io.BytesIO(built.onnx_bytes), "m"),
+        "card": built.card_json(name="price-study"),
+        "background": (io.BytesIO(built.background_csv(rows=100)), "b"),
+    }
+    assert live_client.post("/v1/models", data=data, content_type="multipart/form-data").status_code == 201
+    assert live_client.post("/v1/models/price-study/variants", json={"kind": "int8_static"}).status_code == 202
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        state = {v["kind"]: v for v in live_client.get("/v1/models/price-study").json["variants"]}["int8_static"]
+        if state["state"] != "building":
+            break
+        time.sleep(0.5)
+    assert state["state"] == "ready", state.get("gate")
+    frame = pd.DataFrame(X[100:400], columns=features).assign(y=y[100:400], region=np.repeat(["n", "s"], 150))
+    spec = {
+        "model": "price-study",
+        "method": "exact",
+        "label": "y",
+        "sensitive": ["region"],
+        "variants": ["int8_static"],
+    }
+    audit = poll(live_client, _submit(live_client, frame, spec).headers["Location"], timeout=300)
+    assert audit["status"] == "succeeded", audit
+    fp32, rows = _rows(live_client, audit["location"]), _rows(live_client, audit["location"], "int8_static")
+    item = audit["summary"]["compression"]["variants"][0]
+    diff = np.abs(rows["prediction"].to_numpy() - fp32["prediction"].to_numpy())
+    assert item["agreement"]["max_abs_difference"] == pytest.approx(diff.max(), rel=1e-9)
+    assert item["agreement"]["mean_abs_difference"] == pytest.approx(diff.mean(), rel=1e-9)
+    groups = item["fairness"]["columns"]["region"]["groups"]
+    for g in ("n", "s"):
+        mine = rows["sensitive.region"] == g
+        mae = np.abs(rows["prediction"][mine] - rows["label"][mine]).mean()
+        assert groups[g]["mae"] == pytest.approx(mae, rel=1e-9)
+    assert item["fairness"]["flags"] == [] and item["fairness_change"]["region"] == {"new_flags": []}
