@@ -19,6 +19,7 @@ from tests.conftest import poll
 
 FEATURES = [f"x{i}" for i in range(5)]
 KINDS = ("int8_static", "prune_structured")
+STUDIED: dict[str, float | None] = {"int8_static": None, "prune_structured": 0.25}
 
 
 @pytest.fixture
@@ -33,21 +34,24 @@ def mlp() -> builders.BuiltModel:
     return builders.study_mlp()
 
 
-def _register_with_variants(client: Any, built: builders.BuiltModel, name: str) -> None:
+def _register_with_variants(
+    client: Any, built: builders.BuiltModel, name: str, kinds: dict[str, float | None], background_rows: int = 40
+) -> None:
+    """Register ``built`` and build its variants (kind → sparsity); wait until every one is ready."""
     data = {
         "model": (io.BytesIO(built.onnx_bytes), "m"),
         "card": built.card_json(name=name),
-        "background": (io.BytesIO(built.background_csv(rows=40)), "b"),
+        "background": (io.BytesIO(built.background_csv(rows=background_rows)), "b"),
     }
     assert client.post("/v1/models", data=data, content_type="multipart/form-data").status_code == 201
-    for kind in KINDS:
-        body = {"kind": kind, **({"sparsity": 0.25} if kind.startswith("prune") else {})}
+    for kind, sparsity in kinds.items():
+        body = {"kind": kind, **({"sparsity": sparsity} if sparsity is not None else {})}
         assert client.post(f"/v1/models/{name}/variants", json=body).status_code == 202
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        states = {v["kind"]: v["state"] for v in client.get(f"/v1/models/{name}").json["variants"]}
-        if all(states.get(k) not in (None, "building") for k in KINDS):
-            assert all(states[k] == "ready" for k in KINDS), states
+        states = {v["kind"]: v for v in client.get(f"/v1/models/{name}").json["variants"]}
+        if all(states.get(k, {}).get("state") not in (None, "building") for k in kinds):
+            assert all(states[k]["state"] == "ready" for k in kinds), {k: states[k].get("gate") for k in kinds}
             return
         time.sleep(0.5)
     raise AssertionError("variants still building")
@@ -74,7 +78,7 @@ def _rows(client: Any, location: str, variant: str | None = None) -> pd.DataFram
 
 def test_a_compression_study_compares_every_row_on_every_variant(live_client, mlp):
     """2000 rows on fp32, int8_static and prune_structured: the summary's numbers equal those recomputed here."""
-    _register_with_variants(live_client, mlp, "mlp-study")
+    _register_with_variants(live_client, mlp, "mlp-study", STUDIED)
     frame = _dataset(mlp, 2000)
     spec = {"model": "mlp-study", "method": "exact", "label": "y", "sensitive": ["group"], "variants": list(KINDS)}
     response = _submit(live_client, frame, spec)
@@ -149,7 +153,7 @@ def test_a_compression_study_compares_every_row_on_every_variant(live_client, ml
 
 def test_study_variants_are_checked_at_submission(live_client, mlp):
     """A variant that is not ready, repeated, fp32 itself, or a study of a variant: refused before any job."""
-    _register_with_variants(live_client, mlp, "mlp-study-errors")
+    _register_with_variants(live_client, mlp, "mlp-study-errors", STUDIED)
     frame = _dataset(mlp, 20)
     base = {"model": "mlp-study-errors", "method": "exact"}
     cases = [
@@ -171,20 +175,7 @@ def test_a_multiclass_study_explains_on_each_variant_the_class_fp32_explained(li
     """Without a positive class each row explains its predicted class: the variant explains fp32's, even where
     its own prediction differs, so both attributions answer the same question."""
     built = multiclass_model
-    data = {
-        "model": (io.BytesIO(built.onnx_bytes), "m"),
-        "card": built.card_json(name="species-study"),
-        "background": (io.BytesIO(built.background_csv(rows=40)), "b"),
-    }
-    assert live_client.post("/v1/models", data=data, content_type="multipart/form-data").status_code == 201
-    assert live_client.post("/v1/models/species-study/variants", json={"kind": "int8_static"}).status_code == 202
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        states = {v["kind"]: v for v in live_client.get("/v1/models/species-study").json["variants"]}
-        if states.get("int8_static", {}).get("state") not in (None, "building"):
-            break
-        time.sleep(0.5)
-    assert states["int8_static"]["state"] == "ready", states["int8_static"]
+    _register_with_variants(live_client, built, "species-study", {"int8_static": None})
     frame = pd.DataFrame(built.X, columns=built.card["features"])
     spec = {"model": "species-study", "method": "exact", "variants": ["int8_static"]}
     response = _submit(live_client, frame, spec)
@@ -217,20 +208,7 @@ def test_a_regression_study_compares_values_and_group_errors(live_client):
     built = builders.BuiltModel(
         builders._convert(model, X), {"name": "price", "task": "regression", "features": features}, X, y, model
     )
-    data = {
-        "model": (io.BytesIO(built.onnx_bytes), "m"),
-        "card": built.card_json(name="price-study"),
-        "background": (io.BytesIO(built.background_csv(rows=100)), "b"),
-    }
-    assert live_client.post("/v1/models", data=data, content_type="multipart/form-data").status_code == 201
-    assert live_client.post("/v1/models/price-study/variants", json={"kind": "int8_static"}).status_code == 202
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        state = {v["kind"]: v for v in live_client.get("/v1/models/price-study").json["variants"]}["int8_static"]
-        if state["state"] != "building":
-            break
-        time.sleep(0.5)
-    assert state["state"] == "ready", state.get("gate")
+    _register_with_variants(live_client, built, "price-study", {"int8_static": None}, background_rows=100)
     frame = pd.DataFrame(X[100:400], columns=features).assign(y=y[100:400], region=np.repeat(["n", "s"], 150))
     spec = {
         "model": "price-study",
