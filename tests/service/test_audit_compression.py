@@ -144,6 +144,9 @@ def test_a_compression_study_compares_every_row_on_every_variant(live_client, ml
 
     html = live_client.get(f"{audit['location']}/report").get_data(as_text=True)
     assert 'id="compression"' in html and all(f'id="compression-{k}"' in html for k in KINDS)
+    for item in study["variants"]:  # the most changed row, both explanations side by side
+        shown = item["changed_rows"][0]["features"][0]
+        assert f"{shown['feature']} = {shown['value']:.4g}: {shown['fp32']:.4g} | {shown['variant']:.4g}" in html
     csv = live_client.get(f"{audit['location']}/rows?variant=int8_static&format=csv")
     assert csv.status_code == 200 and len(pd.read_csv(io.BytesIO(csv.data))) == 2000
     unknown = live_client.get(f"{audit['location']}/rows?variant=fp16")
