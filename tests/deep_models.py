@@ -133,15 +133,17 @@ def randomised_cnn() -> ImageModel:
 
 
 @functools.cache
-def tabular_mlp() -> tuple[bytes, np.ndarray, np.ndarray]:
-    """A torch MLP on a synthetic 4-feature problem, exported to ONNX: (onnx, X, y)."""
+def tabular_mlp(features: int = 4) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """A torch MLP on a synthetic ``features``-feature problem, exported to ONNX: (onnx, X, y)."""
     import torch
     from sklearn.datasets import make_classification
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    X, y = make_classification(n_samples=300, n_features=4, n_informative=3, n_redundant=0, random_state=0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2), torch.nn.Softmax(dim=1))
+    X, y = make_classification(n_samples=300, n_features=features, n_informative=3, n_redundant=0, random_state=0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(features, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2), torch.nn.Softmax(dim=1)
+    )
     xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y)
     optimizer = torch.optim.Adam(net.parameters(), 1e-2)
     for _ in range(200):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidRequest
-from engine.methods import METHODS, choose_auto, evaluations_per_row, validate_params
+from engine.methods import EXACT_MAX_FEATURES, METHODS, choose_auto, evaluations_per_row, validate_params
 from engine.models.rows import parse_inputs
 from engine.models.store import ModelVersion
 from engine.settings import Settings
@@ -111,7 +111,7 @@ def plan_explanation(
             field="method",
         )
     # Image and text methods remove information towards a baseline, not background rows, unless asked to.
-    wants_background = entry.needs_background if kind == "tabular" else params.get("baseline") == "background"
+    wants_background = (entry.needs_background and kind == "tabular") or params.get("baseline") == "background"
     if wants_background and model.background_rows == 0:
         raise InvalidRequest(
             f"model {model.name!r} v{model.version} has no background data, which {method} needs; "
@@ -172,7 +172,14 @@ def plan_explanation(
 
 def _choose(model: ModelVersion) -> tuple[str, str]:
     is_tree, is_linear = _graph_kind(model.sha256, model.model_path)
-    return choose_auto(len(model.card.features), is_tree, is_linear)
+    differentiable = (
+        not is_tree
+        and not is_linear
+        and len(model.card.features) > EXACT_MAX_FEATURES
+        and model.background_rows > 0
+        and gradient_verdict(model) is None
+    )
+    return choose_auto(len(model.card.features), is_tree, is_linear, differentiable=differentiable)
 
 
 @functools.lru_cache(maxsize=64)
@@ -204,6 +211,15 @@ def gradient_verdict(model: ModelVersion) -> str | None:
         return "the server lacks the 'gradients' extra (torch, torchvision, onnx2torch, captum)"
     if model.card.input_kind == "text":
         return "this text model takes strings (integrated gradients needs a token-id model)"
+    if model.card.input_kind == "tabular":
+        from engine.models.screening import is_single_tensor
+
+        one_hot = [f.name for f in model.card.features if f.encoding == "one_hot"]
+        if not is_single_tensor(model.signature.inputs, model.card.feature_names) or one_hot:
+            # Gradients are taken over one float tensor whose columns are the card's features.
+            return "the model does not take its features as one float tensor " + (
+                f"(feature {one_hot[0]!r} is one-hot encoded)" if one_hot else "(it has one input per feature)"
+            )
     return _gradient_verdict(model.sha256, model.model_path, model.signature.explained_output)
 
 

@@ -25,6 +25,9 @@ from engine.models.store import ModelRegistry, ModelVersion
 from engine.runtime.sessions import ModelSession, read_scores
 from engine.serving import Predictor, format_predictions
 
+_READS_GRAPH = frozenset({"tree_shap", "linear", "integrated_gradients", "saliency"})
+"""Tabular methods that read the ONNX graph itself (trees, coefficients, gradients)."""
+
 
 def summarize_background(background: FloatArray, rows: int) -> FloatArray:
     """Keep at most ``rows`` background rows (a fixed-seed sample, so answers stay reproducible)."""
@@ -91,9 +94,10 @@ def run_explanation(
         params=params,
         seed=int(plan.parameters.get("seed", 0)),
         categorical=model.card.categorical,
-        onnx_model=model.model_path.read_bytes() if plan.method in ("tree_shap", "linear") else None,
+        onnx_model=model.model_path.read_bytes() if plan.method in _READS_GRAPH else None,
+        output=model.signature.explained_output,
     )
-    result = get_explainer(plan.method).explain(task)
+    result = get_explainer(plan.method, "tabular").explain(task)
     return Explanation(
         plan=plan,
         model=model,
