@@ -133,6 +133,24 @@ def randomised_cnn() -> ImageModel:
 
 
 @functools.cache
+def rgb_cnn(side: int = 224) -> bytes:
+    """An untrained (seeded) RGB CNN on ``side``×``side`` NCHW images, two classes: for payload round trips."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 5, stride=4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
+        torch.nn.Softmax(dim=1),
+    )
+    return export(net.eval(), torch.zeros(1, 3, side, side))
+
+
 def tabular_mlp(features: int = 4) -> tuple[bytes, np.ndarray, np.ndarray]:
     """A torch MLP on a synthetic ``features``-feature problem, exported to ONNX: (onnx, X, y)."""
     import torch

@@ -172,21 +172,32 @@ def run_perception(
 
     images = None
     if card.image is not None:
-        images = np.asarray(request.rows, dtype=np.float64).reshape((-1, *card.image.shape))
+        from engine.models.image import unpack_images
+
+        assert isinstance(request.rows, dict)  # build_request packs images
+        images = unpack_images(request.rows).reshape((-1, *card.image.shape))
         inputs: list[Any] = list(images)
         pictures = background.reshape((-1, *card.image.shape)) if len(background) else None
     else:
         inputs = [str(t) for t in request.rows]
         pictures = None
 
-    def reference(x: np.ndarray) -> np.ndarray:
-        (value,) = session.run({port.name: np.asarray(x, dtype=np.float32)}, [output])
-        return read_scores(value, card)
+    encoder = session.encoder
 
-    check = None
+    def reference(x: np.ndarray) -> np.ndarray:
+        # Token ids go in as they are; images as the float tensor the graph takes.
+        kind = (np.int32 if port.type == "tensor(int32)" else np.int64) if encoder is not None else np.float32
+        value = np.asarray(x, dtype=kind)
+        (scores,) = session.run({port.name: value}, [output])
+        return read_scores(scores, card)
+
+    check: np.ndarray | None = None
     if card.image is not None:
         sample = pictures[:32] if pictures is not None else images
         check = card.image.to_model(np.asarray(sample))
+    elif encoder is not None:
+        # Texts have no background: the conversion is checked on the very texts explained.
+        check = encoder.encode(inputs)[0]
     perceived = PerceptionModel(
         kind=card.input_kind,
         onnx_bytes=model.model_path.read_bytes(),
@@ -195,7 +206,8 @@ def run_perception(
         f=f,
         image=card.image,
         text=card.text,
-        reference=reference if card.image is not None else None,
+        encoder=encoder,
+        reference=reference if card.image is not None or encoder is not None else None,
         reference_inputs=check,
         reference_key=plan.variant,
         background=pictures,
