@@ -50,6 +50,12 @@ class Settings:
     max_audit_rows: int = 1_000_000
     """Most rows in one audit dataset."""
 
+    max_audit_zip_files: int = 10_000
+    """Most members of an image audit's zip (images and the ``labels.csv`` manifest)."""
+
+    max_audit_zip_bytes: int = 256 * 1024 * 1024
+    """Most bytes an image audit's zip may expand to, all members together (a zip bomb stops here)."""
+
     variant_min_top1: float = 0.99
     """Fidelity gate for classifier variants: least top-1 agreement with fp32."""
 

@@ -48,6 +48,8 @@ class AuditSpec:
         on_bad_rows: ``reject`` or ``skip``.
         thresholds: Fairness limits (fields of :class:`FairnessThresholds`).
         request: The explanation request of every chunk, without its rows.
+        input_kind: The model's input kind: ``tabular``, or ``image``/``text``
+            (:mod:`engine.audits.perception` explains and reports those).
     """
 
     title: str
@@ -59,6 +61,7 @@ class AuditSpec:
     on_bad_rows: str
     thresholds: dict[str, float]
     request: dict[str, Any] = field(default_factory=dict)
+    input_kind: str = "tabular"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the spec as JSON."""
@@ -69,8 +72,8 @@ class AuditSpec:
         """Rebuild a spec from :meth:`to_dict` output."""
         return cls(**dict(data))
 
-    def explain_request(self, rows: list[list[float]]) -> ExplainRequest:
-        """The explanation request of one chunk of rows (raw feature space)."""
+    def explain_request(self, rows: list[Any] | dict[str, Any]) -> ExplainRequest:
+        """The explanation request of one chunk of rows (raw feature space, texts or packed images)."""
         return ExplainRequest.from_payload({**self.request, "rows": rows})
 
 
@@ -108,8 +111,9 @@ def prepare_audit(
         raise InvalidRequest(msg, code="too_many_rows", field=where)
     card = model.card
     if card.input_kind != "tabular":
+        # Image and text audits are validated by engine.audits.perception.prepare_perception_audit.
         raise InvalidRequest(
-            f"audits of {card.input_kind} models are not supported yet; explain inputs with :explain",
+            f"a {card.input_kind} model's audit is prepared by prepare_perception_audit",
             code="method_not_applicable",
             field="model",
         )
