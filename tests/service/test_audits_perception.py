@@ -172,3 +172,30 @@ def test_sdk_and_cli_audit_an_image_zip_and_a_text_file(live_url, tmp_path, cnn,
     assert main([*args, "--method", "occlusion", "--rows", str(tmp_path / "rows.jsonl")]) == 0
     assert "Word importance per predicted class" in report.read_text()
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 6
+
+
+def _lying(declared: int) -> bytes:
+    """A zip whose directory says its image holds ``declared`` bytes while it inflates to 2 MB."""
+    data = _hostile({"labels.csv": b"file,digit\nbomb.png,1\n", "bomb.png": b"\0" * 2_000_000})
+    central = data.rindex(b"PK\x01\x02")  # the last member's central-directory entry (bomb.png)
+    patched = bytearray(data)
+    patched[central + 24 : central + 28] = declared.to_bytes(4, "little")
+    return bytes(patched)
+
+
+def test_a_member_inflating_past_its_declared_size_is_stopped(client, cnn):
+    # zipfile inflates no more than the declared size, then finds the CRC wrong: the lie costs 1000 bytes.
+    assert register(client, cnn.onnx_bytes, DIGITS_CARD).status_code == 201
+    response = submit(client, _lying(1000), {"model": "digits", "label": "digit"})
+    assert response.status_code == 422 and response.json["code"] == "invalid_zip", response.json
+    assert "CRC" in response.json["detail"]
+
+
+def test_json_lines_of_base64_images_audit_like_a_zip(live_client, cnn):
+    pytest.importorskip("captum")
+    assert register(live_client, cnn.onnx_bytes, {**DIGITS_CARD, "name": "digits-jsonl"}).status_code == 201
+    records = [{"image": encode_png(cnn.images[i]), "digit": int(cnn.labels[i])} for i in range(4)]
+    accepted = submit(live_client, jsonl(records), {"model": "digits-jsonl", "label": "digit", "method": "saliency"})
+    assert accepted.status_code == 202, accepted.json
+    audit = poll(live_client, accepted.headers["Location"])
+    assert audit["status"] == "succeeded" and audit["summary"]["rows"] == 4
