@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from engine.audits.dataset import BadCell, CheckedDataset, check_dataset, read_table
-from engine.audits.spec import AuditSpec, _optional_str, _positive, _thresholds
-from engine.errors import InvalidRequest, PayloadTooLarge
+from engine.audits.spec import SPEC_FIELDS, AuditSpec, _optional_str, _positive, _thresholds
+from engine.errors import InvalidRequest, PayloadTooLarge, UnknownField
 from engine.models.store import ModelRegistry, ModelVersion
 from engine.settings import Settings
 
@@ -156,6 +156,12 @@ def prepare_perception_audit(
     """
     from engine.explain.plan import plan_explanation
 
+    for key in body:
+        if key not in SPEC_FIELDS:
+            raise UnknownField(f"unknown field {key!r}", field=key)
+    if len(frame) > settings.max_audit_rows:
+        msg = f"{len(frame)} rows is more than the limit of {settings.max_audit_rows}"
+        raise InvalidRequest(msg, code="too_many_rows", field=where)
     card = model.card
     column = INPUT_COLUMNS[card.input_kind]
     label = _optional_str(body, "label")
