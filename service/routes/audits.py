@@ -11,7 +11,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from engine.audits.dataset import CheckedDataset, as_table, bad_rows_error, read_table
 from engine.audits.perception import prepare_perception_audit, read_image_zip
 from engine.audits.spec import SPEC_FIELDS, prepare_audit
-from engine.errors import InvalidRequest, UnknownField
+from engine.errors import InvalidRequest, NotFound, UnknownField
 from service.auth import tenant, visible_model
 from service.bodies import check_object, check_parts, json_object, json_part, optional_int
 from service.errors import problem_of, respond
@@ -96,6 +96,17 @@ def audit_report(audit_id: str) -> Response:
     gateway = AuditGateway(services(), tenant())
     audit = gateway.ready(gateway.open(audit_id), report=True)
     return send_file(audit.report_path, mimetype="text/html")
+
+
+@bp.get("/v1/audits/<audit_id>/maps/<int:row>")
+def audit_map(audit_id: str, row: int) -> Response:
+    """The heatmap PNG an image audit kept for upload row ``row``. Errors: 404 (also ``map_not_found``); 409."""
+    gateway = AuditGateway(services(), tenant())
+    audit = gateway.ready(gateway.open(audit_id), report=False)
+    path = audit.path / "maps" / f"{row}.png"
+    if not path.is_file():
+        raise NotFound(f"audit {audit.id!r} kept no map for row {row}", code="map_not_found", field="row")
+    return send_file(path, mimetype="image/png")
 
 
 def _read_upload() -> tuple[dict[str, Any], pd.DataFrame, str]:

@@ -101,6 +101,10 @@ def test_image_audit_keeps_each_map_and_a_contact_sheet(live_client, live_settin
     for _, row in frame.iterrows():
         assert decode_map(json.loads(row["map"])).shape == (8, 8)
         assert (live_settings.audit_dir / audit["id"] / row["map_file"]).read_bytes()[:4] == b"\x89PNG"
+    fetched = live_client.get(f"/v1/audits/{audit['id']}/maps/{int(frame['row'][3])}")
+    assert fetched.status_code == 200 and fetched.mimetype == "image/png" and fetched.data[:4] == b"\x89PNG"
+    missing = live_client.get(f"/v1/audits/{audit['id']}/maps/999")
+    assert missing.status_code == 404 and missing.json["code"] == "map_not_found"
     report = live_client.get(f"/v1/audits/{audit['id']}/report").data.decode()
     assert "Most confident" in report and "Least confident" in report
     assert report.count("data:image/png;base64,") == 12  # six of each end
