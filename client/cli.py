@@ -207,7 +207,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     card = json.loads(Path(args.card).read_text())
     if args.name:
         card["name"] = args.name
-    _print(Client(args.url, api_key=args.api_key).register(args.model, card, background=args.background))
+    api = Client(args.url, api_key=args.api_key)
+    _print(api.register(args.model, card, background=args.background, tokenizer=args.tokenizer))
     return 0
 
 
@@ -384,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("model")
     reg.add_argument("--card", required=True)
     reg.add_argument("--background")
+    reg.add_argument("--tokenizer", help="tokenizers JSON of a token-id text model (the card's text.tokenizer)")
     reg.add_argument("--name")
     reg.set_defaults(func=cmd_register)
 
@@ -408,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit a dataset and download its report")
     audit.add_argument("model")
-    audit.add_argument("dataset", help="CSV, Parquet or JSON Lines file")
+    audit.add_argument(
+        "dataset", help="CSV, Parquet or JSON Lines file (texts: a 'text' column), or a zip of images with labels.csv"
+    )
     audit.add_argument("--out", required=True, help="where to write the HTML report")
     audit.add_argument("--rows", help="where to write the per-row results (.parquet, .csv or .jsonl)")
     audit.add_argument("--label", help="ground-truth column")

@@ -70,11 +70,17 @@ class Client:
         card: dict[str, Any],
         *,
         background: str | Path | bytes | None = None,
+        tokenizer: str | Path | bytes | None = None,
     ) -> dict[str, Any]:
-        """Register a model (next version of its card's name); return the model resource."""
+        """Register a model (next version of its card's name); return the model resource.
+
+        ``tokenizer`` is the ``tokenizers`` JSON of a token-id text model (the card's ``text.tokenizer``).
+        """
         files: dict[str, Any] = {"model": ("model.onnx", _bytes(model), "application/octet-stream")}
         if background is not None:
             files["background"] = ("background", _bytes(background), "application/octet-stream")
+        if tokenizer is not None:
+            files["tokenizer"] = ("tokenizer.json", _bytes(tokenizer), "application/json")
         result: dict[str, Any] = self._call("POST", "/v1/models", files=files, data={"card": json.dumps(card)}).json()
         return result
 
@@ -233,7 +239,8 @@ class Client:
         variant: str | None = None,
         variants: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Submit an audit of a dataset (a CSV/Parquet/JSON Lines file or bytes, or rows as dicts); return it.
+        """Submit an audit of a dataset (a CSV/Parquet/JSON Lines file or bytes, a zip of images with a
+        ``labels.csv``, or rows as dicts); return it.
 
         ``variants`` (e.g. ``["int8_static", "prune_structured"]``) adds a compression study: every row is also
         explained on each ready variant and the summary's ``compression`` compares them with fp32.

@@ -50,6 +50,12 @@ class Settings:
     max_audit_rows: int = 1_000_000
     """Most rows in one audit dataset."""
 
+    max_audit_zip_files: int = 10_000
+    """Most members of an image audit's zip (images and the ``labels.csv`` manifest)."""
+
+    max_audit_zip_bytes: int = 256 * 1024 * 1024
+    """Most bytes an image audit's zip may expand to, all members together (a zip bomb stops here)."""
+
     variant_min_top1: float = 0.99
     """Fidelity gate for classifier variants: least top-1 agreement with fp32."""
 
@@ -75,6 +81,9 @@ class Settings:
 
     max_background_rows: int = 100_000
     """Most rows in an uploaded background data set."""
+
+    max_tokenizer_bytes: int = 16 * 1024 * 1024
+    """Largest ``tokenizer`` part (a ``tokenizers`` JSON file) a token-id text model may be registered with."""
 
     background_summary_rows: int = 100
     """Background rows kept for explainers (k-means summary when larger)."""
@@ -139,6 +148,10 @@ class Settings:
 
     max_explain_rows: int = 100
     """Most rows in one explain request (audits take more, in chunks)."""
+
+    max_explain_pixels: int = 16 * 224 * 224
+    """Most image pixels (height × width, all images together) in one explain request: the job payload
+    carries them as bytes (one per channel value for PNG/JPEG inputs), so this bounds what Redis holds."""
 
     max_explain_features: int = 200
     """Most features the sampling methods (kernel_shap, permutation, lime) accept."""

@@ -41,6 +41,7 @@ RULES: dict[str, str] = {
     "audits.cancel_audit": EXPLAIN,
     "audits.audit_rows": READ,
     "audits.audit_report": READ,
+    "audits.audit_map": READ,
     "v2.live": PUBLIC,
     "v2.ready": PUBLIC,
     "v2.server_metadata": READ,

@@ -133,15 +133,35 @@ def randomised_cnn() -> ImageModel:
 
 
 @functools.cache
-def tabular_mlp() -> tuple[bytes, np.ndarray, np.ndarray]:
-    """A torch MLP on a synthetic 4-feature problem, exported to ONNX: (onnx, X, y)."""
+def rgb_cnn(side: int = 224) -> bytes:
+    """An untrained (seeded) RGB CNN on ``side``×``side`` NCHW images, two classes: for payload round trips."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 5, stride=4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
+        torch.nn.Softmax(dim=1),
+    )
+    return export(net.eval(), torch.zeros(1, 3, side, side))
+
+
+def tabular_mlp(features: int = 4) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """A torch MLP on a synthetic ``features``-feature problem, exported to ONNX: (onnx, X, y)."""
     import torch
     from sklearn.datasets import make_classification
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    X, y = make_classification(n_samples=300, n_features=4, n_informative=3, n_redundant=0, random_state=0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2), torch.nn.Softmax(dim=1))
+    X, y = make_classification(n_samples=300, n_features=features, n_informative=3, n_redundant=0, random_state=0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(features, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2), torch.nn.Softmax(dim=1)
+    )
     xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y)
     optimizer = torch.optim.Adam(net.parameters(), 1e-2)
     for _ in range(200):

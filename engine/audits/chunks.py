@@ -61,6 +61,12 @@ def explain_chunk(
         InvalidRequest, ExplanationFailed: From the method or the model.
     """
     spec = audit.spec
+    if spec.input_kind != "tabular":
+        from engine.audits.perception import explain_perception_chunk
+
+        return explain_perception_chunk(
+            audit, start, stop, registry, predictor, should_stop=should_stop, on_progress=on_progress
+        )
     frame = audit.read_dataset(start, stop)
     model = registry.get(spec.request["model"], int(spec.request["version"]))
     values = frame[[f"value.{f}" for f in spec.features]].set_axis(spec.features, axis=1)
@@ -156,7 +162,15 @@ def finish_audit(audit: Audit, failures: Mapping[int, JobError], *, worker: str 
     from engine.audits.report import render_report  # matplotlib and jinja2: only the merging worker needs them
 
     provenance = {**metas[0], "audit": {"id": audit.id, "merged_by": worker, "chunks": len(audit.chunks)}}
-    html = render_report(summary, rows[ok], features=spec.features, provenance=provenance, title=spec.title)
+    if spec.input_kind != "tabular":
+        from engine.audits.perception import perception_summary, render_perception_report
+
+        summary |= perception_summary(rows[ok], spec.input_kind)
+        html = render_perception_report(
+            summary, rows[ok], audit_path=audit.path, provenance=provenance, title=spec.title
+        )
+    else:
+        html = render_report(summary, rows[ok], features=spec.features, provenance=provenance, title=spec.title)
     audit.write_outputs(rows, summary, html)
     state["state"] = "succeeded"
     audit.set_state(state)

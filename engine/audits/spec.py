@@ -50,6 +50,8 @@ class AuditSpec:
         thresholds: Fairness limits (fields of :class:`FairnessThresholds`).
         request: The explanation request of every chunk, without its rows.
         compression: The compression study (:func:`engine.audits.study.check_variants`), or ``None``.
+        input_kind: The model's input kind: ``tabular``, or ``image``/``text``
+            (:mod:`engine.audits.perception` explains and reports those).
     """
 
     title: str
@@ -62,6 +64,7 @@ class AuditSpec:
     thresholds: dict[str, float]
     request: dict[str, Any] = field(default_factory=dict)
     compression: dict[str, Any] | None = None
+    input_kind: str = "tabular"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the spec as JSON."""
@@ -72,8 +75,8 @@ class AuditSpec:
         """Rebuild a spec from :meth:`to_dict` output."""
         return cls(**dict(data))
 
-    def explain_request(self, rows: list[list[float]]) -> ExplainRequest:
-        """The explanation request of one chunk of rows (raw feature space)."""
+    def explain_request(self, rows: list[Any] | dict[str, Any]) -> ExplainRequest:
+        """The explanation request of one chunk of rows (raw feature space, texts or packed images)."""
         return ExplainRequest.from_payload({**self.request, "rows": rows})
 
 
@@ -112,8 +115,9 @@ def prepare_audit(
         raise InvalidRequest(msg, code="too_many_rows", field=where)
     card = model.card
     if card.input_kind != "tabular":
+        # Image and text audits are validated by engine.audits.perception.prepare_perception_audit.
         raise InvalidRequest(
-            f"audits of {card.input_kind} models are not supported yet; explain inputs with :explain",
+            f"a {card.input_kind} model's audit is prepared by prepare_perception_audit",
             code="method_not_applicable",
             field="model",
         )

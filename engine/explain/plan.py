@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.errors import InvalidRequest
-from engine.methods import METHODS, choose_auto, evaluations_per_row, validate_params
+from engine.methods import EXACT_MAX_FEATURES, METHODS, choose_auto, evaluations_per_row, validate_params
 from engine.models.rows import parse_inputs
 from engine.models.store import ModelVersion
 from engine.settings import Settings
@@ -47,8 +49,8 @@ class ExplainRequest:
     """A plan and the rows it explains (raw feature space), as carried in a job payload."""
 
     plan: ExplainPlan
-    rows: list[Any]
-    """Raw-feature rows, unit images (nested ``H × W × C`` lists) or texts, by the model's input kind."""
+    rows: list[Any] | dict[str, Any]
+    """Raw-feature rows or texts (lists), or unit images packed by :func:`engine.models.image.pack_images`."""
 
     def to_payload(self) -> dict[str, Any]:
         """Return the request as a JSON-ready dict (the plan's fields and ``rows``)."""
@@ -71,11 +73,25 @@ def build_request(body: dict[str, Any], model: ModelVersion, settings: Settings,
     """
     X = parse_inputs(body.get("instances"), model.card, max_rows=settings.max_explain_rows)
     width = None
+    rows: list[Any] | dict[str, Any]
     if model.card.input_kind == "text":
         from engine.models.text import words
 
         width = max(len(words(str(t))) for t in X)
-    rows = X if isinstance(X, list) else X.tolist()
+    if model.card.image is not None:
+        from engine.models.image import pack_images
+
+        pixels = len(X) * model.card.image.height * model.card.image.width
+        if pixels > settings.max_explain_pixels:
+            raise InvalidRequest(
+                f"{len(X)} images of {model.card.image.height}×{model.card.image.width} are {pixels:,} pixels, over "
+                f"the limit of {settings.max_explain_pixels:,} per explain request; send fewer or submit an audit",
+                code="too_many_rows",
+                field="instances",
+            )
+        rows = pack_images(np.asarray(X))
+    else:
+        rows = X if isinstance(X, list) else X.tolist()
     return ExplainRequest(plan_explanation(body, model, settings, variant, rows=len(X), width=width), rows)
 
 
@@ -111,7 +127,7 @@ def plan_explanation(
             field="method",
         )
     # Image and text methods remove information towards a baseline, not background rows, unless asked to.
-    wants_background = entry.needs_background if kind == "tabular" else params.get("baseline") == "background"
+    wants_background = (entry.needs_background and kind == "tabular") or params.get("baseline") == "background"
     if wants_background and model.background_rows == 0:
         raise InvalidRequest(
             f"model {model.name!r} v{model.version} has no background data, which {method} needs; "
@@ -172,7 +188,14 @@ def plan_explanation(
 
 def _choose(model: ModelVersion) -> tuple[str, str]:
     is_tree, is_linear = _graph_kind(model.sha256, model.model_path)
-    return choose_auto(len(model.card.features), is_tree, is_linear)
+    differentiable = (
+        not is_tree
+        and not is_linear
+        and len(model.card.features) > EXACT_MAX_FEATURES
+        and model.background_rows > 0
+        and gradient_verdict(model) is None
+    )
+    return choose_auto(len(model.card.features), is_tree, is_linear, differentiable=differentiable)
 
 
 @functools.lru_cache(maxsize=64)
@@ -203,7 +226,21 @@ def gradient_verdict(model: ModelVersion) -> str | None:
     if not gradients_installed():
         return "the server lacks the 'gradients' extra (torch, torchvision, onnx2torch, captum)"
     if model.card.input_kind == "text":
-        return "this text model takes strings (integrated gradients needs a token-id model)"
+        if model.card.text is None or model.card.text.tokenizer is None:
+            return "this text model takes strings (integrated gradients needs a token-id model)"
+        if len(model.signature.inputs) > 1:
+            # The converted module would need the mask as a second argument; Captum's layer IG feeds one.
+            return "integrated gradients on token ids needs a model whose only input is the ids (no attention mask)"
+        return _embedding_verdict(model.sha256, model.model_path, model.signature.explained_output)
+    if model.card.input_kind == "tabular":
+        from engine.models.screening import is_single_tensor
+
+        one_hot = [f.name for f in model.card.features if f.encoding == "one_hot"]
+        if not is_single_tensor(model.signature.inputs, model.card.feature_names) or one_hot:
+            # Gradients are taken over one float tensor whose columns are the card's features.
+            return "the model does not take its features as one float tensor " + (
+                f"(feature {one_hot[0]!r} is one-hot encoded)" if one_hot else "(it has one input per feature)"
+            )
     return _gradient_verdict(model.sha256, model.model_path, model.signature.explained_output)
 
 
@@ -219,6 +256,16 @@ def _gradient_verdict(sha256: str, path: Path, output: str) -> str | None:
     from engine.methods.differentiable import check
 
     verdict = check(onnx.load_model_from_string(path.read_bytes()), output)
+    return None if verdict.ok else verdict.reason
+
+
+@functools.lru_cache(maxsize=64)
+def _embedding_verdict(sha256: str, path: Path, output: str) -> str | None:
+    import onnx
+
+    from engine.methods.differentiable import check_embedding
+
+    verdict = check_embedding(onnx.load_model_from_string(path.read_bytes()), output)
     return None if verdict.ok else verdict.reason
 
 

@@ -113,11 +113,13 @@ class Explanation:
                 item["std_error"] = float(result.std_errors[i, j, k])
             attributions.append(item)
         name = card.output_names[k]
-        residual = output - base - float(np.sum(values))
-        quality: dict[str, Any] = {"additivity_residual": residual}
-        # Local accuracy well past float noise means the answer must not pass as sound.
-        if abs(residual) > 1e-3 * max(1.0, abs(output)):
-            quality["degraded"] = True
+        quality: dict[str, Any] = {}
+        if result.additive:
+            residual = output - base - float(np.sum(values))
+            quality["additivity_residual"] = residual
+            # Local accuracy well past float noise means the answer must not pass as sound.
+            if abs(residual) > 1e-3 * max(1.0, abs(output)):
+                quality["degraded"] = True
         if result.quality:
             # Per-row quality may hold per-output entries (LIME fits one surrogate per target).
             quality.update(
@@ -125,7 +127,7 @@ class Explanation:
             )
         return {
             "target": name,
-            "base_value": base,
+            **({"base_value": base} if result.additive else {}),
             "output_value": output,
             "attributions": attributions,
             "quality": quality,

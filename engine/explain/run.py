@@ -26,6 +26,9 @@ from engine.runtime.sessions import ModelSession, read_scores
 from engine.serving import Predictor, format_predictions
 from engine.variants.state import variant_dir
 
+_READS_GRAPH = frozenset({"tree_shap", "linear", "integrated_gradients", "saliency"})
+"""Tabular methods that read the ONNX graph itself (trees, coefficients, gradients)."""
+
 
 def summarize_background(background: FloatArray, rows: int) -> FloatArray:
     """Keep at most ``rows`` background rows (a fixed-seed sample, so answers stay reproducible)."""
@@ -92,9 +95,10 @@ def run_explanation(
         params=params,
         seed=int(plan.parameters.get("seed", 0)),
         categorical=model.card.categorical,
-        onnx_model=_graph_bytes(model, plan.variant) if plan.method in ("tree_shap", "linear") else None,
+        onnx_model=_graph_bytes(model, plan.variant) if plan.method in _READS_GRAPH else None,
+        output=model.signature.explained_output,
     )
-    result = get_explainer(plan.method).explain(task)
+    result = get_explainer(plan.method, "tabular").explain(task)
     return Explanation(
         plan=plan,
         model=model,
@@ -175,21 +179,32 @@ def run_perception(
 
     images = None
     if card.image is not None:
-        images = np.asarray(request.rows, dtype=np.float64).reshape((-1, *card.image.shape))
+        from engine.models.image import unpack_images
+
+        assert isinstance(request.rows, dict)  # build_request packs images
+        images = unpack_images(request.rows).reshape((-1, *card.image.shape))
         inputs: list[Any] = list(images)
         pictures = background.reshape((-1, *card.image.shape)) if len(background) else None
     else:
         inputs = [str(t) for t in request.rows]
         pictures = None
 
-    def reference(x: np.ndarray) -> np.ndarray:
-        (value,) = session.run({port.name: np.asarray(x, dtype=np.float32)}, [output])
-        return read_scores(value, card)
+    encoder = session.encoder
 
-    check = None
+    def reference(x: np.ndarray) -> np.ndarray:
+        # Token ids go in as they are; images as the float tensor the graph takes.
+        kind = (np.int32 if port.type == "tensor(int32)" else np.int64) if encoder is not None else np.float32
+        value = np.asarray(x, dtype=kind)
+        (scores,) = session.run({port.name: value}, [output])
+        return read_scores(scores, card)
+
+    check: np.ndarray | None = None
     if card.image is not None:
         sample = pictures[:32] if pictures is not None else images
         check = card.image.to_model(np.asarray(sample))
+    elif encoder is not None:
+        # Texts have no background: the conversion is checked on the very texts explained.
+        check = encoder.encode(inputs)[0]
     perceived = PerceptionModel(
         kind=card.input_kind,
         onnx_bytes=model.model_path.read_bytes(),
@@ -198,7 +213,8 @@ def run_perception(
         f=f,
         image=card.image,
         text=card.text,
-        reference=reference if card.image is not None else None,
+        encoder=encoder,
+        reference=reference if card.image is not None or encoder is not None else None,
         reference_inputs=check,
         reference_key=plan.variant,
         background=pictures,

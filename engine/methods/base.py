@@ -39,7 +39,8 @@ class ExplainTask:
         seed: Seed for every random choice the method makes.
         categorical: Column indices of categorical features.
         onnx_model: The serialized ONNX model, for methods that read the
-            graph (``tree_shap``, ``linear``); ``None`` otherwise.
+            graph (``tree_shap``, ``linear``, gradients); ``None`` otherwise.
+        output: The explained ONNX output's name, for methods that differentiate the graph.
     """
 
     f: ModelFn
@@ -52,6 +53,7 @@ class ExplainTask:
     seed: int = 0
     categorical: tuple[int, ...] = ()
     onnx_model: bytes | None = None
+    output: str | None = None
 
 
 @dataclass
@@ -71,6 +73,8 @@ class Attributions:
             (e.g. ``{"converged": True}``, LIME's ``score``).
         info: Method facts recorded in the response's ``parameters`` (e.g.
             ``{"output_space": "margin"}``).
+        additive: The attributions add up to output minus base (``saliency``'s
+            gradients do not: the answer then has no ``base_value`` or residual).
     """
 
     base_values: FloatArray
@@ -79,6 +83,7 @@ class Attributions:
     std_errors: FloatArray | None = None
     quality: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    additive: bool = True
 
 
 class Explainer(Protocol):

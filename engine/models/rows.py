@@ -195,17 +195,25 @@ def parse_inputs(instances: object, card: ModelCard, *, max_rows: int, where: st
     return parse_instances(instances, card, max_rows=max_rows, where=where)
 
 
-def encode_feeds(X: Inputs, card: ModelCard, signature: Signature) -> dict[str, np.ndarray]:
+def encode_feeds(X: Inputs, card: ModelCard, signature: Signature, encoder: Any = None) -> dict[str, np.ndarray]:
     """Turn a batch of inputs into the ONNX inputs of the model.
 
     Categorical codes are rounded and clipped into range, because sampling
     explainers (LIME, KernelSHAP) may hand back any float in a column.
-    Images go through the card's scaling and layout; texts become a string tensor.
+    Images go through the card's scaling and layout; texts become a string tensor,
+    or token ids (and the attention mask, when the model takes one) through ``encoder``
+    (an :class:`engine.models.text.TokenIds`) for token-id models.
     """
     inputs = signature.inputs
     if card.image is not None:
         port = inputs[0]
         return {port.name: card.image.to_model(np.asarray(X, dtype=np.float64)).astype(_ONNX_DTYPES[port.type])}
+    if card.input_kind == "text" and encoder is not None:
+        ids, mask = encoder.encode([str(t) for t in X])
+        tokens = {inputs[0].name: ids.astype(_ONNX_DTYPES[inputs[0].type])}
+        if len(inputs) > 1:
+            tokens[inputs[1].name] = mask.astype(_ONNX_DTYPES[inputs[1].type])
+        return tokens
     if card.input_kind == "text":
         port = inputs[0]
         strings = np.asarray([str(t) for t in X], dtype=object)

@@ -183,10 +183,26 @@ def _match_image(inputs: tuple[Port, ...], card: ModelCard) -> None:
             )
 
 
+_INT_TYPES = ("tensor(int64)", "tensor(int32)")
+
+
 def _match_text(inputs: tuple[Port, ...], card: ModelCard) -> None:
-    """One string tensor ``[N]`` or ``[N, 1]`` (token-id models are not served over HTTP yet)."""
+    """One string tensor ``[N]`` or ``[N, 1]``; or, with a tokenizer, token ids ``[N, L]`` and an optional mask."""
     if card.text is not None and card.text.tokenizer is not None:
-        _mismatch("token-id text models cannot be registered yet; export a string-input model", "card.text.tokenizer")
+        length = card.text.max_length
+        if len(inputs) not in (1, 2) or any(p.type not in _INT_TYPES or len(p.shape) != 2 for p in inputs):
+            _mismatch(
+                "a token-id text model takes token ids [N, L] (int64 or int32) and optionally an attention mask "
+                "[N, L], in that order",
+                "card.text.tokenizer",
+            )
+        for port in inputs:
+            if isinstance(port.shape[1], int) and port.shape[1] != length:
+                _mismatch(
+                    f"input {port.name!r} takes {port.shape[1]} tokens, the card's max_length is {length}",
+                    "card.text.max_length",
+                )
+        return
     if len(inputs) != 1 or inputs[0].type != "tensor(string)" or len(inputs[0].shape) not in (1, 2):
         _mismatch("a text model takes one string tensor [N] or [N, 1]", "card.input_kind")
     shape = inputs[0].shape

@@ -93,7 +93,12 @@ class ModelRegistry:
     # -- writing -----------------------------------------------------------
 
     def register(
-        self, model: bytes, card: ModelCard, background: bytes | None = None, background_format: str = "csv"
+        self,
+        model: bytes,
+        card: ModelCard,
+        background: bytes | None = None,
+        background_format: str = "csv",
+        tokenizer: bytes | None = None,
     ) -> ModelVersion:
         """Validate an upload and store it as the next version of its name.
 
@@ -102,6 +107,7 @@ class ModelRegistry:
             card: The validated model card.
             background: Optional CSV or Parquet bytes of reference rows.
             background_format: ``csv`` or ``parquet``.
+            tokenizer: The ``tokenizers`` JSON of a token-id text model (its card names the file).
 
         Returns:
             The stored version.
@@ -111,6 +117,7 @@ class ModelRegistry:
             InvalidRequest: The background does not match the features.
         """
         _, signature = screen_model(model, card)
+        self._check_tokenizer(card, tokenizer)
         frame = self._read_background(background, background_format, card) if background is not None else None
         tmp = self.root / ".tmp" / uuid.uuid4().hex
         tmp.mkdir(parents=True)
@@ -119,10 +126,32 @@ class ModelRegistry:
             (tmp / "card.json").write_text(json.dumps(card.to_dict(), indent=2))
             if frame is not None:
                 frame.to_parquet(tmp / "background.parquet", index=False)
+            if tokenizer is not None and card.text is not None and card.text.tokenizer is not None:
+                # The card's name is a plain file name (TextSpec checks it), so this stays in the version directory.
+                (tmp / card.text.tokenizer).write_bytes(tokenizer)
             self._probe_and_seal(tmp, model, card, signature)
             return self._place(tmp, card.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _check_tokenizer(self, card: ModelCard, tokenizer: bytes | None) -> None:
+        declared = card.text.tokenizer if card.text is not None else None
+        if declared is None and tokenizer is not None:
+            raise InvalidRequest(
+                "a tokenizer part needs a token-id text card (card.text.tokenizer names its file)",
+                code="invalid_card",
+                field="card.text.tokenizer",
+            )
+        if declared is not None and tokenizer is None:
+            raise InvalidRequest(
+                f"the card declares tokenizer {declared!r}: send it in part 'tokenizer'",
+                code="missing_field",
+                field="tokenizer",
+            )
+        if tokenizer is not None:
+            from engine.models.text import screen_tokenizer
+
+            screen_tokenizer(tokenizer, max_bytes=self.settings.max_tokenizer_bytes)
 
     def _read_background(self, data: bytes, fmt: str, card: ModelCard) -> pd.DataFrame:
         try:

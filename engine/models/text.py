@@ -203,6 +203,39 @@ class TokenIds:
         return ids, mask
 
 
+def screen_tokenizer(data: bytes, *, max_bytes: int) -> None:
+    """Check an uploaded ``tokenizer.json`` before it is stored: size, UTF-8 JSON, and that ``tokenizers`` reads it.
+
+    Parsing is offline (``Tokenizer.from_str``): a tokenizer file never names anything to download.
+
+    Raises:
+        PayloadTooLarge: ``tokenizer_too_large`` over ``max_bytes``.
+        InvalidRequest: ``invalid_tokenizer`` when it is not a tokenizer ``tokenizers`` can read.
+    """
+    from engine.errors import PayloadTooLarge
+
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"the tokenizer is {len(data):,} bytes, over the limit of {max_bytes:,}",
+            code="tokenizer_too_large",
+            field="tokenizer",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("the tokenizer is not UTF-8 JSON", code="invalid_tokenizer", field="tokenizer") from exc
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as exc:  # tokenizers raises its own untyped Exception on bad JSON or an unknown model
+        raise InvalidRequest(
+            f"the tokenizer cannot be read by tokenizers: {exc}", code="invalid_tokenizer", field="tokenizer"
+        ) from exc
+    if tokenizer.get_vocab_size() == 0:
+        raise InvalidRequest("the tokenizer has an empty vocabulary", code="invalid_tokenizer", field="tokenizer")
+
+
 def _int(value: object, field: str, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise InvalidRequest(f"must be an integer in [1, {maximum}]", code="invalid_card", field=field)

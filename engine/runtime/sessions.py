@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +23,9 @@ from engine.models.card import ModelCard
 from engine.models.rows import Inputs, encode_feeds
 from engine.models.screening import Signature
 from engine.runtime.limits import WATCHDOG, limit_error
+
+if TYPE_CHECKING:
+    from engine.models.text import TokenIds
 
 BATCH_ROWS = 65_536
 
@@ -76,6 +79,8 @@ class ModelSession:
     session: ort.InferenceSession
     timeout_s: float = 0.0
     memory_bytes: int = 0
+    encoder: TokenIds | None = None
+    """Token ids for token-id text models (the card's tokenizer, stored beside the model)."""
 
     @property
     def provider(self) -> str:
@@ -111,7 +116,7 @@ class ModelSession:
         name = self.signature.explained_output
         for start in range(0, max(len(X), 1), BATCH_ROWS):
             chunk = X[start : start + BATCH_ROWS]
-            (value,) = self.run(encode_feeds(chunk, self.card, self.signature), [name])
+            (value,) = self.run(encode_feeds(chunk, self.card, self.signature, self.encoder), [name])
             parts.append(read_scores(value, self.card))
         out = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if not np.all(np.isfinite(out)):
@@ -164,7 +169,12 @@ class SessionCache:
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ExplanationFailed(f"onnxruntime cannot load the model: {exc}", code="model_error") from exc
-        loaded = ModelSession(card, signature, session, self.timeout_s, self.memory_bytes)
+        encoder = None
+        if card.text is not None and card.text.tokenizer is not None:
+            from engine.models.text import TokenIds
+
+            encoder = TokenIds(path.parent / card.text.tokenizer, card.text.max_length)
+        loaded = ModelSession(card, signature, session, self.timeout_s, self.memory_bytes, encoder)
         with self._lock:
             self._sessions[cache_key] = loaded
             while len(self._sessions) > self.capacity:

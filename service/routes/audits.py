@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.exceptions import UnsupportedMediaType
 
 from engine.audits.dataset import CheckedDataset, as_table, bad_rows_error, read_table
+from engine.audits.perception import prepare_perception_audit, read_image_zip
 from engine.audits.spec import SPEC_FIELDS, prepare_audit
 from engine.audits.store import Audit
 from engine.audits.study import rows_path
@@ -46,7 +47,10 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
     variant, _ = svc.predictor.resolve(model, variant)
     gateway = AuditGateway(svc, tenant())  # before any file is written: no Redis configured is 503 now
-    spec, checked = prepare_audit(body, frame, model, svc.settings, variant=variant, where=where)
+    if model.card.input_kind == "tabular":
+        spec, checked = prepare_audit(body, frame, model, svc.settings, variant=variant, where=where)
+    else:
+        spec, checked = prepare_perception_audit(body, frame, model, svc.settings, variant=variant, where=where)
     if checked.bad_rows and spec.on_bad_rows == "reject":
         return _bad_rows(checked)
     audit = gateway.submit(spec, checked, model)
@@ -110,6 +114,17 @@ def audit_report(audit_id: str) -> Response:
     return send_file(audit.report_path, mimetype="text/html")
 
 
+@bp.get("/v1/audits/<audit_id>/maps/<int:row>")
+def audit_map(audit_id: str, row: int) -> Response:
+    """The heatmap PNG an image audit kept for upload row ``row``. Errors: 404 (also ``map_not_found``); 409."""
+    gateway = AuditGateway(services(), tenant())
+    audit = gateway.ready(gateway.open(audit_id), report=False)
+    path = audit.path / "maps" / f"{row}.png"
+    if not path.is_file():
+        raise NotFound(f"audit {audit.id!r} kept no map for row {row}", code="map_not_found", field="row")
+    return send_file(path, mimetype="image/png")
+
+
 def _read_upload() -> tuple[dict[str, Any], pd.DataFrame, str]:
     """The spec fields, the dataset and its name in error fields, from a multipart or JSON request."""
     if request.mimetype == "multipart/form-data":
@@ -118,7 +133,12 @@ def _read_upload() -> tuple[dict[str, Any], pd.DataFrame, str]:
         upload = request.files.get("dataset")
         if upload is None:
             raise InvalidRequest("the dataset is required in part 'dataset'", code="missing_field", field="dataset")
-        return body, read_table(upload.read(), where="dataset"), "dataset"
+        data = upload.read()
+        if data[:4] == b"PK\x03\x04":  # a zip (told by content, as the tables are): images and labels.csv
+            settings = services().settings
+            frame = read_image_zip(data, max_files=settings.max_audit_zip_files, max_bytes=settings.max_audit_zip_bytes)
+            return body, frame, "dataset"
+        return body, read_table(data, where="dataset"), "dataset"
     if not request.is_json:
         raise UnsupportedMediaType("send multipart/form-data (dataset, spec) or application/json (rows and spec)")
     body = json_object(SPEC_FIELDS | {"rows"}, required={"model", "rows"})

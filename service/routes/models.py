@@ -20,7 +20,7 @@ from service.routes.variants import request_card_variants
 
 bp = Blueprint("models", __name__)
 
-_UPLOAD_PARTS = {"model", "card", "background", "visibility"}
+_UPLOAD_PARTS = {"model", "card", "background", "tokenizer", "visibility"}
 
 
 def model_resource(model: ModelVersion) -> dict[str, Any]:
@@ -35,9 +35,11 @@ def model_resource(model: ModelVersion) -> dict[str, Any]:
 
 @bp.post("/v1/models")
 def register_model() -> tuple[Response, int, dict[str, str]]:
-    """Register a model (multipart: ``model``, ``card``, optional ``background`` and ``visibility``).
+    """Register a model (multipart: ``model``, ``card``, optional ``background``, ``tokenizer`` and ``visibility``).
 
     The model belongs to the key's tenant; ``visibility=shared`` lets every tenant read and explain it.
+    A token-id text model sends its ``tokenizers`` JSON in ``tokenizer`` (413 ``tokenizer_too_large``,
+    422 ``invalid_tokenizer``).
     Errors: 409 ``model_name_taken`` (another tenant's name); 413 over the size cap; 415 not multipart;
     422 with ``not_onnx``, ``invalid_model``, ``external_data_not_allowed``, ``unsupported_op_domain``,
     ``card_mismatch``, ``invalid_card`` or ``invalid_background``.
@@ -53,6 +55,9 @@ def register_model() -> tuple[Response, int, dict[str, str]]:
     card = ModelCard.from_dict(json_part("card", invalid_code="invalid_card"))
     background = request.files.get("background")
     background_bytes = background.read() if background is not None else None
+    tokenizer = request.files.get("tokenizer")
+    # Read one byte past the cap: enough to refuse an oversized part without holding all of it.
+    tokenizer_bytes = tokenizer.read(services().settings.max_tokenizer_bytes + 1) if tokenizer is not None else None
     # Decide the format from the content, never from the client's filename.
     fmt = "parquet" if background_bytes is not None and background_bytes[:4] == b"PAR1" else "csv"
     visibility = request.form.get("visibility")
@@ -63,7 +68,7 @@ def register_model() -> tuple[Response, int, dict[str, str]]:
     svc = services()
     claimed = svc.access.claim(card.name, tenant(), visibility)
     try:
-        model = svc.registry.register(model_file.read(), card, background_bytes, fmt)
+        model = svc.registry.register(model_file.read(), card, background_bytes, fmt, tokenizer_bytes)
     except OnnxplainError:
         if claimed:
             svc.access.release(card.name)

@@ -37,3 +37,21 @@ def test_sdk_and_cli_explain_texts(live_url, capsys):
     target = json.loads(capsys.readouterr().out)["explanations"][0]["targets"][0]
     top = max(target["attributions"], key=lambda a: a["attribution"])
     assert top["token"] in ("password", "login", "locked")
+
+
+def test_cli_registers_a_token_id_model_with_its_tokenizer_and_the_sdk_explains_it(live_url, capsys, tmp_path):
+    import pytest
+
+    pytest.importorskip("captum")
+    from tests import deep_models
+    from tests.service.test_token_models import CARD, TEXT
+
+    model = deep_models.token_classifier(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(model.onnx_bytes)
+    (tmp_path / "card.json").write_text(json.dumps({**CARD, "name": "cli-token-ids"}))
+    args = ["--url", live_url, "register", str(tmp_path / "model.onnx"), "--card", str(tmp_path / "card.json")]
+    assert main([*args, "--tokenizer", str(model.tokenizer_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["card"]["text"]["tokenizer"] == "tokenizer.json"
+    result = Client(live_url).explain("cli-token-ids", [TEXT], method="integrated_gradients", targets=["negative"])
+    target = result["explanations"][0]["targets"][0]
+    assert max(target["attributions"], key=lambda a: a["attribution"])["token"] == "awful"

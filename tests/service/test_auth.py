@@ -17,7 +17,7 @@ from tests.conftest import authorize, issue_key, upload
 from tests.contract import ValidatingClient
 
 # Values for every URL variable of the URL map; a route with a new variable fails until it is given one.
-SAMPLE_ARGS = {"name": "credit", "job_id": "explain-0000", "audit_id": "0" * 32, "version": "1"}
+SAMPLE_ARGS = {"name": "credit", "job_id": "explain-0000", "audit_id": "0" * 32, "version": "1", "row": "0"}
 METHODS = {"GET", "POST", "DELETE", "PUT", "PATCH"}
 
 

@@ -191,3 +191,50 @@ def test_variants_of_image_models_are_refused_for_now(client, cnn):
     assert register(client, cnn.onnx_bytes, DIGITS_CARD, pixel_csv(cnn.images[:20])).status_code == 201
     response = client.post("/v1/models/digits/variants", json={"kind": "int8_dynamic"})
     assert response.status_code == 422 and response.json["code"] == "variant_unsupported"
+
+
+RGB_CARD = {
+    "name": "photos",
+    "task": "classification",
+    "input_kind": "image",
+    "image": {"layout": "NCHW", "height": 224, "width": 224, "channels": "RGB", "scale": "unit"},
+    "class_names": ["cat", "dog"],
+    "output": "probabilities",
+}
+
+
+def test_a_224_rgb_image_travels_as_bytes_and_comes_back_as_a_full_size_map(live_client, live_settings):
+    """A 224×224 RGB PNG: the job payload holds its bytes (uint8 base64), not 150k floats; the map is 224×224."""
+    pytest.importorskip("captum")
+    from engine.explain.plan import build_request
+    from engine.models.store import ModelRegistry
+
+    onnx_bytes = deep_models.rgb_cnn()
+    assert register(live_client, onnx_bytes, RGB_CARD).status_code == 201
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (224, 224, 3)).astype(np.float64) / 255.0
+    png = encode_png(picture)
+    model = ModelRegistry(live_settings).get("photos")
+    payload = build_request({"instances": [png], "method": "grad_cam"}, model, live_settings, "fp32").to_payload()
+    assert payload["rows"]["encoding"] == "uint8" and payload["rows"]["shape"] == [1, 224, 224, 3]
+    assert len(json.dumps(payload)) < 224 * 224 * 3 * 4 / 3 + 10_000  # one byte per value, base64
+    body = {"instances": [png], "method": "grad_cam", "parameters": {"seed": 0}, "wait": 90}
+    answer = live_client.post("/v1/models/photos:explain", json=body)
+    result = answer.json if answer.status_code == 200 else poll(live_client, answer.headers["Location"])["result"]
+    (target,) = result["explanations"][0]["targets"]
+    assert decode_map(target["map"]).shape == (224, 224)
+    heatmap = Image.open(io.BytesIO(base64.b64decode(target["heatmap_png"])))
+    assert heatmap.size == (224, 224)
+    sess = deep_models.session(onnx_bytes)
+    expected = sess.run(None, {"image": np.transpose(picture, (2, 0, 1))[None].astype(np.float32)})[0][0]
+    scores = result["explanations"][0]["prediction"]["scores"]
+    assert [scores["cat"], scores["dog"]] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_too_many_pixels_in_one_explain_request_is_422(client):
+    pytest.importorskip("torch")
+    assert register(client, deep_models.rgb_cnn(), RGB_CARD).status_code == 201
+    png = encode_png(np.zeros((224, 224, 3)))
+    response = client.post("/v1/models/photos:explain", json={"instances": [png] * 17, "method": "occlusion"})
+    assert response.status_code == 422 and response.json["code"] == "too_many_rows"
+    assert response.json["field"] == "instances"

@@ -648,7 +648,9 @@ def test_is_linear_reads_linear_graphs(
 
 
 def test_registry_names_every_method() -> None:
-    tabular = {name: target for name, target in EXPLAINERS.items() if "tabular" in METHODS[name].input_kinds}
+    tabular = {
+        name: METHODS[name].target_for("tabular") for name in EXPLAINERS if "tabular" in METHODS[name].input_kinds
+    }
     assert tabular == {
         "kernel_shap": "engine.methods.kernel_shap:KernelShap",
         "kernel_shap_reference": "engine.methods.kernel_shap_reference:KernelShapReference",
@@ -657,21 +659,18 @@ def test_registry_names_every_method() -> None:
         "permutation": "engine.methods.permutation:Permutation",
         "linear": "engine.methods.linear:Linear",
         "tree_shap": "engine.methods.tree_shap:TreeShap",
+        "integrated_gradients": "engine.methods.gradient_rows:RowIntegratedGradients",
+        "saliency": "engine.methods.gradient_rows:RowSaliency",
     }
     # Image and text methods run through engine.explain.perception; their targets name the implementing function.
-    assert set(EXPLAINERS) - set(tabular) == {
-        "partition",
-        "occlusion",
-        "grad_cam",
-        "saliency",
-        "integrated_gradients",
-        "smoothgrad",
-    }
+    assert set(EXPLAINERS) - set(tabular) == {"partition", "occlusion", "grad_cam", "smoothgrad"}
+    assert EXPLAINERS["saliency"] == "engine.methods.gradients:saliency"
     assert set(PARAMETERS) == set(EXPLAINERS)
     assert all(spec["seed"].default == 0 for spec in PARAMETERS.values())
     for name in tabular.keys() - {"tree_shap"}:
-        explainer = get_explainer(name)
-        assert explainer.name == name and METHODS[name].needs_background
+        explainer = get_explainer(name, "tabular")
+        # Gradient methods take their baseline (or none) from the model, not from background coalitions.
+        assert explainer.name == name and METHODS[name].needs_background == (not METHODS[name].gradients)
 
 
 def test_registry_imports_no_heavy_library() -> None:

@@ -130,3 +130,17 @@ def test_parse_images_checks_the_list_and_names_the_index():
         with pytest.raises(InvalidRequest) as caught:
             parse_images(value, spec, max_rows=4)
         assert caught.value.code == code
+
+
+def test_packed_images_round_trip_exactly():
+    from engine.models.image import pack_images, unpack_images
+
+    rng = np.random.default_rng(0)
+    decoded = rng.integers(0, 256, (2, 5, 4, 3)) / 255.0
+    packed = pack_images(decoded)
+    assert packed["encoding"] == "uint8"
+    np.testing.assert_array_equal(unpack_images(packed), decoded)
+    floats = rng.uniform(0, 1, (1, 3, 2, 1))
+    packed = pack_images(floats)
+    assert packed["encoding"] == "float32"
+    np.testing.assert_allclose(unpack_images(packed), floats, rtol=1e-7)
