@@ -35,6 +35,7 @@ RULES: dict[str, str] = {
     "explain.explain": EXPLAIN,
     "explain.get_job": READ,
     "explain.cancel_job": EXPLAIN,
+    "recourse.counterfactual": EXPLAIN,
     "variants.create_variant": ADMIN,
     "audits.submit_audit": EXPLAIN,
     "audits.get_audit": READ,

@@ -20,6 +20,7 @@ from engine.errors import InvalidRequest
 from engine.explain.plan import ExplainRequest
 from engine.explain.run import run_explanation
 from engine.jobs import CANCELED, CHUNK_LOST, JobError, MetaKey, cancel_key, job_error, read_job_error
+from engine.recourse.counterfactual import run_counterfactual
 from engine.timestamps import utc_now
 from engine.variants.build import build
 from worker.cancel import cancel_flag
@@ -34,6 +35,22 @@ def explain(payload: dict[str, Any]) -> dict[str, Any]:
         ExplainRequest.from_payload(payload), ctx.registry, ctx.predictor, should_stop=cancel_flag()
     )
     result = explanation.to_json()
+    if job is not None:
+        result["provenance"]["worker"] = job.worker_name or "unknown"
+    return result
+
+
+def counterfactual(payload: dict[str, Any]) -> dict[str, Any]:
+    """Search counterfactuals of rows of a stored model; return the answer JSON, progress in ``job.meta``."""
+    ctx = context()
+    job = get_current_job()
+
+    def progress(done: float) -> None:
+        if job is not None:
+            job.meta[MetaKey.PROGRESS] = done
+            job.save_meta()
+
+    result = run_counterfactual(payload, ctx.registry, ctx.predictor, should_stop=cancel_flag(), on_progress=progress)
     if job is not None:
         result["provenance"]["worker"] = job.worker_name or "unknown"
     return result

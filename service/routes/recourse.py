@@ -1,0 +1,77 @@
+"""Recourse routes: ``:counterfactual`` (a job like explain) and the global surrogate (``/surrogate``)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from engine.errors import InvalidRequest
+from engine.jobs import JOBS
+from engine.recourse.counterfactual import build_counterfactual
+from service.auth import tenant, visible_model
+from service.bodies import json_object, optional_int
+from service.errors import respond
+from service.extensions import services
+from service.gateways.jobs import Submission, check_idempotency_key
+
+bp = Blueprint("recourse", __name__)
+
+_FIELDS = {"instances", "desired", "desired_range", "constraints", "parameters", "version", "variant", "wait"}
+_MAX_WAIT_S = 3600
+
+
+@bp.post("/v1/models/<model_name:name>:counterfactual")
+def counterfactual(name: str) -> tuple[Response, int, dict[str, str]]:
+    """Counterfactuals of rows: 200 with the result when done within ``wait``, else 202 and the job.
+
+    Errors: 404 model/version/variant; 415; 422 bad rows, desired outcome, constraints or parameters, a model
+    that is not tabular or has no background; 503 Redis unavailable.
+    """
+    svc = services()
+    body = json_object(_FIELDS, required={"instances"})
+    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
+    wait = read_wait(body.get("wait", svc.settings.default_wait_s))
+    variant = body.get("variant", "fp32")
+    if not isinstance(variant, str):
+        raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
+    variant, _ = svc.predictor.resolve(model, variant)
+    idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    payload = build_counterfactual(body, model, svc.settings, variant)
+    submission = svc.jobs().submit(
+        JOBS["counterfactual"],
+        payload,
+        timeout=svc.settings.job_timeout_s,
+        tenant=tenant(),
+        idempotency=idempotency,
+        uses=(model.name, model.version),
+    )
+    return answer(submission, wait)
+
+
+def read_wait(wait: object) -> float:
+    """Check ``wait`` (seconds, 0..3600; a chained comparison, so NaN fails and huge integers stay exact).
+
+    Raises:
+        InvalidRequest: ``invalid_parameter`` on ``wait``.
+    """
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= _MAX_WAIT_S:
+        raise InvalidRequest(
+            f"wait must be a number of seconds from 0 to {_MAX_WAIT_S}", code="invalid_parameter", field="wait"
+        )
+    return float(wait)
+
+
+def answer(submission: Submission, wait: float) -> tuple[Response, int, dict[str, str]]:
+    """Wait up to ``wait`` seconds for a submitted job: 200 with its result, its error, or 202 with the job."""
+    svc = services()
+    gateway = svc.jobs()
+    job = submission.job
+    gateway.wait(job, min(wait, svc.settings.max_wait_s))
+    location = url_for("explain.get_job", job_id=job.id)
+    view = {**gateway.describe(job, location=location), "cache": submission.cache}
+    headers = {"X-Job-Id": job.id, "X-Cache": submission.cache}
+    if view["status"] == "succeeded":
+        return jsonify(view["result"]), 200, headers
+    if view["status"] == "failed":
+        response = respond(view["error"])
+        return response, response.status_code, headers
+    return jsonify(view), 202, {**headers, "Location": location}
