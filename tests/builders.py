@@ -223,6 +223,16 @@ class TableModel(BuiltModel):
         return pd.DataFrame(data)
 
 
+def credit_rows(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Independent credit features: income, debt, age, sex (0/1), housing (code of rent, own, mortgage)."""
+    income = np.round(rng.normal(50_000, 15_000, n), 0)
+    debt = np.round(np.abs(rng.normal(20_000, 8_000, n)), 0)
+    age = rng.integers(20, 70, n).astype(float)
+    sex = rng.integers(0, 2, n).astype(float)
+    housing = rng.integers(0, 3, n).astype(float)
+    return np.column_stack([income, debt, age, sex, housing])
+
+
 def credit_logistic(name: str = "credit-lr", sex_bias: float = 0.0, rows: int = 400) -> TableModel:
     """A logistic-regression credit model with a planted dependence on income (up) and debt (down).
 
@@ -231,12 +241,8 @@ def credit_logistic(name: str = "credit-lr", sex_bias: float = 0.0, rows: int = 
     as ``(weights, bias)``, for analytic minimum moves.
     """
     rng = np.random.default_rng(11)
-    income = np.round(rng.normal(50_000, 15_000, rows), 0)
-    debt = np.round(np.abs(rng.normal(20_000, 8_000, rows)), 0)
-    age = rng.integers(20, 70, rows).astype(float)
-    sex = rng.integers(0, 2, rows).astype(float)
-    housing = rng.integers(0, 3, rows).astype(float)
-    X = np.column_stack([income, debt, age, sex, housing])
+    X = credit_rows(rows, rng)
+    income, debt, age, sex, housing = X.T
     z = 2 * (income - 50_000) / 15_000 - 1.5 * (debt - 20_000) / 8_000 + 0.2 * (age - 45) / 15 - sex_bias * sex
     z = z + 0.3 * (housing == 1) + rng.normal(0, 0.3, rows)
     y = (z > 0).astype(int)
