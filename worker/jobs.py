@@ -21,6 +21,7 @@ from engine.explain.plan import ExplainRequest
 from engine.explain.run import run_explanation
 from engine.jobs import CANCELED, CHUNK_LOST, JobError, MetaKey, cancel_key, job_error, read_job_error
 from engine.recourse.counterfactual import run_counterfactual
+from engine.recourse.surrogate import compute_surrogate
 from engine.timestamps import utc_now
 from engine.variants.build import build
 from worker.cancel import cancel_flag
@@ -54,6 +55,12 @@ def counterfactual(payload: dict[str, Any]) -> dict[str, Any]:
     if job is not None:
         result["provenance"]["worker"] = job.worker_name or "unknown"
     return result
+
+
+def surrogate(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fit a model version's global surrogate over its background, keep it beside the version, return it."""
+    ctx = context()
+    return compute_surrogate(payload, ctx.registry, ctx.predictor)
 
 
 def build_variant(payload: dict[str, Any]) -> dict[str, Any]:
