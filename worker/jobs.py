@@ -109,7 +109,13 @@ def audit_merge(payload: dict[str, Any]) -> dict[str, Any]:
         for start, _ in audit.chunks:
             if not audit.has_chunk(start):
                 failures[start] = _chunk_error(job, audit.chunk_job(start))
-    state = finish_audit(audit, failures, worker=(job.worker_name or "") if job is not None else "")
+    state = finish_audit(
+        audit,
+        failures,
+        worker=(job.worker_name or "") if job is not None else "",
+        registry=ctx.registry,
+        predictor=ctx.predictor,
+    )
     return {"audit": audit.id, "state": state["state"], "failed_rows": state["failed_rows"]}
 
 

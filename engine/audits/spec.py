@@ -22,6 +22,7 @@ import pandas as pd
 
 from engine.audits.dataset import CheckedDataset, check_dataset
 from engine.audits.fairness import FairnessThresholds
+from engine.audits.recourse import recourse_options
 from engine.errors import InvalidRequest, UnknownField
 from engine.explain.plan import ExplainRequest, plan_explanation
 from engine.models.store import ModelVersion
@@ -29,7 +30,7 @@ from engine.settings import Settings
 
 SPEC_FIELDS = frozenset(
     {"model", "version", "variant", "method", "parameters", "label", "sensitive"}
-    | {"positive", "on_bad_rows", "thresholds", "title"}
+    | {"positive", "on_bad_rows", "thresholds", "title", "recourse"}
 )
 BAD_ROW_POLICIES = ("reject", "skip")
 
@@ -48,6 +49,7 @@ class AuditSpec:
         on_bad_rows: ``reject`` or ``skip``.
         thresholds: Fairness limits (fields of :class:`FairnessThresholds`).
         request: The explanation request of every chunk, without its rows.
+        recourse: Recourse options (:mod:`engine.audits.recourse`), or ``None`` when not asked for.
     """
 
     title: str
@@ -59,6 +61,7 @@ class AuditSpec:
     on_bad_rows: str
     thresholds: dict[str, float]
     request: dict[str, Any] = field(default_factory=dict)
+    recourse: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the spec as JSON."""
@@ -137,6 +140,7 @@ def prepare_audit(
         on_bad_rows=str(policy),
         thresholds=_thresholds(body.get("thresholds")),
         request=plan.to_dict(),
+        recourse=recourse_options(body.get("recourse"), model, positive),
     )
     _check_columns(frame, spec, where)
     checked = check_dataset(frame, card, label=label, sensitive=spec.sensitive, where=where)
