@@ -42,6 +42,8 @@ REFINE = 128
 """Most sampled valid candidates refined per row."""
 MAX_CHANGES = 5
 """Most features one sampled candidate changes."""
+DISTINCT = 0.01
+"""Counterfactuals closer than this (MAD-scaled L1) to one already chosen count as the same."""
 RELAXED_SAMPLES = 4
 """Sampled candidates of a relaxed search are ``samples // RELAXED_SAMPLES``."""
 
@@ -243,7 +245,8 @@ def diverse(space: Space, x: FloatArray, pool: FloatArray, k: int) -> FloatArray
     chosen = [0]
     nearest = space.cost(pool[0], pool)
     while len(chosen) < k:
-        score = np.where(nearest > 1e-9, nearest - cost, -np.inf)
+        # Searches from different starts converge on the same boundary point: within DISTINCT they are one.
+        score = np.where(nearest > DISTINCT, nearest - cost, -np.inf)
         best = int(np.argmax(score))
         if not np.isfinite(score[best]):
             break
