@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request
 
 from engine.errors import InvalidRequest, UnknownField
 from engine.jobs import JOBS
@@ -10,14 +10,13 @@ from engine.recourse.counterfactual import build_counterfactual
 from engine.recourse.surrogate import DEFAULT_DEPTH, MAX_DEPTH, MIN_ROWS, read_surrogate
 from service.auth import tenant, visible_model
 from service.bodies import json_object, optional_int
-from service.errors import respond
 from service.extensions import services
-from service.gateways.jobs import Submission, check_idempotency_key
+from service.gateways.jobs import check_idempotency_key
+from service.routes.explain import answer, read_wait
 
 bp = Blueprint("recourse", __name__)
 
 _FIELDS = {"instances", "desired", "desired_range", "constraints", "parameters", "version", "variant", "wait"}
-_MAX_WAIT_S = 3600
 
 
 @bp.post("/v1/models/<model_name:name>:counterfactual")
@@ -86,33 +85,3 @@ def surrogate(name: str) -> tuple[Response, int, dict[str, str]]:
         uses=(model.name, model.version),
     )
     return answer(submission, wait)
-
-
-def read_wait(wait: object) -> float:
-    """Check ``wait`` (seconds, 0..3600; a chained comparison, so NaN fails and huge integers stay exact).
-
-    Raises:
-        InvalidRequest: ``invalid_parameter`` on ``wait``.
-    """
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= _MAX_WAIT_S:
-        raise InvalidRequest(
-            f"wait must be a number of seconds from 0 to {_MAX_WAIT_S}", code="invalid_parameter", field="wait"
-        )
-    return float(wait)
-
-
-def answer(submission: Submission, wait: float) -> tuple[Response, int, dict[str, str]]:
-    """Wait up to ``wait`` seconds for a submitted job: 200 with its result, its error, or 202 with the job."""
-    svc = services()
-    gateway = svc.jobs()
-    job = submission.job
-    gateway.wait(job, min(wait, svc.settings.max_wait_s))
-    location = url_for("explain.get_job", job_id=job.id)
-    view = {**gateway.describe(job, location=location), "cache": submission.cache}
-    headers = {"X-Job-Id": job.id, "X-Cache": submission.cache}
-    if view["status"] == "succeeded":
-        return jsonify(view["result"]), 200, headers
-    if view["status"] == "failed":
-        response = respond(view["error"])
-        return response, response.status_code, headers
-    return jsonify(view), 202, {**headers, "Location": location}

@@ -182,3 +182,20 @@ def test_a_model_without_background_is_refused(client, credit):
     response = client.post("/v1/models/cf-nobg:counterfactual", json=body)
     assert response.status_code == 422
     assert response.json["code"] == "background_required"
+
+
+def test_a_counterfactual_job_can_be_canceled(live_client, credit):
+    upload(live_client, credit, name="cf-cancel")
+    body = {
+        "instances": as_rows(credit, credit.X[:40]),
+        "desired": "approved",
+        "parameters": {"samples": 2000},
+        "wait": 0,
+    }
+    response = live_client.post("/v1/models/cf-cancel:counterfactual", json=body)
+    assert response.status_code == 202, response.json
+    canceled = live_client.delete(response.headers["Location"])
+    assert canceled.status_code == 200, canceled.json
+    job = poll(live_client, response.headers["Location"])
+    assert job["status"] == "canceled"
+    assert job["error"]["code"] == "canceled"
