@@ -90,6 +90,7 @@ class Method:
         kinds: For input kinds whose parameters or cost differ from the tabular ones (``lime`` on images
             segments superpixels), ``kind -> (params, cost)``; kinds not listed use ``params`` and ``cost``.
         gradients: It differentiates the graph (needs the ``gradients`` extra and a differentiable model).
+        tasks: The model tasks it explains (``anchors``: classifiers only).
     """
 
     name: str
@@ -102,6 +103,7 @@ class Method:
     max_features: int | None = None
     kinds: Mapping[str, tuple[Mapping[str, ParamSpec], CostFn]] = field(default_factory=dict)
     gradients: bool = False
+    tasks: tuple[str, ...] = ("classification", "regression")
 
     def params_for(self, kind: str) -> Mapping[str, ParamSpec]:
         """The parameters this method accepts for ``kind`` inputs."""
@@ -317,6 +319,7 @@ METHODS: dict[str, Method] = {
             },
             lambda params, d, background: int(params["max_samples"]),
             samples=False,
+            tasks=("classification",),
         ),
         Method(
             "tree_shap",

@@ -42,6 +42,8 @@ REFINE = 128
 """Most sampled valid candidates refined per row."""
 MAX_CHANGES = 5
 """Most features one sampled candidate changes."""
+NUDGE = 1e-6
+"""A found boundary point is moved this fraction of its segment further into the valid side."""
 DISTINCT = 0.01
 """Counterfactuals closer than this (MAD-scaled L1) to one already chosen count as the same."""
 RELAXED_SAMPLES = 4
@@ -143,6 +145,8 @@ def single_moves(valid: Callable[[FloatArray], BoolArray], space: Space, x: Floa
             ok = valid(_with(x, J, mid))
             good = np.where(ok, mid, good)
             bad = np.where(ok, bad, mid)
+        # A point a hair inside the valid side, so another evaluation's rounding does not flip it back.
+        good = good + NUDGE * (E - start)
         # Whole values: round away from the row (towards the valid side), within the interval.
         up = E > start
         good = np.where(space.integer[J], np.where(up, np.ceil(good - 1e-12), np.floor(good + 1e-12)), good)
@@ -205,7 +209,7 @@ def pull(valid: Callable[[FloatArray], BoolArray], space: Space, x: FloatArray, 
         ok = valid(at(mid))
         high_t = np.where(ok, mid, high_t)
         low_t = np.where(ok, low_t, mid)
-    pulled = at(high_t)
+    pulled = at(np.minimum(high_t + NUDGE, 1.0))
     rounded = np.where(C > x, np.ceil(pulled - 1e-12), np.floor(pulled + 1e-12))
     pulled = np.where(space.integer & (C != x), rounded, pulled)
     changed = pulled != x

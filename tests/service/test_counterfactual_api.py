@@ -199,3 +199,20 @@ def test_a_counterfactual_job_can_be_canceled(live_client, credit):
     job = poll(live_client, response.headers["Location"])
     assert job["status"] == "canceled"
     assert job["error"]["code"] == "canceled"
+
+
+def test_a_regression_reaches_its_desired_range(live_client, regression_model):
+    upload(live_client, regression_model, name="cf-price")
+    x = regression_model.X[150]
+    value = float(predict(regression_model, x[None])[0, 0])
+    body = {"instances": [x.tolist()], "desired_range": [value + 10, value + 30], "parameters": {"samples": 200}}
+    response = live_client.post("/v1/models/cf-price:counterfactual", json=body)
+    assert response.status_code == 200, response.json
+    row = response.json["rows"][0]
+    assert row["status"] == "found" and row["desired"] == {"range": [value + 10, value + 30]}
+    for cf in row["counterfactuals"]:
+        c = np.array([cf["instance"][n] for n in ("rooms", "area", "distance")])
+        # float32 rounding of another onnxruntime session: a hair at the boundary.
+        assert value + 10 - 1e-4 <= predict(regression_model, c[None])[0, 0] <= value + 30 + 1e-4
+    missing = live_client.post("/v1/models/cf-price:counterfactual", json={"instances": [x.tolist()]})
+    assert missing.status_code == 422 and missing.json["field"] == "desired_range"
