@@ -15,7 +15,6 @@ the unwanted rows beyond it), ``seed`` (0), ``max_cost_ratio`` (1.25), ``max_sha
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -222,15 +221,3 @@ def _by_group(group: np.ndarray, found: np.ndarray, cost: np.ndarray, options: d
     if gap is not None and gap > options["max_share_gap"]:
         flags.append("share_gap")
     return {"groups": stats, "median_cost_ratio": ratio, "share_gap": gap, "flags": flags}
-
-
-def recourse_html(section: dict[str, Any]) -> str:
-    """The report's ``#recourse`` section (escaped by jinja2's autoescape; the caller inserts it as markup)."""
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    return env.get_template("recourse.html.j2").render(recourse=section)

@@ -21,13 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import markupsafe
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from engine.audits.recourse import recourse_html
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _MAX_PLOT_ROWS = 5000  # plots of a sample: a million dots say no more than 5000 and take minutes
@@ -77,7 +74,7 @@ def render_report(
 
     Returns:
         The HTML text, with sections ``#summary``, ``#global-importance``, ``#beeswarm``, ``#dependence``,
-        ``#fairness``, ``#provenance`` and ``#top-rows``.
+        ``#fairness``, ``#recourse`` (when the summary has one), ``#provenance`` and ``#top-rows``.
     """
     known = set(features)
     order = [g["feature"] for g in summary["global_importance"] if g["feature"] in known] or list(features)
@@ -110,7 +107,7 @@ def render_report(
         fairness=[_fairness_view(n, c, summary["fairness"], order) for n, c in summary["fairness"]["columns"].items()],
         provenance=_flatten(provenance),
         top_rows=_top_rows(rows, features, top_rows),
-        recourse=markupsafe.Markup(recourse_html(summary["recourse"])) if summary.get("recourse") else None,
+        recourse=summary.get("recourse"),
     )
 
 
