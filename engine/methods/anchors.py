@@ -123,6 +123,8 @@ class _Search:
         self.batch = int(p["batch_size"])
         self.budget = int(p["max_samples"])
         self.max_size = int(p.get("max_anchor_size") or d)
+        self.used = 0
+        """Model rows evaluated for the current row (its budget is ``max_samples``)."""
 
     def _bin(self, j: int, values: FloatArray) -> FloatArray:
         edges = self.edges[j]

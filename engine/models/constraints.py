@@ -52,7 +52,7 @@ class Constraints:
     Attributes:
         immutable: Features that must not change.
         ranges: Allowed ``(low, high)`` of numeric features (``None``: open).
-        directions: ``increase_only`` or ``decrease_only`` per numeric feature (``any`` is not stored).
+        directions: ``increase_only``, ``decrease_only`` or ``any`` per numeric feature.
         integer: Numeric features that take whole values only.
         categories: Allowed categories per categorical feature.
     """
@@ -68,7 +68,8 @@ class Constraints:
 
     def merged(self, request: Constraints) -> Constraints:
         """Return these (the card's) constraints with a request's added: immutables and integers are the union;
-        for a feature named in both, the request's range, direction or categories replace the card's."""
+        for a feature named in both, the request's range, direction (``any`` lifts the card's) or categories
+        replace the card's."""
         return Constraints(
             immutable=self.immutable | request.immutable,
             ranges={**self.ranges, **request.ranges},
@@ -157,8 +158,8 @@ class Constraints:
             feature(name, at, "numeric")
             if direction not in DIRECTIONS:
                 raise InvalidRequest(f"{at} must be one of {list(DIRECTIONS)}", code=code, field=at)
-            if direction != "any":
-                directions[name] = direction
+            # "any" is kept: in a request it lifts the card's direction for that feature (see merged).
+            directions[name] = direction
         categories: dict[str, tuple[str, ...]] = {}
         for name, allowed in table("categories").items():
             at = f"{where}.categories.{name}"

@@ -148,3 +148,19 @@ def test_regression_reaches_the_desired_range(regression_model):
     assert found.status == "found"
     values = f(found.counterfactuals)[:, 0]
     assert np.all((values >= y + 20.0) & (values <= y + 40.0))
+
+
+def test_request_constraints_add_to_the_card_and_any_lifts_a_direction(credit):
+    card = ModelCard.from_dict(
+        {**credit.card, "constraints": {"immutable": ["sex"], "directions": {"income": "increase_only"}}}
+    )
+    request = Constraints.parse(
+        {"immutable": ["age"], "directions": {"income": "any", "debt": "decrease_only"}},
+        card.features,
+        where="constraints",
+        code="invalid_constraints",
+    )
+    merged = card.constraints.merged(request)
+    assert merged.immutable == {"sex", "age"}
+    assert merged.directions == {"debt": "decrease_only"}
+    assert ModelCard.from_dict(card.to_dict()).constraints == card.constraints
