@@ -58,3 +58,19 @@ def test_cli_counterfactual_with_immutable_features(live_url, capsys, tmp_path):
         assert "cost" in text and "→" in text.splitlines()[1]
     assert main(["--url", live_url, "surrogate", "cli-cf"]) == 0
     assert capsys.readouterr().out.startswith("fidelity (accuracy")
+
+
+def test_cli_audit_with_recourse_writes_the_recourse_section(live_url, tmp_path, capsys):
+    api = Client(live_url)
+    _register(api, "cli-recourse")
+    data = tmp_path / "applicants.csv"
+    data.write_text("".join((DEMO / "applicants.csv").read_text().splitlines(keepends=True)[:61]))
+    report = tmp_path / "report.html"
+    argv = ["--url", live_url, "audit", "cli-recourse", str(data), "--sensitive", "sex", "--recourse"]
+    assert main([*argv, "--out", str(report)]) == 0
+    capsys.readouterr()
+    html = report.read_text()
+    assert 'id="recourse"' in html and "Global surrogate" in html
+    audit = api.get_audit(api.audit("cli-recourse", data, sensitive=["sex"], recourse=True)["id"])
+    recourse = audit["summary"]["recourse"]
+    assert recourse["desired"] == "approved" and set(recourse["groups"]["sex"]["groups"]) <= {"F", "M"}
