@@ -24,7 +24,13 @@ from engine.models.rows import parse_instances, row_values
 from engine.models.store import ModelRegistry, ModelVersion
 from engine.recourse.goal import Goal
 from engine.recourse.quality import describe, diversity, features_changed
-from engine.recourse.search import binding_constraints, diagnosis_evaluations, evaluations_per_row, find
+from engine.recourse.search import (
+    DIAGNOSED_ROWS,
+    binding_constraints,
+    diagnosis_evaluations,
+    evaluations_per_row,
+    find,
+)
 from engine.recourse.space import Space, build_space
 from engine.serving import Predictor, format_predictions
 from engine.settings import Settings
@@ -93,10 +99,9 @@ def build_counterfactual(body: dict[str, Any], model: ModelVersion, settings: Se
     params = validate_parameters(body.get("parameters"))
     d = len(card.features)
     categories = sum(len(f.categories) for f in card.features)
-    per_row = evaluations_per_row(d, params["samples"], categories) + diagnosis_evaluations(
-        d, params["samples"], categories
-    )
-    cost = len(X) * per_row
+    cost = len(X) * evaluations_per_row(d, params["samples"], categories) + min(
+        len(X), DIAGNOSED_ROWS
+    ) * diagnosis_evaluations(d, params["samples"], categories)
     if cost > settings.max_model_evaluations:
         raise InvalidRequest(
             f"this request could cost about {cost:,} model evaluations, over the limit of "
@@ -270,9 +275,21 @@ def run_counterfactual(
     scores = f(X)
     predictions = format_predictions(scores, card.class_names)
     answers: list[dict[str, Any]] = []
+    diagnosed = 0
     for i, x in enumerate(X):
         goal = goal_of(card, scores[i], payload["desired"], payload["desired_range"])
-        found = recourse_of(f, space, x, goal, k=params["k"], samples=params["samples"], seed=params["seed"], row=i)
+        found = recourse_of(
+            f,
+            space,
+            x,
+            goal,
+            k=params["k"],
+            samples=params["samples"],
+            seed=params["seed"],
+            row=i,
+            diagnose=diagnosed < DIAGNOSED_ROWS,
+        )
+        diagnosed += found.status == "not_found"
         # Validity is checked by a fresh model call on the answers themselves, not taken from the search.
         checked = f(found.counterfactuals) if len(found.counterfactuals) else scores[:0]
         answers.append(
@@ -286,7 +303,7 @@ def run_counterfactual(
                     **diversity(space, found.counterfactuals),
                     "features_changed": features_changed(space, x, found.counterfactuals),
                 },
-                **_not_found(found, params["samples"]),
+                **_not_found(found, params["samples"], diagnosed <= DIAGNOSED_ROWS),
             }
         )
         on_progress((i + 1) / len(X))
@@ -312,10 +329,16 @@ def run_counterfactual(
     }
 
 
-def _not_found(found: Recourse, samples: int) -> dict[str, Any]:
+def _not_found(found: Recourse, samples: int, diagnosed: bool) -> dict[str, Any]:
     """``reason`` and ``binding_constraints`` of a row with none found (nothing otherwise)."""
     if found.status != "not_found":
         return {}
+    if not diagnosed:
+        reason = (
+            f"no counterfactual within the search budget (samples={samples}); which constraint bound hardest "
+            f"is found for the first {DIAGNOSED_ROWS} such rows of a request only: send this row alone"
+        )
+        return {"reason": reason, "binding_constraints": []}
     if found.binding:
         top = found.binding[0]
         reason = (

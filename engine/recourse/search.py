@@ -14,7 +14,8 @@ For one row ``x`` it gathers valid candidates two ways and keeps ``k`` diverse, 
 
 The pool is ranked by cost (MAD-scaled L1) and ``k`` are chosen greedily: the cheapest, then each time the one
 whose distance to those chosen minus its own cost is largest. When none is found, :func:`binding_constraints`
-lifts each constraint alone and reports which would have allowed one, and at what cost.
+lifts each constraint alone and reports which would have allowed one, and at what cost (a search focused on the
+lifted feature; the first :data:`DIAGNOSED_ROWS` such rows of a request).
 
 Cost of one row (model rows evaluated) is :func:`evaluations_per_row`.
 """
@@ -48,6 +49,10 @@ DISTINCT = 0.01
 """Counterfactuals closer than this (MAD-scaled L1) to one already chosen count as the same."""
 RELAXED_SAMPLES = 4
 """Sampled candidates of a relaxed search are ``samples // RELAXED_SAMPLES``."""
+RELAXED_REFINE = 16
+"""Most sampled valid candidates refined in a relaxed search."""
+DIAGNOSED_ROWS = 10
+"""Rows of one request whose not-found is diagnosed (which constraint bound hardest)."""
 
 
 def evaluations_per_row(d: int, samples: int, categories: int = 0) -> int:
@@ -63,8 +68,11 @@ def evaluations_per_row(d: int, samples: int, categories: int = 0) -> int:
 
 
 def diagnosis_evaluations(d: int, samples: int, categories: int = 0) -> int:
-    """Model rows the not-found diagnosis of one row evaluates at most (each constraint lifted alone)."""
-    return 2 * d * evaluations_per_row(d, max(1, samples // RELAXED_SAMPLES), categories)
+    """Model rows the not-found diagnosis of one row evaluates at most (each constraint lifted alone, at most
+    two per feature, each a search focused on that feature)."""
+    relaxed = max(1, samples // RELAXED_SAMPLES)
+    one = 2 * (GRID + BISECT + 1) + categories + relaxed + min(relaxed, RELAXED_REFINE) * (2 * (LINE + 1) + d)
+    return 2 * d * one
 
 
 class _Checked:
@@ -80,7 +88,16 @@ class _Checked:
 
 
 def find(
-    f: ModelFn, space: Space, x: FloatArray, goal: Goal, *, k: int, samples: int, rng: np.random.Generator
+    f: ModelFn,
+    space: Space,
+    x: FloatArray,
+    goal: Goal,
+    *,
+    k: int,
+    samples: int,
+    rng: np.random.Generator,
+    refine: int = REFINE,
+    focus: int | None = None,
 ) -> FloatArray:
     """Return up to ``k`` diverse valid counterfactuals of ``x``, cheapest first, ``(≤k, d)``.
 
@@ -92,24 +109,31 @@ def find(
         k: Most counterfactuals returned.
         samples: Sampled multi-feature candidates.
         rng: The seeded generator (its draws make the answer reproducible).
+        refine: Most sampled valid candidates refined.
+        focus: Search only moves that change this feature (single moves of it, sampled moves including it).
     """
     valid = _Checked(f, goal)
-    singles = single_moves(valid, space, x)
-    sampled = sample_moves(space, x, samples, rng)
+    singles = single_moves(valid, space, x, only=focus)
+    sampled = sample_moves(space, x, samples, rng, must=focus)
     sampled = sampled[valid(sampled)]
-    if len(sampled) > REFINE:
-        sampled = sampled[np.argsort(space.cost(x, sampled), kind="stable")[:REFINE]]
+    if len(sampled) > refine:
+        sampled = sampled[np.argsort(space.cost(x, sampled), kind="stable")[:refine]]
     sampled = pull(valid, space, x, sparsify(valid, space, x, pull(valid, space, x, sampled)))
     return diverse(space, x, np.vstack([singles, sampled]), k)
 
 
-def single_moves(valid: Callable[[FloatArray], BoolArray], space: Space, x: FloatArray) -> FloatArray:
-    """The nearest valid point along each mutable feature and allowed direction, and each allowed category."""
+def single_moves(
+    valid: Callable[[FloatArray], BoolArray], space: Space, x: FloatArray, *, only: int | None = None
+) -> FloatArray:
+    """The nearest valid point along each mutable feature (or feature ``only``) and allowed direction, and each
+    allowed category."""
     d = len(x)
     features: list[int] = []
     ends: list[float] = []
     categorical: list[FloatArray] = []
     for j in np.flatnonzero(space.mutable):
+        if only is not None and j != only:
+            continue
         if space.categorical[j]:
             for code in space.allowed[j]:
                 if code != x[j]:
@@ -156,8 +180,11 @@ def single_moves(valid: Callable[[FloatArray], BoolArray], space: Space, x: Floa
     return candidates[valid(candidates)]
 
 
-def sample_moves(space: Space, x: FloatArray, n: int, rng: np.random.Generator) -> FloatArray:
-    """``n`` candidates, each changing 1..:data:`MAX_CHANGES` random mutable features within their constraints."""
+def sample_moves(
+    space: Space, x: FloatArray, n: int, rng: np.random.Generator, *, must: int | None = None
+) -> FloatArray:
+    """``n`` candidates, each changing 1..:data:`MAX_CHANGES` random mutable features within their constraints
+    (feature ``must`` always among them, when it can move)."""
     movable: list[int] = []
     intervals: dict[int, tuple[float, float]] = {}
     for j in map(int, np.flatnonzero(space.mutable)):
@@ -175,6 +202,8 @@ def sample_moves(space: Space, x: FloatArray, n: int, rng: np.random.Generator) 
     sizes = rng.integers(1, min(len(movable), MAX_CHANGES) + 1, size=n)
     ranks = np.argsort(rng.random((n, len(movable))), axis=1).argsort(axis=1)
     chosen = ranks < sizes[:, None]
+    if must is not None and must in movable:
+        chosen[:, movable.index(must)] = True
     m = len(space.background)
     for column, j in enumerate(movable):
         rows = chosen[:, column]
@@ -277,7 +306,18 @@ def binding_constraints(
     """
     out: list[dict[str, Any]] = []
     for constraint, feature, wider in space.relaxations():
-        found = find(f, wider, x, goal, k=1, samples=max(1, samples // RELAXED_SAMPLES), rng=rng)
+        # Only moves of the lifted feature are new, so the search is focused on it.
+        found = find(
+            f,
+            wider,
+            x,
+            goal,
+            k=1,
+            samples=max(1, samples // RELAXED_SAMPLES),
+            rng=rng,
+            refine=RELAXED_REFINE,
+            focus=space.names.index(feature),
+        )
         if len(found):
             out.append({"constraint": constraint, "feature": feature, "cost": float(wider.cost(x, found)[0])})
     return sorted(out, key=lambda item: item["cost"])
