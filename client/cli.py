@@ -351,6 +351,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         version=args.version,
         variant=args.variant,
         recourse=True if args.recourse else None,
+        variants=[v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None,
     )
     print(f"audit {audit['id']}: {audit['dataset']['rows']} rows queued", file=sys.stderr)
     try:
@@ -361,11 +362,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"audit {audit['id']} canceled", file=sys.stderr)
         return 130
     api.audit_report(done["id"], out=args.out)
-    if args.rows:
-        suffix = Path(args.rows).suffix.lower()
-        fmt = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix, "parquet")
-        api.audit_rows(done["id"], format=fmt, out=args.rows)
     summary = done["summary"]
+    study = summary.get("compression") or {"variants": []}
+    if args.rows:
+        path = Path(args.rows)
+        fmt = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(path.suffix.lower(), "parquet")
+        api.audit_rows(done["id"], format=fmt, out=path)
+        for item in study["variants"]:  # rows.csv → rows.int8_static.csv, one per variant of the study
+            out = path.with_name(f"{path.stem}.{item['variant']}{path.suffix}")
+            api.audit_rows(done["id"], format=fmt, out=out, variant=item["variant"])
     _print(
         {
             "id": done["id"],
@@ -377,9 +382,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "failed_rows": summary["failed_rows"],
             "global_importance": [{g["feature"]: g["mean_abs"]} for g in summary["global_importance"][:5]],
             "fairness_flags": summary["fairness"]["flags"],
+            **({"compression": [_study_line(item) for item in study["variants"]]} if study["variants"] else {}),
         }
     )
     return 0
+
+
+def _study_line(item: dict[str, Any]) -> dict[str, Any]:
+    """One variant of a compression study, in brief."""
+    return {
+        "variant": item["variant"],
+        "agreement": item["agreement"],
+        "median_rank_correlation": item["rank_correlation"]["median"],
+        "top_k_overlap": item["top_k_overlap"]["mean"],
+        "drift_flagged": item["drift_flagged"],
+        "new_fairness_flags": {c: v["new_flags"] for c, v in item["fairness_change"].items() if v["new_flags"]},
+    }
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -479,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--recourse", action="store_true", help="report recourse (counterfactual cost) by group")
     audit.add_argument("--version", type=int)
     audit.add_argument("--variant")
+    audit.add_argument(
+        "--variants",
+        help="compression study: compare these ready variants with fp32, e.g. int8_static,prune_structured",
+    )
     audit.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the audit")
     audit.set_defaults(func=cmd_audit)
 

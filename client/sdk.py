@@ -280,8 +280,12 @@ class Client:
         version: int | None = None,
         variant: str | None = None,
         recourse: bool | dict[str, Any] | None = None,
+        variants: list[str] | None = None,
     ) -> dict[str, Any]:
         """Submit an audit of a dataset (a CSV/Parquet/JSON Lines file or bytes, or rows as dicts); return it.
+
+        ``variants`` (e.g. ``["int8_static", "prune_structured"]``) adds a compression study: every row is also
+        explained on each ready variant and the summary's ``compression`` compares them with fp32.
 
         Raises:
             ApiError: The spec, columns or rows were refused (bad rows are listed in the error).
@@ -298,6 +302,7 @@ class Client:
             "version": version,
             "variant": variant,
             "recourse": recourse,
+            "variants": variants,
         }
         spec = {"model": model, **{k: v for k, v in options.items() if v is not None}}
         if isinstance(dataset, list):
@@ -357,9 +362,15 @@ class Client:
         submitted = self.submit_audit(model, dataset, **spec)
         return self.wait_audit(submitted["id"], timeout=timeout, on_progress=on_progress)
 
-    def audit_rows(self, audit_id: str, *, format: str = "parquet", out: str | Path | None = None) -> bytes | Path:
-        """Download an audit's per-row results (``parquet``, ``csv`` or ``jsonl``), streamed to ``out`` if given."""
-        return self._download(f"/v1/audits/{audit_id}/rows", {"format": format}, out)
+    def audit_rows(
+        self, audit_id: str, *, format: str = "parquet", out: str | Path | None = None, variant: str | None = None
+    ) -> bytes | Path:
+        """Download an audit's per-row results (``parquet``, ``csv`` or ``jsonl``), streamed to ``out`` if given.
+
+        ``variant``: the rows of one variant of the audit's compression study instead.
+        """
+        query = {"format": format, **({"variant": variant} if variant else {})}
+        return self._download(f"/v1/audits/{audit_id}/rows", query, out)
 
     def audit_report(self, audit_id: str, *, out: str | Path | None = None) -> bytes | Path:
         """Download an audit's HTML report, to ``out`` if given."""

@@ -57,8 +57,9 @@ class Settings:
     """Fidelity gate for regressor variants: largest max|Δ| / fp32 output range."""
 
     variant_min_drift_spearman: float = 0.9
-    """Least mean Spearman rank correlation of a variant's attributions with fp32's
-    (``explanation_drift.spearman_mean``); below it the report says ``drift_flagged``."""
+    """Least median Spearman rank correlation of a variant's attributions with fp32's
+    (``explanation_drift.spearman_median``, and over every row in an audit's compression study);
+    below it the report says ``drift_flagged``."""
 
     variant_fastest_allows_drift: bool = False
     """Whether ``fastest`` may pick a variant whose report is ``drift_flagged`` (``true``/``false``)."""

@@ -264,3 +264,14 @@ def credit_logistic(name: str = "credit-lr", sex_bias: float = 0.0, rows: int = 
         "class_names": ["denied", "approved"],
     }
     return TableModel(onx, card, X, y, model, extra={"logit": (weights, bias)})
+
+
+def study_mlp() -> BuiltModel:
+    """A scaler + MLP classifier on 5 features (exact Shapley values enumerate 32 coalitions) whose int8_static
+    and prune_structured (0.25) variants pass the gate: the compression study's model."""
+    X, y = make_classification(n_samples=2400, n_features=5, n_informative=4, n_redundant=0, random_state=7)
+    model = make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=800, random_state=0)).fit(X, y)
+    onx = _convert(model, X, options={id(model): {"zipmap": False}})
+    features = [f"x{i}" for i in range(5)]
+    card = {"name": "mlp", "task": "classification", "features": features, "class_names": ["denied", "approved"]}
+    return BuiltModel(onx, card, X, y, model)

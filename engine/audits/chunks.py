@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.audits.compression import compare_variants, explain_variants, write_variant_chunks
 from engine.audits.fairness import FairnessThresholds
 from engine.audits.recourse import audit_recourse
 from engine.audits.spec import AuditSpec
@@ -67,15 +68,30 @@ def explain_chunk(
     X = frame_to_matrix(values, model.card, where="dataset")
     step = max(1, predictor.settings.max_explain_rows)
     parts, meta = [], {}
+    studied: dict[str, list[pd.DataFrame]] = {}  # the compression study's variants, explained alike
     for lo in range(0, len(X), step):
-        result = run_explanation(
-            spec.explain_request(X[lo : lo + step].tolist()), registry, predictor, should_stop=should_stop
-        )
+        rows = X[lo : lo + step].tolist()
+        result = run_explanation(spec.explain_request(rows), registry, predictor, should_stop=should_stop)
         if not isinstance(result, Explanation):  # audits are of tabular models only (refused at submission)
             raise InvalidRequest("audits explain tabular models only", code="method_not_applicable", field="model")
         parts.append(_results(result, frame.iloc[lo : lo + step], start + lo, spec))
+        variants = explain_variants(
+            audit,
+            rows,
+            frame.iloc[lo : lo + step],
+            start + lo,
+            result,
+            registry,
+            predictor,
+            lambda r, f, first: _results(r, f, first, spec),
+            should_stop=should_stop,
+        )
+        for kind, table in variants.items():
+            studied.setdefault(kind, []).append(table)
         meta = result.header()
         on_progress(min(lo + step, len(X)))
+    # The variants' files first: the fp32 chunk file marks the chunk done, so it must come last.
+    write_variant_chunks(audit, start, {kind: pd.concat(p, ignore_index=True) for kind, p in studied.items()})
     audit.write_chunk(start, pd.concat(parts, ignore_index=True), meta)
     return len(X)
 
@@ -137,6 +153,8 @@ def finish_audit(
         sensitive=spec.sensitive,
         thresholds=FairnessThresholds(**spec.thresholds),
     )
+    if spec.compression:
+        summary["compression"] = compare_variants(audit, rows[ok], summary)
     summary |= {
         "uploaded_rows": int(info["rows"]["uploaded"]),
         "skipped_rows": int(info["rows"]["skipped"]),

@@ -26,6 +26,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from engine.audits.compression import report_view
+
 _TEMPLATES = Path(__file__).parent / "templates"
 _MAX_PLOT_ROWS = 5000  # plots of a sample: a million dots say no more than 5000 and take minutes
 _MAX_DISPLAY = 20  # features in the importance and beeswarm plots
@@ -74,7 +76,8 @@ def render_report(
 
     Returns:
         The HTML text, with sections ``#summary``, ``#global-importance``, ``#beeswarm``, ``#dependence``,
-        ``#fairness``, ``#recourse`` (when the summary has one), ``#provenance`` and ``#top-rows``.
+        ``#fairness``, ``#recourse`` (when the summary has one), ``#provenance`` and ``#top-rows``, and
+        ``#compression`` when the summary has a study.
     """
     known = set(features)
     order = [g["feature"] for g in summary["global_importance"] if g["feature"] in known] or list(features)
@@ -108,6 +111,7 @@ def render_report(
         provenance=_flatten(provenance),
         top_rows=_top_rows(rows, features, top_rows),
         recourse=summary.get("recourse"),
+        compression=report_view(summary["compression"], _fmt, _data_uri) if summary.get("compression") else None,
     )
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 from engine.audits.dataset import CheckedDataset, check_dataset
 from engine.audits.fairness import FairnessThresholds
 from engine.audits.recourse import recourse_options
+from engine.audits.study import check_variants
 from engine.errors import InvalidRequest, UnknownField
 from engine.explain.plan import ExplainRequest, plan_explanation
 from engine.models.store import ModelVersion
@@ -30,7 +31,7 @@ from engine.settings import Settings
 
 SPEC_FIELDS = frozenset(
     {"model", "version", "variant", "method", "parameters", "label", "sensitive"}
-    | {"positive", "on_bad_rows", "thresholds", "title", "recourse"}
+    | {"positive", "on_bad_rows", "thresholds", "title", "variants", "recourse"}
 )
 BAD_ROW_POLICIES = ("reject", "skip")
 
@@ -50,6 +51,7 @@ class AuditSpec:
         thresholds: Fairness limits (fields of :class:`FairnessThresholds`).
         request: The explanation request of every chunk, without its rows.
         recourse: Recourse options (:mod:`engine.audits.recourse`), or ``None`` when not asked for.
+        compression: The compression study (:func:`engine.audits.study.check_variants`), or ``None``.
     """
 
     title: str
@@ -61,6 +63,7 @@ class AuditSpec:
     on_bad_rows: str
     thresholds: dict[str, float]
     request: dict[str, Any] = field(default_factory=dict)
+    compression: dict[str, Any] | None = None
     recourse: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +105,7 @@ def prepare_audit(
     Raises:
         UnknownField: A spec or thresholds field is unknown.
         InvalidRequest: A bad field, method or parameter; missing or unknown columns; too many rows; no valid row.
+        NotFound: ``variant_not_found`` naming ``variants[i]``, a variant of the study that is not ready.
     """
     for key in body:
         if key not in SPEC_FIELDS:
@@ -141,6 +145,7 @@ def prepare_audit(
         thresholds=_thresholds(body.get("thresholds")),
         request=plan.to_dict(),
         recourse=recourse_options(body.get("recourse"), model, positive),
+        compression=check_variants(body.get("variants"), model, settings, variant=variant),
     )
     _check_columns(frame, spec, where)
     checked = check_dataset(frame, card, label=label, sensitive=spec.sensitive, where=where)

@@ -10,6 +10,7 @@ Layout under ``settings.audit_dir`` (shared by the API and every worker, like th
     <id>/report.html        the self-contained HTML report
     <id>/started.json       when the first chunk started
     <id>/state.json         how the audit ended (written last by the merge)
+    <id>/variants/<kind>/   the compression study's files per variant (:mod:`engine.audits.compression`)
     <id>/canceled.json      written when the audit is canceled; it then stays canceled
 
 An audit directory is assembled in ``.tmp/`` and renamed into place, so a reader sees a whole audit or none.
@@ -162,9 +163,9 @@ class Audit:
         finally:
             tmp.unlink()
 
-    def iter_rows(self, fmt: str, batch_rows: int = 10_000) -> Iterator[bytes]:
-        """Stream the merged rows as ``csv`` or ``jsonl``, one batch of rows at a time."""
-        for i, batch in enumerate(pq.ParquetFile(self.rows_path).iter_batches(batch_size=batch_rows)):
+    def iter_rows(self, fmt: str, batch_rows: int = 10_000, *, path: Path | None = None) -> Iterator[bytes]:
+        """Stream the merged rows (or another per-row table, ``path``) as ``csv`` or ``jsonl``, a batch at a time."""
+        for i, batch in enumerate(pq.ParquetFile(path or self.rows_path).iter_batches(batch_size=batch_rows)):
             frame = batch.to_pandas()
             text = (
                 frame.to_csv(index=False, header=i == 0)

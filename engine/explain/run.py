@@ -24,6 +24,7 @@ from engine.methods.base import ExplainTask
 from engine.models.store import ModelRegistry, ModelVersion
 from engine.runtime.sessions import ModelSession, read_scores
 from engine.serving import Predictor, format_predictions
+from engine.variants.state import variant_dir
 
 
 def summarize_background(background: FloatArray, rows: int) -> FloatArray:
@@ -94,7 +95,7 @@ def run_explanation(
         params=params,
         seed=int(plan.parameters.get("seed", 0)),
         categorical=model.card.categorical,
-        onnx_model=model.model_path.read_bytes() if plan.method in ("tree_shap", "linear") else None,
+        onnx_model=_graph_bytes(model, plan.variant) if plan.method in ("tree_shap", "linear") else None,
     )
     result = get_explainer(plan.method).explain(task)
     return Explanation(
@@ -117,6 +118,12 @@ def run_explanation(
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
         },
     )
+
+
+def _graph_bytes(model: ModelVersion, variant: str) -> bytes:
+    """The graph a method reads (linear, tree_shap): the served variant's, so its explanation is of that model."""
+    path = model.model_path if variant == "fp32" else variant_dir(model, variant) / "model.onnx"
+    return path.read_bytes()
 
 
 def _digest(background: FloatArray) -> str:

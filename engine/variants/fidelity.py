@@ -78,7 +78,7 @@ def measure_variant(
         ``top1``, ``max_abs_score_diff``, ``mean_abs_score_diff``; regressors:
         ``normalised_max_error`` = max|Δ| / fp32 output range, ``max_abs_error``,
         ``mean_abs_error``, ``output_range``); ``explanation_drift`` (``None``
-        without ``explain``: Spearman correlation of per-row |attributions|,
+        without ``explain``: Spearman correlation of per-row |attributions| (mean, median, min),
         mean top-k overlap, max |Δattribution| / output range); ``measured_on``
         (this host's CPU kind, int8 features and onnxruntime version, see :mod:`engine.runtime.hardware`).
 
@@ -310,6 +310,7 @@ def _drift(a: NDArray[Any], b: NDArray[Any], top_k: int, spread: float) -> dict[
     return {
         "rows": len(a),
         "spearman_mean": float(np.mean(ranks)),
+        "spearman_median": float(np.median(ranks)),
         "spearman_min": float(np.min(ranks)),
         "top_k": k,
         "top_k_overlap_mean": float(np.mean(overlaps)),

@@ -161,6 +161,7 @@ class AuditGateway:
             "label": info["spec"]["label"],
             "sensitive": info["spec"]["sensitive"],
             "positive": info["spec"]["positive"],
+            "variants": (info["spec"].get("compression") or {}).get("variants", []),
             "dataset": {
                 "uploaded_rows": info["rows"]["uploaded"],
                 "rows": total,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -10,7 +11,9 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from engine.audits.dataset import CheckedDataset, as_table, bad_rows_error, read_table
 from engine.audits.spec import SPEC_FIELDS, prepare_audit
-from engine.errors import InvalidRequest, UnknownField
+from engine.audits.store import Audit
+from engine.audits.study import rows_path
+from engine.errors import InvalidRequest, NotFound, UnknownField
 from service.auth import tenant, visible_model
 from service.bodies import check_object, check_parts, json_object, json_part, optional_int
 from service.errors import problem_of, respond
@@ -69,21 +72,34 @@ def cancel_audit(audit_id: str) -> Response:
 def audit_rows(audit_id: str) -> Response:
     """Per-row predictions, labels and attributions, streamed as ``parquet`` (default), ``csv`` or ``jsonl``.
 
-    Errors: 404; 409 ``audit_not_ready``; 422 unknown ``format``.
+    ``variant`` names a variant of the compression study: its rows, explained on that variant.
+    Errors: 404 (also ``variant_not_found``: not in the study); 409 ``audit_not_ready``; 422 unknown ``format``.
     """
     for key in request.args:
-        if key != "format":
+        if key not in ("format", "variant"):
             raise UnknownField(f"unknown query parameter {key!r}", field=key)
     fmt = request.args.get("format", "parquet")
     if fmt not in _FORMATS:
         raise InvalidRequest(f"format must be one of {sorted(_FORMATS)}", code="invalid_parameter", field="format")
     gateway = AuditGateway(services(), tenant())
     audit = gateway.ready(gateway.open(audit_id), report=False)
-    name = f"audit-{audit.id}-rows.{fmt}"
+    variant = request.args.get("variant")
+    path = audit.rows_path if variant is None else _study_rows(audit, variant)
+    name = f"audit-{audit.id}-rows{'' if variant is None else '-' + variant}.{fmt}"
     if fmt == "parquet":
-        return send_file(audit.rows_path, mimetype=_FORMATS[fmt], as_attachment=True, download_name=name)
+        return send_file(path, mimetype=_FORMATS[fmt], as_attachment=True, download_name=name)
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
-    return Response(audit.iter_rows(fmt), mimetype=_FORMATS[fmt], headers=headers)
+    return Response(audit.iter_rows(fmt, path=path), mimetype=_FORMATS[fmt], headers=headers)
+
+
+def _study_rows(audit: Audit, variant: str) -> Path:
+    """The per-row table of one variant of the audit's compression study. Raises: NotFound ``variant_not_found``."""
+    study = audit.spec.compression or {}
+    path = rows_path(audit.path, variant)
+    if variant not in study.get("variants", []) or not path.exists():
+        msg = f"audit {audit.id} compared no variant {variant!r} with fp32"
+        raise NotFound(msg, code="variant_not_found", field="variant")
+    return path
 
 
 @bp.get("/v1/audits/<audit_id>/report")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -110,3 +111,36 @@ def test_progress_without_rich_is_one_line_on_stderr(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "\rrunning: 250/1000 rows, 1/4 chunks, ETA 3 s (25 %)" in captured.err
+
+
+def test_cli_and_sdk_run_a_compression_study(live_url, tmp_path, capsys):
+    """`onnxplain audit ... --variants int8_static,prune_structured` prints the study and writes rows per variant."""
+    built = builders.study_mlp()
+    api = Client(live_url)
+    api.register(built.onnx_bytes, {**built.card, "name": "cli-study"}, background=built.background_csv(rows=40))
+    for kind in ("int8_static", "prune_structured"):
+        state = api.build_variant("cli-study", kind, sparsity=0.25 if kind.startswith("prune") else None, wait=True)
+        assert state["state"] == "ready", state
+    data = tmp_path / "data.csv"
+    frame = pd.DataFrame(built.X[400:800], columns=built.card["features"])
+    frame.to_csv(data, index=False)
+    report, rows = tmp_path / "report.html", tmp_path / "rows.parquet"
+    argv = ["--url", live_url, "audit", "cli-study", str(data), "--method", "exact"]
+    argv += ["--variants", "int8_static, prune_structured", "--out", str(report), "--rows", str(rows)]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [v["variant"] for v in printed["compression"]] == ["int8_static", "prune_structured"]
+    fp32 = pd.read_parquet(rows)
+    for line in printed["compression"]:
+        table = pd.read_parquet(tmp_path / f"rows.{line['variant']}.parquet")
+        assert table["row"].tolist() == fp32["row"].tolist()
+        assert line["median_rank_correlation"] == pytest.approx(float(np.median(table["spearman"])))
+        assert line["drift_flagged"] == (line["median_rank_correlation"] < 0.9 - 1e-9)
+    assert 'id="compression"' in report.read_text()
+    audit = api.audit("cli-study", frame.head(20).to_dict(orient="records"), method="exact", variants=["int8"])
+    assert [v["variant"] for v in audit["summary"]["compression"]["variants"]] == ["int8_static"]
+    own = pd.read_parquet(io.BytesIO(api.audit_rows(audit["id"], variant="int8_static")))  # type: ignore[arg-type]
+    assert len(own) == 20 and {"spearman", "top_k_overlap", "fp32_prediction"} <= set(own.columns)
+    with pytest.raises(ApiError) as refused:
+        api.submit_audit("cli-study", frame.head(5).to_dict(orient="records"), variants=["fp16"])
+    assert (refused.value.status, refused.value.code, refused.value.field) == (404, "variant_not_found", "variants[0]")

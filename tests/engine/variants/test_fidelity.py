@@ -112,10 +112,12 @@ def test_report_has_every_field(pipeline: Model, tmp_path: Path) -> None:
     assert set(report["agreement"]) == {"top1", "max_abs_score_diff", "mean_abs_score_diff"}
     drift = report["explanation_drift"]
     assert set(drift) == {
-        "rows", "spearman_mean", "spearman_min", "top_k", "top_k_overlap_mean", "max_abs_attribution_diff_relative",
+        "rows", "spearman_mean", "spearman_median", "spearman_min", "top_k", "top_k_overlap_mean",
+        "max_abs_attribution_diff_relative",
     }  # fmt: skip
     assert drift["rows"] == 8 and drift["top_k"] == 3
     assert -1.0 <= drift["spearman_min"] <= drift["spearman_mean"] <= 1.0
+    assert drift["spearman_min"] <= drift["spearman_median"] <= 1.0
     assert 0.0 <= drift["top_k_overlap_mean"] <= 1.0
 
 

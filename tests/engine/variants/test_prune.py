@@ -195,3 +195,9 @@ def test_sparsity_is_checked_and_the_drift_flag_follows_the_threshold() -> None:
     assert drift_flag({"explanation_drift": {"spearman_mean": 0.85}}, 0.9)["drift_flagged"] is True
     assert drift_flag({"explanation_drift": {"spearman_mean": 0.95}}, 0.9)["drift_flagged"] is False
     assert drift_flag({"explanation_drift": None}, 0.9)["drift_flagged"] is False
+    # The median decides where the report has one; a median on the threshold meets it.
+    one_row_swapped = {"spearman_mean": 0.85, "spearman_median": 1.0}
+    assert drift_flag({"explanation_drift": one_row_swapped}, 0.9)["drift_flagged"] is False
+    on_the_line = {"spearman_mean": 0.95, "spearman_median": 0.8999999999999998}
+    assert drift_flag({"explanation_drift": on_the_line}, 0.9)["drift_flagged"] is False
+    assert drift_flag({"explanation_drift": {"spearman_median": 0.8}}, 0.9)["drift_flagged"] is True
