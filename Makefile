@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/explain.py
 	$(PY) bench/audit.py
 	$(PY) bench/kernel.py
+	$(PY) bench/counterfactual.py
 
 demo-model: setup
 	$(PY) demo/build_demo.py

@@ -246,6 +246,58 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_counterfactual(args: argparse.Namespace) -> int:
+    """Counterfactuals of rows: what would have to change to reach ``--desired``; waits for the job."""
+    constraints: dict[str, Any] = json.loads(Path(args.constraints).read_text()) if args.constraints else {}
+    for key, value in (("immutable", args.immutable), ("integer", args.integer)):
+        if value:
+            names = [n.strip() for n in value.split(",") if n.strip()]
+            constraints[key] = sorted({*constraints.get(key, []), *names})
+    for key, direction in (("increase_only", args.increase_only), ("decrease_only", args.decrease_only)):
+        for name in (n.strip() for n in (direction or "").split(",") if n.strip()):
+            constraints.setdefault("directions", {})[name] = key
+    desired_range = None
+    if args.desired_range:
+        low, _, high = args.desired_range.partition(",")
+        desired_range = (float(low) if low else None, float(high) if high else None)
+    result = Client(args.url, api_key=args.api_key).counterfactual(
+        args.model,
+        _rows(args.rows),
+        desired=args.desired,
+        desired_range=desired_range,
+        constraints=constraints or None,
+        parameters=_params(args.param) or None,
+        version=args.version,
+        variant=args.variant,
+    )
+    if args.json:
+        _print(result)
+        return 0
+    for i, row in enumerate(result["rows"]):
+        print(f"row {i}: {row['prediction'].get('label', row['prediction'].get('value'))} → {row['desired']}")
+        if row["status"] != "found":
+            print(f"  {row['status']}: {row.get('reason', 'the row already has the desired outcome')}")
+        for cf in row["counterfactuals"]:
+            changes = ", ".join(f"{c['feature']} {c['from']} → {c['to']}" for c in cf["changes"])
+            q = cf["quality"]
+            print(f"  {changes}  (cost {q['proximity']:.3g}, {q['sparsity']} changed, valid {q['valid']})")
+    return 0
+
+
+def cmd_surrogate(args: argparse.Namespace) -> int:
+    """The model's global surrogate: its fidelity and rules (``--json`` for everything)."""
+    result = Client(args.url, api_key=args.api_key).surrogate(
+        args.model, version=args.version, max_depth=args.max_depth
+    )
+    if args.json:
+        _print(result)
+        return 0
+    fidelity = result["fidelity"]
+    print(f"fidelity ({fidelity['metric']}, {fidelity['rows']['held_out']} held-out rows): {fidelity['held_out']:.3f}")
+    print(result["rules"])
+    return 0
+
+
 class _Progress:
     """An audit's progress on stderr: a rich progress bar when rich is installed, else one rewritten line."""
 
@@ -299,6 +351,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         title=args.title,
         version=args.version,
         variant=args.variant,
+        recourse=True if args.recourse else None,
         variants=[v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None,
     )
     print(f"audit {audit['id']}: {audit['dataset']['rows']} rows queued", file=sys.stderr)
@@ -408,6 +461,29 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--target", action="append", default=[], help="class to explain (repeatable)")
             p.add_argument("--heatmaps", help="write each image answer's heatmap PNG into this directory")
 
+    cf = sub.add_parser("counterfactual", help="what would have to change: counterfactuals of rows")
+    cf.add_argument("model")
+    cf.add_argument("rows", help="JSON rows: a file, '-' for stdin, or inline JSON")
+    cf.add_argument("--desired", help="the class to reach (default for two classes: the other one)")
+    cf.add_argument("--desired-range", help="regression: LOW,HIGH (either may be empty)")
+    cf.add_argument("--immutable", help="features that must not change, comma-separated")
+    cf.add_argument("--increase-only", help="features that may only increase, comma-separated")
+    cf.add_argument("--decrease-only", help="features that may only decrease, comma-separated")
+    cf.add_argument("--integer", help="features taking whole values, comma-separated")
+    cf.add_argument("--constraints", help="a JSON file of constraints (ranges, categories, ...)")
+    cf.add_argument("--param", action="append", default=[], help="k=3, samples=1000, seed=0")
+    cf.add_argument("--version", type=int)
+    cf.add_argument("--variant")
+    cf.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    cf.set_defaults(func=cmd_counterfactual)
+
+    sg = sub.add_parser("surrogate", help="the model's global surrogate tree: fidelity and rules")
+    sg.add_argument("model")
+    sg.add_argument("--max-depth", type=int)
+    sg.add_argument("--version", type=int)
+    sg.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    sg.set_defaults(func=cmd_surrogate)
+
     audit = sub.add_parser("audit", help="audit a dataset and download its report")
     audit.add_argument("model")
     audit.add_argument(
@@ -422,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--param", action="append", default=[], help="method parameter, key=value")
     audit.add_argument("--on-bad-rows", choices=["reject", "skip"])
     audit.add_argument("--title")
+    audit.add_argument("--recourse", action="store_true", help="report recourse (counterfactual cost) by group")
     audit.add_argument("--version", type=int)
     audit.add_argument("--variant")
     audit.add_argument(

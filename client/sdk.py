@@ -159,6 +159,54 @@ class Client:
         result: dict[str, Any] = job["result"]
         return result
 
+    def counterfactual(
+        self,
+        name: str,
+        instances: list[Any],
+        *,
+        desired: str | None = None,
+        desired_range: tuple[float | None, float | None] | None = None,
+        constraints: dict[str, Any] | None = None,
+        parameters: dict[str, Any] | None = None,
+        version: int | None = None,
+        variant: str | None = None,
+        wait: float = 10.0,
+        timeout: float = 600.0,
+    ) -> dict[str, Any]:
+        """Counterfactuals of rows reaching ``desired`` (a class) or ``desired_range`` (regression), within
+        ``constraints`` (``immutable``, ``ranges``, ``directions``, ``integer``, ``categories``); waits for the job.
+
+        Raises:
+            ApiError: The request was refused, or the job failed or was canceled.
+            TimeoutError: The job did not end within ``timeout`` seconds.
+        """
+        options = {
+            "desired": desired,
+            "desired_range": list(desired_range) if desired_range is not None else None,
+            "constraints": constraints,
+            "parameters": parameters,
+            "version": version,
+            "variant": variant,
+            "wait": wait,
+        }
+        body = {"instances": instances, **{k: v for k, v in options.items() if v is not None}}
+        answer: dict[str, Any] = self._call("POST", f"/v1/models/{name}:counterfactual", json=body).json()
+        if "rows" in answer and "id" not in answer:
+            return answer
+        result: dict[str, Any] = self.wait_job(answer["id"], timeout=timeout)["result"]
+        return result
+
+    def surrogate(
+        self, name: str, *, version: int | None = None, max_depth: int | None = None, timeout: float = 600.0
+    ) -> dict[str, Any]:
+        """The model's global surrogate tree (fidelity, rules), waiting for its one-time computation."""
+        params = {k: str(v) for k, v in (("version", version), ("max_depth", max_depth)) if v is not None}
+        response = self._call("GET", f"/v1/models/{name}/surrogate", params={**params, "wait": "10"})
+        answer: dict[str, Any] = response.json()
+        if response.status_code == 202:
+            answer = self.wait_job(answer["id"], timeout=timeout)["result"]
+        return answer
+
     def job(self, job_id: str) -> dict[str, Any]:
         """Return a job's status, progress and result or error."""
         result: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}").json()
@@ -237,6 +285,7 @@ class Client:
         title: str | None = None,
         version: int | None = None,
         variant: str | None = None,
+        recourse: bool | dict[str, Any] | None = None,
         variants: list[str] | None = None,
     ) -> dict[str, Any]:
         """Submit an audit of a dataset (a CSV/Parquet/JSON Lines file or bytes, a zip of images with a
@@ -259,6 +308,7 @@ class Client:
             "title": title,
             "version": version,
             "variant": variant,
+            "recourse": recourse,
             "variants": variants,
         }
         spec = {"model": model, **{k: v for k, v in options.items() if v is not None}}

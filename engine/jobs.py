@@ -49,7 +49,9 @@ JOBS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
         JobKind("explain", "worker.jobs.explain", INTERACTIVE),
+        JobKind("counterfactual", "worker.jobs.counterfactual", INTERACTIVE),
         JobKind("variant", "worker.jobs.build_variant", BATCH),
+        JobKind("surrogate", "worker.jobs.surrogate", BATCH),
         JobKind("audit_chunk", "worker.jobs.audit_chunk", BATCH),
         JobKind("audit_merge", "worker.jobs.audit_merge", BATCH),
     )

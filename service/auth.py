@@ -35,6 +35,10 @@ RULES: dict[str, str] = {
     "explain.explain": EXPLAIN,
     "explain.get_job": READ,
     "explain.cancel_job": EXPLAIN,
+    "recourse.counterfactual": EXPLAIN,
+    # Reading a surrogate may start its computation, but at most once per model version and depth, bounded by
+    # the background's size and shared by every caller: a read key cannot make the server do unbounded work.
+    "recourse.surrogate": READ,
     "variants.create_variant": ADMIN,
     "audits.submit_audit": EXPLAIN,
     "audits.get_audit": READ,

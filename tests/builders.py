@@ -207,6 +207,65 @@ def spin_model(trigger: float = 9.0, trips: int = 10**12) -> onnx.ModelProto:
     )
 
 
+class TableModel(BuiltModel):
+    """A built model whose categorical features are ordinal codes in ``X``, written as names in its background."""
+
+    def background_csv(self, rows: int = 50) -> bytes:
+        return self.frame(self.X[:rows]).to_csv(index=False).encode()
+
+    def frame(self, X: np.ndarray) -> pd.DataFrame:
+        data: dict[str, Any] = {}
+        for j, feature in enumerate(self.card["features"]):
+            if isinstance(feature, dict) and feature.get("type") == "categorical":
+                data[feature["name"]] = np.asarray(feature["categories"], dtype=object)[X[:, j].astype(int)]
+            else:
+                data[feature["name"] if isinstance(feature, dict) else feature] = X[:, j]
+        return pd.DataFrame(data)
+
+
+def credit_rows(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Independent credit features: income, debt, age, sex (0/1), housing (code of rent, own, mortgage)."""
+    income = np.round(rng.normal(50_000, 15_000, n), 0)
+    debt = np.round(np.abs(rng.normal(20_000, 8_000, n)), 0)
+    age = rng.integers(20, 70, n).astype(float)
+    sex = rng.integers(0, 2, n).astype(float)
+    housing = rng.integers(0, 3, n).astype(float)
+    return np.column_stack([income, debt, age, sex, housing])
+
+
+def credit_logistic(name: str = "credit-lr", sex_bias: float = 0.0, rows: int = 400) -> TableModel:
+    """A logistic-regression credit model with a planted dependence on income (up) and debt (down).
+
+    Features: income, debt, age, sex (0/1; ``sex_bias`` lowers the approval logit of sex=1) and housing
+    (categorical: rent, own, mortgage). ``extra["logit"]`` gives the fitted model's logit in raw feature space
+    as ``(weights, bias)``, for analytic minimum moves.
+    """
+    rng = np.random.default_rng(11)
+    X = credit_rows(rows, rng)
+    income, debt, age, sex, housing = X.T
+    z = 2 * (income - 50_000) / 15_000 - 1.5 * (debt - 20_000) / 8_000 + 0.2 * (age - 45) / 15 - sex_bias * sex
+    z = z + 0.3 * (housing == 1) + rng.normal(0, 0.3, rows)
+    y = (z > 0).astype(int)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=100.0, max_iter=2000)).fit(X, y)
+    onx = _convert(model, X, options={id(model): {"zipmap": False}})
+    scaler, lr = model[0], model[1]
+    weights = lr.coef_[0] / scaler.scale_
+    bias = float(lr.intercept_[0] - np.sum(lr.coef_[0] * scaler.mean_ / scaler.scale_))
+    card = {
+        "name": name,
+        "task": "classification",
+        "features": [
+            "income",
+            "debt",
+            "age",
+            "sex",
+            {"name": "housing", "type": "categorical", "categories": ["rent", "own", "mortgage"]},
+        ],
+        "class_names": ["denied", "approved"],
+    }
+    return TableModel(onx, card, X, y, model, extra={"logit": (weights, bias)})
+
+
 def study_mlp() -> BuiltModel:
     """A scaler + MLP classifier on 5 features (exact Shapley values enumerate 32 coalitions) whose int8_static
     and prune_structured (0.25) variants pass the gate: the compression study's model."""

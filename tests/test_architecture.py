@@ -73,6 +73,7 @@ WINGS: dict[str, list[tuple[str, ...]]] = {
         ("engine.variants",),
         ("engine.serving",),
         ("engine.explain",),
+        ("engine.recourse",),
         ("engine.audits",),
     ],
     "service": [

@@ -20,6 +20,8 @@ from engine.errors import InvalidRequest
 from engine.explain.plan import ExplainRequest
 from engine.explain.run import run_explanation
 from engine.jobs import CANCELED, CHUNK_LOST, JobError, MetaKey, cancel_key, job_error, read_job_error
+from engine.recourse.counterfactual import run_counterfactual
+from engine.recourse.surrogate import compute_surrogate
 from engine.timestamps import utc_now
 from engine.variants.build import build
 from worker.cancel import cancel_flag
@@ -37,6 +39,28 @@ def explain(payload: dict[str, Any]) -> dict[str, Any]:
     if job is not None:
         result["provenance"]["worker"] = job.worker_name or "unknown"
     return result
+
+
+def counterfactual(payload: dict[str, Any]) -> dict[str, Any]:
+    """Search counterfactuals of rows of a stored model; return the answer JSON, progress in ``job.meta``."""
+    ctx = context()
+    job = get_current_job()
+
+    def progress(done: float) -> None:
+        if job is not None:
+            job.meta[MetaKey.PROGRESS] = done
+            job.save_meta()
+
+    result = run_counterfactual(payload, ctx.registry, ctx.predictor, should_stop=cancel_flag(), on_progress=progress)
+    if job is not None:
+        result["provenance"]["worker"] = job.worker_name or "unknown"
+    return result
+
+
+def surrogate(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fit a model version's global surrogate over its background, keep it beside the version, return it."""
+    ctx = context()
+    return compute_surrogate(payload, ctx.registry, ctx.predictor)
 
 
 def build_variant(payload: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +109,13 @@ def audit_merge(payload: dict[str, Any]) -> dict[str, Any]:
         for start, _ in audit.chunks:
             if not audit.has_chunk(start):
                 failures[start] = _chunk_error(job, audit.chunk_job(start))
-    state = finish_audit(audit, failures, worker=(job.worker_name or "") if job is not None else "")
+    state = finish_audit(
+        audit,
+        failures,
+        worker=(job.worker_name or "") if job is not None else "",
+        registry=ctx.registry,
+        predictor=ctx.predictor,
+    )
     return {"audit": audit.id, "state": state["state"], "failed_rows": state["failed_rows"]}
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from engine.audits.compression import compare_variants, explain_variants, write_variant_chunks
 from engine.audits.fairness import FairnessThresholds
+from engine.audits.recourse import audit_recourse
 from engine.audits.spec import AuditSpec
 from engine.audits.store import Audit
 from engine.audits.summary import Task, merge_chunks, summarize
@@ -101,13 +102,21 @@ def explain_chunk(
     return len(X)
 
 
-def finish_audit(audit: Audit, failures: Mapping[int, JobError], *, worker: str = "") -> dict[str, Any]:
+def finish_audit(
+    audit: Audit,
+    failures: Mapping[int, JobError],
+    *,
+    worker: str = "",
+    registry: ModelRegistry | None = None,
+    predictor: Predictor | None = None,
+) -> dict[str, Any]:
     """Merge every chunk, summarise, render the report and store them; return the final state.
 
     Args:
         audit: The stored audit.
         failures: Per chunk start, the error of a chunk that ended without results.
         worker: Name of the process merging, for the provenance.
+        registry, predictor: The model store and warm sessions, for recourse (when the spec asks for it).
 
     Returns:
         ``{"state": "succeeded"|"failed", "ended_at", "failed_rows", "failed_chunks", ["error"]}``, also stored.
@@ -159,6 +168,18 @@ def finish_audit(audit: Audit, failures: Mapping[int, JobError], *, worker: str 
         "failed_rows": state["failed_rows"],
         "failed_chunks": failed_chunks,
     }
+    if spec.recourse is not None and registry is not None and predictor is not None:
+        summary["recourse"] = audit_recourse(
+            spec.recourse,
+            rows[ok],
+            features=spec.features,
+            sensitive=spec.sensitive,
+            model_name=spec.request["model"],
+            version=int(spec.request["version"]),
+            variant=spec.request["variant"],
+            registry=registry,
+            predictor=predictor,
+        )
     from engine.audits.report import render_report  # matplotlib and jinja2: only the merging worker needs them
 
     provenance = {**metas[0], "audit": {"id": audit.id, "merged_by": worker, "chunks": len(audit.chunks)}}

@@ -76,7 +76,8 @@ def render_report(
 
     Returns:
         The HTML text, with sections ``#summary``, ``#global-importance``, ``#beeswarm``, ``#dependence``,
-        ``#fairness``, ``#provenance`` and ``#top-rows``, and ``#compression`` when the summary has a study.
+        ``#fairness``, ``#recourse`` (when the summary has one), ``#provenance`` and ``#top-rows``, and
+        ``#compression`` when the summary has a study.
     """
     known = set(features)
     order = [g["feature"] for g in summary["global_importance"] if g["feature"] in known] or list(features)
@@ -109,6 +110,7 @@ def render_report(
         fairness=[_fairness_view(n, c, summary["fairness"], order) for n, c in summary["fairness"]["columns"].items()],
         provenance=_flatten(provenance),
         top_rows=_top_rows(rows, features, top_rows),
+        recourse=summary.get("recourse"),
         compression=report_view(summary["compression"], _fmt, _data_uri) if summary.get("compression") else None,
     )
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from engine.audits.dataset import CheckedDataset, check_dataset
 from engine.audits.fairness import FairnessThresholds
+from engine.audits.recourse import recourse_options
 from engine.audits.study import check_variants
 from engine.errors import InvalidRequest, UnknownField
 from engine.explain.plan import ExplainRequest, plan_explanation
@@ -30,7 +31,7 @@ from engine.settings import Settings
 
 SPEC_FIELDS = frozenset(
     {"model", "version", "variant", "method", "parameters", "label", "sensitive"}
-    | {"positive", "on_bad_rows", "thresholds", "title", "variants"}
+    | {"positive", "on_bad_rows", "thresholds", "title", "variants", "recourse"}
 )
 BAD_ROW_POLICIES = ("reject", "skip")
 
@@ -49,6 +50,7 @@ class AuditSpec:
         on_bad_rows: ``reject`` or ``skip``.
         thresholds: Fairness limits (fields of :class:`FairnessThresholds`).
         request: The explanation request of every chunk, without its rows.
+        recourse: Recourse options (:mod:`engine.audits.recourse`), or ``None`` when not asked for.
         compression: The compression study (:func:`engine.audits.study.check_variants`), or ``None``.
         input_kind: The model's input kind: ``tabular``, or ``image``/``text``
             (:mod:`engine.audits.perception` explains and reports those).
@@ -65,6 +67,7 @@ class AuditSpec:
     request: dict[str, Any] = field(default_factory=dict)
     compression: dict[str, Any] | None = None
     input_kind: str = "tabular"
+    recourse: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the spec as JSON."""
@@ -145,6 +148,7 @@ def prepare_audit(
         on_bad_rows=str(policy),
         thresholds=_thresholds(body.get("thresholds")),
         request=plan.to_dict(),
+        recourse=recourse_options(body.get("recourse"), model, positive),
         compression=check_variants(body.get("variants"), model, settings, variant=variant),
     )
     _check_columns(frame, spec, where)

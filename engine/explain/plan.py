@@ -126,6 +126,12 @@ def plan_explanation(
             code="method_not_applicable",
             field="method",
         )
+    if model.card.task not in entry.tasks:
+        raise InvalidRequest(
+            f"{method} explains {' and '.join(entry.tasks)} models, not {model.card.task}",
+            code="method_not_applicable",
+            field="method",
+        )
     # Image and text methods remove information towards a baseline, not background rows, unless asked to.
     wants_background = (entry.needs_background and kind == "tabular") or params.get("baseline") == "background"
     if wants_background and model.background_rows == 0:
@@ -290,7 +296,9 @@ def methods_for(model: ModelVersion) -> list[dict[str, Any]]:
         if kind not in entry.input_kinds:
             continue
         item: dict[str, Any] = {"name": name, "applies": True}
-        if entry.needs_background and kind == "tabular" and model.background_rows == 0:
+        if model.card.task not in entry.tasks:
+            item.update(applies=False, reason=f"explains {' and '.join(entry.tasks)} models only")
+        elif entry.needs_background and kind == "tabular" and model.background_rows == 0:
             item.update(applies=False, reason="needs background rows; register the model with a 'background' part")
         elif entry.gradients:
             why = gradient_verdict(model)

@@ -85,6 +85,9 @@ def run_explanation(
     params = dict(plan.parameters)
     if plan.method == "lime":
         params["mode"] = model.card.task
+    if plan.method == "anchors":
+        # Rules name categories, not their codes.
+        params["categories"] = {f.name: list(f.categories) for f in model.card.features if f.categories}
     task = ExplainTask(
         f=f,
         X=X,

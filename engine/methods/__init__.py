@@ -92,6 +92,7 @@ class Method:
         gradients: It differentiates the graph (needs the ``gradients`` extra and a differentiable model).
         kind_targets: ``kind -> "module:Class"`` for kinds implemented apart from ``target`` (tabular
             gradients are an :class:`~engine.methods.base.Explainer`, image maps a function).
+        tasks: The model tasks it explains (``anchors``: classifiers only).
     """
 
     name: str
@@ -105,6 +106,7 @@ class Method:
     kinds: Mapping[str, tuple[Mapping[str, ParamSpec], CostFn]] = field(default_factory=dict)
     gradients: bool = False
     kind_targets: Mapping[str, str] = field(default_factory=dict)
+    tasks: tuple[str, ...] = ("classification", "regression")
 
     def target_for(self, kind: str) -> str:
         """The ``module:name`` implementing this method for ``kind`` inputs."""
@@ -306,6 +308,32 @@ METHODS: dict[str, Method] = {
             {"seed": _SEED},
             lambda params, d, background: background,
             samples=False,
+        ),
+        Method(
+            "anchors",
+            "engine.methods.anchors:Anchors",
+            _TABULAR,
+            {
+                "threshold": ParamSpec(
+                    ("number",), 0.95, "Precision an anchor must reach (its lower confidence bound).", 0.5, 1.0
+                ),
+                "delta": ParamSpec(("number",), 0.05, "1 - confidence of the precision bounds.", 1e-6, 0.5),
+                "epsilon": ParamSpec(
+                    ("number",), 0.1, "KL-LUCB's tolerance when choosing the most precise anchors.", 1e-4, 1.0
+                ),
+                "beam_size": ParamSpec(("integer",), 2, "Anchors kept per size in the beam search.", 1, 32),
+                "batch_size": ParamSpec(("integer",), 100, "Samples drawn per bandit pull.", 10, 10_000),
+                "max_samples": ParamSpec(
+                    ("integer",), 20_000, "Most model evaluations per row (the search stops there).", 100, 1_000_000
+                ),
+                "max_anchor_size": ParamSpec(
+                    ("integer",), None, "Most conditions in a rule (default: every feature).", 1, 10_000
+                ),
+                "seed": _SEED,
+            },
+            lambda params, d, background: int(params["max_samples"]),
+            samples=False,
+            tasks=("classification",),
         ),
         Method(
             "tree_shap",

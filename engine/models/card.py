@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import InvalidRequest, UnknownField
+from engine.models.constraints import Constraints
 from engine.models.image import ImageSpec
 from engine.models.text import TextSpec
 
@@ -76,6 +77,7 @@ class ModelCard:
         variants: Variant kinds to build at registration.
         image: How an image model takes its tensor (``input_kind == "image"``).
         text: How a text model takes its strings (``input_kind == "text"``).
+        constraints: What counterfactuals may change (tabular models; optional).
     """
 
     name: str
@@ -88,6 +90,7 @@ class ModelCard:
     variants: tuple[str, ...] = field(default=())
     image: ImageSpec | None = None
     text: TextSpec | None = None
+    constraints: Constraints = field(default_factory=Constraints)
 
     @property
     def background_columns(self) -> list[str]:
@@ -130,6 +133,8 @@ class ModelCard:
             out["text"] = self.text.to_dict()
         if self.task == "classification":
             out["class_names"] = list(self.class_names)
+        if self.constraints:
+            out["constraints"] = self.constraints.to_dict()
         return out
 
     @classmethod
@@ -170,6 +175,10 @@ class ModelCard:
                     raise InvalidRequest(f"a tabular card has no {other!r}", code="invalid_card", field=f"card.{other}")
             features = _features(obj.get("features"))
         else:
+            if "constraints" in obj:
+                raise InvalidRequest(
+                    "only tabular cards have constraints", code="invalid_card", field="card.constraints"
+                )
             if "features" in obj:
                 raise InvalidRequest(
                     f"an {input_kind} card has no features; describe the input in card.{input_kind}",
@@ -222,6 +231,9 @@ class ModelCard:
             variants=tuple(variants),
             image=image,
             text=text,
+            constraints=Constraints.parse(
+                obj.get("constraints"), features, where="card.constraints", code="invalid_card"
+            ),
         )
 
 
@@ -236,6 +248,7 @@ _CARD_FIELDS = {
     "variants",
     "image",
     "text",
+    "constraints",
 }
 _FEATURE_FIELDS = {"name", "type", "categories", "encoding"}
 ENCODINGS = ("ordinal", "one_hot")

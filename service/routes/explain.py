@@ -11,7 +11,7 @@ from service.auth import tenant, visible_model
 from service.bodies import json_object, optional_int
 from service.errors import respond
 from service.extensions import services
-from service.gateways.jobs import check_idempotency_key
+from service.gateways.jobs import Submission, check_idempotency_key
 
 bp = Blueprint("explain", __name__)
 
@@ -30,20 +30,14 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     svc = services()
     body = json_object(_FIELDS, required={"instances"})
     model = visible_model(svc, name, optional_int(body.get("version"), "version"))
-    wait = body.get("wait", svc.settings.default_wait_s)
-    # A chained comparison: NaN fails it, and a 400-digit integer is compared exactly, never turned into a float.
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= _MAX_WAIT_S:
-        raise InvalidRequest(
-            f"wait must be a number of seconds from 0 to {_MAX_WAIT_S}", code="invalid_parameter", field="wait"
-        )
+    wait = read_wait(body.get("wait", svc.settings.default_wait_s))
     variant = body.get("variant", "fp32")
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
     variant, _ = svc.predictor.resolve(model, variant)
     idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
     explain_request = build_request(body, model, svc.settings, variant)
-    gateway = svc.jobs()
-    submission = gateway.submit(
+    submission = svc.jobs().submit(
         JOBS["explain"],
         explain_request.to_payload(),
         timeout=svc.settings.job_timeout_s,
@@ -51,8 +45,29 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
         idempotency=idempotency,
         uses=(model.name, model.version),
     )
+    return answer(submission, wait)
+
+
+def read_wait(wait: object) -> float:
+    """Check a request's ``wait`` (seconds, 0..3600).
+
+    Raises:
+        InvalidRequest: ``invalid_parameter`` on ``wait``.
+    """
+    # A chained comparison: NaN fails it, and a 400-digit integer is compared exactly, never turned into a float.
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= _MAX_WAIT_S:
+        raise InvalidRequest(
+            f"wait must be a number of seconds from 0 to {_MAX_WAIT_S}", code="invalid_parameter", field="wait"
+        )
+    return float(wait)
+
+
+def answer(submission: Submission, wait: float) -> tuple[Response, int, dict[str, str]]:
+    """Wait up to ``wait`` seconds for a submitted job: 200 with its result, its error, or 202 with the job."""
+    svc = services()
+    gateway = svc.jobs()
     job = submission.job
-    gateway.wait(job, min(float(wait), svc.settings.max_wait_s))
+    gateway.wait(job, min(wait, svc.settings.max_wait_s))
     location = url_for("explain.get_job", job_id=job.id)
     view = {**gateway.describe(job, location=location), "cache": submission.cache}
     headers = {"X-Job-Id": job.id, "X-Cache": submission.cache}
