@@ -661,6 +661,7 @@ def test_registry_names_every_method() -> None:
         "tree_shap": "engine.methods.tree_shap:TreeShap",
         "integrated_gradients": "engine.methods.gradient_rows:RowIntegratedGradients",
         "saliency": "engine.methods.gradient_rows:RowSaliency",
+        "anchors": "engine.methods.anchors:Anchors",
     }
     # Image and text methods run through engine.explain.perception; their targets name the implementing function.
     assert set(EXPLAINERS) - set(tabular) == {"partition", "occlusion", "grad_cam", "smoothgrad"}
