@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from client import launcher
-from client.sdk import ApiError, Client
+from onnxplain_client import ApiError, Client
 
 DEMO = Path(__file__).resolve().parent.parent / "demo"
 

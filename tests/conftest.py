@@ -16,6 +16,11 @@ from engine.settings import Settings
 from tests import builders
 from tests.contract import ValidatingClient
 
+SDK = Path(__file__).resolve().parents[1] / "sdk"
+# Child processes (``python -m client.cli``) import the SDK from sdk/, as the editable install maps it
+# (pytest's ``pythonpath`` setting does the same for this process).
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(SDK), os.environ.get("PYTHONPATH")) if p)
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:

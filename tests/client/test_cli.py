@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from client.cli import main
-from client.sdk import ApiError, Client
+from onnxplain_client import ApiError, Client
 
 DEMO = Path(__file__).resolve().parents[2] / "demo"
 

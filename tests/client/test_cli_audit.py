@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from client.cli import main
-from client.sdk import ApiError, Client
 from engine.settings import Settings
+from onnxplain_client import ApiError, Client
 from tests import builders
 
 ROOT = Path(__file__).resolve().parents[2]

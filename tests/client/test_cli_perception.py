@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from client.cli import main
-from client.sdk import Client
+from onnxplain_client import Client
 
 DEMO = Path(__file__).resolve().parents[2] / "demo"
 
