@@ -53,6 +53,7 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 KEYS_SECRET = "test-keys-secret"
+WEBHOOK_SECRET = "test-webhook-secret"
 
 
 def keyed(settings: Settings, directory: Path) -> Settings:
@@ -169,6 +170,10 @@ def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "ONNXPLAIN_MODEL_DIR": str(tmp_path_factory.mktemp("store")),
         "ONNXPLAIN_AUDIT_DIR": str(tmp_path_factory.mktemp("audits")),
         "PYTHONPATH": str(root),
+        # The workers deliver webhooks: signed with the test secret, to loopback receivers, retried quickly.
+        "ONNXPLAIN_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "ONNXPLAIN_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
+        "ONNXPLAIN_WEBHOOK_BACKOFF_S": "0.2",
     }
     logs = tmp_path_factory.mktemp("worker-logs")
     # Logs go to files: an unread pipe would fill up and block the workers.

@@ -25,8 +25,10 @@ from engine.errors import Conflict, NotFound, Unavailable
 from engine.jobs import AUDIT_LOST, CANCELED, JOBS, JobError, MetaKey, job_error
 from engine.models.store import ModelVersion
 from engine.timestamps import parse_utc, utc_now
+from engine.webhooks import Delivery
 from service.errors import problem_of
 from service.extensions import Services
+from service.gateways import webhooks
 from service.gateways.jobs import IdempotencyRecords, JobGateway
 
 _DONE, _FAILED = JobStatus.FINISHED.value, JobStatus.FAILED.value
@@ -92,11 +94,13 @@ class AuditGateway:
         *,
         idempotency: str | None = None,
         digest: str = "",
+        callback: str | None = None,
     ) -> Audit:
         """Store the validated dataset and queue its chunks and merge (remembered under ``idempotency``).
 
         A concurrent submission with the same ``Idempotency-Key`` that stored its audit first wins: this one is
-        canceled and the first is returned, so a retried upload makes one audit.
+        canceled and the first is returned, so a retried upload makes one audit. A checked ``callback`` URL is
+        posted the audit once it ends.
 
         Raises:
             QueueFull: The batch queue has no room for its chunks (nothing is stored).
@@ -135,16 +139,18 @@ class AuditGateway:
         except (RedisError, Unavailable) as exc:
             self.store.delete(audit.id)
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
-        if idempotency is None:
-            return audit
-        try:
-            first = self._stored(self._records().remember(self.tenant, idempotency, digest, audit.id))
-        except RedisError as exc:
-            raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
-        if first is None:
-            return audit
-        self.cancel(audit)
-        return first
+        first = None
+        if idempotency is not None:
+            try:
+                first = self._stored(self._records().remember(self.tenant, idempotency, digest, audit.id))
+            except RedisError as exc:
+                raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+        if first is not None:  # a concurrent retry stored its audit first: this one is dropped
+            self.cancel(audit)
+            return first
+        if callback is not None:
+            webhooks.schedule(self.jobs.connection, Delivery.new("audit", audit.id, self.tenant, callback))
+        return audit
 
     def _enqueue(self, audit: Audit) -> None:
         chunk, merge = JOBS["audit_chunk"], JOBS["audit_merge"]

@@ -33,7 +33,9 @@ from rq.serializers import JSONSerializer
 from engine.errors import Conflict, InvalidRequest, NotFound, QueueFull, Unavailable
 from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error, uses_key
 from engine.timestamps import format_utc
+from engine.webhooks import Delivery
 from service.errors import problem_of
+from service.gateways import webhooks
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -219,6 +221,7 @@ class JobGateway:
         tenant: str,
         idempotency: str | None = None,
         uses: tuple[str, int] | None = None,
+        callback: str | None = None,
     ) -> Submission:
         """Return the tenant's job for this request: its ``Idempotency-Key``'s job, else the cached identical job
         (queued, running or succeeded), else a new job under a random id.
@@ -230,14 +233,19 @@ class JobGateway:
             tenant: Who submits; the cache and idempotency keys are this tenant's alone.
             idempotency: The request's ``Idempotency-Key``, if any (checked by :func:`check_idempotency_key`).
             uses: The model version it reads, which cannot be deleted while the job is queued or running.
+            callback: A checked ``callback_url``: part of the request (another URL is another job), and the new
+                job's end is posted there (:mod:`service.gateways.webhooks`).
 
         Raises:
             InvalidRequest: ``idempotency_key_reused`` when the key was used for another request.
             Unavailable: Redis cannot be reached.
         """
-        submission = self._submit(kind, payload, timeout=timeout, tenant=tenant, idempotency=idempotency)
+        keyed = payload if callback is None else {**payload, "callback_url": callback}
+        submission = self._submit(kind, payload, keyed, timeout=timeout, tenant=tenant, idempotency=idempotency)
         if uses is not None:
             self.mark_use(*uses, submission.job.id)
+        if callback is not None and submission.cache == "miss":  # a hit's job already posts to this URL
+            webhooks.schedule(self.connection, Delivery.new("job", submission.job.id, tenant, callback))
         return submission
 
     def mark_use(self, model: str, version: int, job_id: str) -> None:
@@ -274,9 +282,16 @@ class JobGateway:
         return active
 
     def _submit(
-        self, kind: JobKind, payload: dict[str, Any], *, timeout: int, tenant: str, idempotency: str | None
+        self,
+        kind: JobKind,
+        payload: dict[str, Any],
+        keyed: dict[str, Any],
+        *,
+        timeout: int,
+        tenant: str,
+        idempotency: str | None,
     ) -> Submission:
-        digest = request_digest(tenant, kind.name, payload)
+        digest = request_digest(tenant, kind.name, keyed)
         records = IdempotencyRecords(self.connection, self.result_ttl)
         try:
             if idempotency is not None:

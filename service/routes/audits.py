@@ -13,6 +13,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from engine.audits.dataset import CheckedDataset, as_table, bad_rows_error, read_table
 from engine.audits.spec import SPEC_FIELDS, prepare_audit
 from engine.errors import InvalidRequest, UnknownField
+from engine.webhooks import accept_callback
 from service.auth import tenant, visible_model
 from service.bodies import check_object, check_parts, json_object, json_part, optional_int
 from service.errors import problem_of, respond
@@ -46,6 +47,7 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
     variant, _ = svc.predictor.resolve(model, variant)
+    callback = accept_callback(svc.settings, body.pop("callback_url", None))
     gateway = AuditGateway(svc, tenant())  # before any file is written: no Redis configured is 503 now
     audit = gateway.recall(idempotency, digest)
     if audit is not None:  # a retried upload: the audit it made, not a second one
@@ -54,7 +56,7 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
     spec, checked = prepare_audit(body, frame, model, svc.settings, variant=variant, where=where)
     if checked.bad_rows and spec.on_bad_rows == "reject":
         return _bad_rows(checked)
-    audit = gateway.submit(spec, checked, model, idempotency=idempotency, digest=digest)
+    audit = gateway.submit(spec, checked, model, idempotency=idempotency, digest=digest, callback=callback)
     view = gateway.describe(audit)
     return jsonify(view), 202, {"Location": view["location"]}
 
