@@ -205,3 +205,12 @@ def spin_model(trigger: float = 9.0, trips: int = 10**12) -> onnx.ModelProto:
     return helper_model(
         nodes, inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])], initializers=inits
     )
+
+
+def small_mlp(name: str = "mlp") -> BuiltModel:
+    """A 4-feature MLP classifier: it has MatMul weights, so variants build (quickly)."""
+    X, y = make_classification(n_samples=200, n_features=4, n_informative=3, n_redundant=0, random_state=1)
+    model = MLPClassifier((8,), max_iter=300, random_state=0).fit(X, y)
+    onx = _convert(model, X, options={id(model): {"zipmap": False}})
+    card = {"name": name, "task": "classification", "features": ["a", "b", "c", "d"], "class_names": ["no", "yes"]}
+    return BuiltModel(onx, card, X, y, model)

@@ -200,6 +200,7 @@ def live_settings(worker_env: dict[str, str], tmp_path: Path) -> Settings:
         model_dir=Path(worker_env["ONNXPLAIN_MODEL_DIR"]),
         audit_dir=Path(worker_env["ONNXPLAIN_AUDIT_DIR"]),
         default_wait_s=30.0,
+        webhook_secret=WEBHOOK_SECRET,  # as the workers sign with; loopback receivers stay refused here
     )
     return keyed(base, tmp_path)
 

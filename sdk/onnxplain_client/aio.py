@@ -101,11 +101,15 @@ class AsyncClient(_Operations[Awaitable[dict[str, Any]], Awaitable[str]]):
         result: dict[str, Any] = (await self.wait_job(answer["id"], timeout=timeout))["result"]
         return result
 
-    async def wait_job(self, job_id: str, *, timeout: float = 600.0, interval: float = 0.25) -> dict[str, Any]:
+    async def wait_job(
+        self, job_id: str, *, timeout: float = 600.0, interval: float = 0.25, on_poll: Progress | None = None
+    ) -> dict[str, Any]:
         """Poll a job until it ends; return it when it succeeded (see ``Client.wait_job``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = await self.job(job_id)
+            if on_poll is not None:
+                on_poll(found)
             if settled(found):
                 return found
             await asyncio.sleep(interval)

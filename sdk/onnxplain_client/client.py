@@ -114,8 +114,10 @@ class Client(_Operations[dict[str, Any], str]):
         result: dict[str, Any] = self.wait_job(answer["id"], timeout=timeout)["result"]
         return result
 
-    def wait_job(self, job_id: str, *, timeout: float = 600.0, interval: float = 0.25) -> dict[str, Any]:
-        """Poll a job until it ends; return it when it succeeded.
+    def wait_job(
+        self, job_id: str, *, timeout: float = 600.0, interval: float = 0.25, on_poll: Progress | None = None
+    ) -> dict[str, Any]:
+        """Poll a job until it ends; return it when it succeeded (``on_poll`` sees every poll).
 
         Raises:
             ApiError: The job failed or was canceled (its error).
@@ -124,6 +126,8 @@ class Client(_Operations[dict[str, Any], str]):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = self.job(job_id)
+            if on_poll is not None:
+                on_poll(found)
             if settled(found):
                 return found
             time.sleep(interval)

@@ -38,7 +38,7 @@ def test_cli_audit_writes_the_report_and_rows(live_url, binary_model, tmp_path, 
     data = tmp_path / "data.csv"
     dataset(binary_model, 600).to_csv(data, index=False)
     report, rows = tmp_path / "report.html", tmp_path / "rows.csv"
-    argv = ["--url", live_url, "audit", "cli-audit", str(data), "--label", "y", "--sensitive", "sex"]
+    argv = ["--url", live_url, "--json", "audit", "cli-audit", str(data), "--label", "y", "--sensitive", "sex"]
     argv += ["--out", str(report), "--rows", str(rows), "--method", "exact", "--param", "max_features=8"]
     assert main(argv) == 0
     captured = capsys.readouterr()

@@ -70,15 +70,7 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def small_mlp() -> builders.BuiltModel:
-    """A 4-feature MLP: it has MatMul weights, so variants build."""
-    from sklearn.datasets import make_classification
-    from sklearn.neural_network import MLPClassifier
-
-    X, y = make_classification(n_samples=200, n_features=4, n_informative=3, n_redundant=0, random_state=1)
-    model = MLPClassifier((8,), max_iter=300, random_state=0).fit(X, y)
-    onx = builders._convert(model, X, options={id(model): {"zipmap": False}})
-    card = {"name": "mlp", "task": "classification", "features": ["a", "b", "c", "d"], "class_names": ["no", "yes"]}
-    return builders.BuiltModel(onx, card, X, y, model)
+    return builders.small_mlp()
 
 
 def drive_every_operation(
