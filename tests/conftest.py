@@ -139,13 +139,22 @@ def regression_model() -> builders.BuiltModel:
     return builders.regressor()
 
 
-def upload(client: ValidatingClient, built: builders.BuiltModel, *, background: bool = True, **card: Any) -> Any:
-    """POST a built model (with background rows) to /v1/models."""
+def upload(
+    client: ValidatingClient,
+    built: builders.BuiltModel,
+    *,
+    background: bool = True,
+    visibility: str | None = None,
+    **card: Any,
+) -> Any:
+    """POST a built model (with background rows; ``visibility`` when given) to /v1/models."""
     import io
 
     data: dict[str, Any] = {"model": (io.BytesIO(built.onnx_bytes), "model.onnx"), "card": built.card_json(**card)}
     if background:
         data["background"] = (io.BytesIO(built.background_csv()), "background.csv")
+    if visibility is not None:
+        data["visibility"] = visibility
     return client.post("/v1/models", data=data, content_type="multipart/form-data")
 
 

@@ -105,15 +105,7 @@ class AsyncClient(_Operations[Awaitable[dict[str, Any]], Awaitable[str]]):
         self, job_id: str, *, timeout: float = 600.0, interval: float = 0.25, on_poll: Progress | None = None
     ) -> dict[str, Any]:
         """Poll a job until it ends; return it when it succeeded (see ``Client.wait_job``)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = await self.job(job_id)
-            if on_poll is not None:
-                on_poll(found)
-            if settled(found):
-                return found
-            await asyncio.sleep(interval)
-        raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s")
+        return await self._poll(self.job, job_id, "job", timeout, interval, on_poll)
 
     async def build_variant(
         self, name: str, kind: str, *, wait: bool = True, timeout: float = 600.0, **options: Any
@@ -129,15 +121,7 @@ class AsyncClient(_Operations[Awaitable[dict[str, Any]], Awaitable[str]]):
         self, audit_id: str, *, timeout: float = 3600.0, interval: float = 0.5, on_progress: Progress | None = None
     ) -> dict[str, Any]:
         """Poll an audit until it ends; return it when it succeeded (see ``Client.wait_audit``)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = await self.get_audit(audit_id)
-            if on_progress is not None:
-                on_progress(found)
-            if settled(found):
-                return found
-            await asyncio.sleep(interval)
-        raise TimeoutError(f"audit {audit_id} did not finish within {timeout:g} s")
+        return await self._poll(self.get_audit, audit_id, "audit", timeout, interval, on_progress)
 
     async def audit(
         self,
@@ -161,6 +145,26 @@ class AsyncClient(_Operations[Awaitable[dict[str, Any]], Awaitable[str]]):
     async def audit_report(self, audit_id: str, *, out: str | Path | None = None) -> bytes | Path:
         """Download an audit's HTML report, to ``out`` if given."""
         return await self._download(build.audit_report(audit_id), out)
+
+    async def _poll(
+        self,
+        fetch: Callable[[str], Awaitable[dict[str, Any]]],
+        resource_id: str,
+        what: str,
+        timeout: float,
+        interval: float,
+        on_poll: Progress | None,
+    ) -> dict[str, Any]:
+        """GET a job or audit until it ends (``settled``); every answer is shown to ``on_poll``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = await fetch(resource_id)
+            if on_poll is not None:
+                on_poll(found)
+            if settled(found):
+                return found
+            await asyncio.sleep(interval)
+        raise TimeoutError(f"{what} {resource_id} did not finish within {timeout:g} s")
 
     async def _download(self, request: Request, out: str | Path | None) -> bytes | Path:
         if out is None:

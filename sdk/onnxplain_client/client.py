@@ -123,15 +123,7 @@ class Client(_Operations[dict[str, Any], str]):
             ApiError: The job failed or was canceled (its error).
             TimeoutError: It did not end in time.
         """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.job(job_id)
-            if on_poll is not None:
-                on_poll(found)
-            if settled(found):
-                return found
-            time.sleep(interval)
-        raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s")
+        return self._poll(self.job, job_id, "job", timeout, interval, on_poll)
 
     def build_variant(
         self, name: str, kind: str, *, wait: bool = True, timeout: float = 600.0, **options: Any
@@ -161,15 +153,7 @@ class Client(_Operations[dict[str, Any], str]):
             ApiError: The audit failed or was canceled (its error).
             TimeoutError: It did not end in time.
         """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.get_audit(audit_id)
-            if on_progress is not None:
-                on_progress(found)
-            if settled(found):
-                return found
-            time.sleep(interval)
-        raise TimeoutError(f"audit {audit_id} did not finish within {timeout:g} s")
+        return self._poll(self.get_audit, audit_id, "audit", timeout, interval, on_progress)
 
     def audit(
         self,
@@ -191,6 +175,26 @@ class Client(_Operations[dict[str, Any], str]):
     def audit_report(self, audit_id: str, *, out: str | Path | None = None) -> bytes | Path:
         """Download an audit's HTML report, to ``out`` if given."""
         return self._download(build.audit_report(audit_id), out)
+
+    def _poll(
+        self,
+        fetch: Callable[[str], dict[str, Any]],
+        resource_id: str,
+        what: str,
+        timeout: float,
+        interval: float,
+        on_poll: Progress | None,
+    ) -> dict[str, Any]:
+        """GET a job or audit until it ends (``settled``); every answer is shown to ``on_poll``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = fetch(resource_id)
+            if on_poll is not None:
+                on_poll(found)
+            if settled(found):
+                return found
+            time.sleep(interval)
+        raise TimeoutError(f"{what} {resource_id} did not finish within {timeout:g} s")
 
     def _download(self, request: Request, out: str | Path | None) -> bytes | Path:
         if out is None:

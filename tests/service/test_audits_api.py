@@ -526,13 +526,7 @@ def test_idempotency_key_returns_the_same_audit_per_tenant(app, settings, binary
     makes its own; the same key with another dataset is refused; the store holds one audit per first upload."""
     a = authorize(app.test_client(), issue_key(settings, "a"))
     b = authorize(app.test_client(), issue_key(settings, "b"))
-    data = {
-        "model": (io.BytesIO(binary_model.onnx_bytes), "m.onnx"),
-        "card": binary_model.card_json(),
-        "background": (io.BytesIO(binary_model.background_csv()), "b.csv"),
-        "visibility": "shared",
-    }
-    assert a.post("/v1/models", data=data, content_type="multipart/form-data").status_code == 201
+    assert upload(a, binary_model, visibility="shared").status_code == 201
     rows = planted_bias(binary_model, 20, seed=3)
     csv = rows.to_csv(index=False).encode()
     spec = {"model": "credit", "method": "linear"}
