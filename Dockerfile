@@ -10,6 +10,7 @@ COPY engine engine
 COPY service service
 COPY worker worker
 COPY client client
+COPY sdk sdk
 COPY openapi.yaml gunicorn.conf.py ./
 COPY demo demo
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check

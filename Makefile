@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Installs exactly requirements.lock (every file checked by its hash), then the
-# project itself without resolving anything; re-runs when the lock changes.
-$(STAMP): requirements.lock
+# project itself without resolving anything; re-runs when the lock or pyproject.toml changes (the editable
+# install maps the packages it lists, sdk/onnxplain_client included).
+$(STAMP): requirements.lock pyproject.toml
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null); \
 	  else echo "redis-server is missing: apt-get install redis-server (or set ONNXPLAIN_REDIS_URL)"; fi; }

@@ -10,16 +10,18 @@ import argparse
 import base64
 import json
 import os
+import secrets
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from client import launcher
-from client.sdk import ApiError, Client
+from client import launcher, output
+from onnxplain_client import ApiError, Client
 
 DEMO = Path(__file__).resolve().parent.parent / "demo"
 
@@ -116,6 +118,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     env.setdefault("ONNXPLAIN_MODEL_DIR", str(Path("var/models").resolve()))
     env.setdefault("ONNXPLAIN_KEYS_FILE", str(Path("var/keys.json").resolve()))
     env.setdefault("ONNXPLAIN_AUDIT_DIR", str(Path("var/audits").resolve()))
+    # Webhooks are signed with a secret of this session unless the operator gave one (as the dev key is made).
+    env.setdefault("ONNXPLAIN_WEBHOOK_SECRET", secrets.token_urlsafe(32))
     redis = None
     if not env.get("ONNXPLAIN_REDIS_URL"):
         redis = launcher.start_redis(persist=True)
@@ -141,6 +145,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"A development key (tenant 'dev', every scope; revoked when this stops): {dev[0]}")
         else:
             print("AUTHENTICATION IS OFF (ONNXPLAIN_AUTH=off): anyone who can reach the port can use it.")
+        print(f"Webhooks (callback_url) are signed with ONNXPLAIN_WEBHOOK_SECRET={env['ONNXPLAIN_WEBHOOK_SECRET']}")
         print("Try:\n")
         print(f"  curl -s {url}/v1/models/{card['name']}:predict {auth}-H 'Content-Type: application/json' \\")
         print(f"    -d '{json.dumps({'instances': [row]})}'\n")
@@ -202,100 +207,150 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return launcher.run_keys(args.rest).returncode
 
 
-def cmd_register(args: argparse.Namespace) -> int:
-    """Register an ONNX model with its card (and optional background)."""
+def _api(args: argparse.Namespace) -> Client:
+    return Client(args.url, api_key=args.api_key)
+
+
+MODEL_COLUMNS = [
+    ("name", "name"),
+    ("version", "version"),
+    ("task", "card.task"),
+    ("input", "card.input_kind"),
+    ("visibility", "visibility"),
+    ("sha256", "sha256"),
+]
+JOB_FIELDS = [
+    ("id", "id"),
+    ("kind", "kind"),
+    ("status", "status"),
+    ("progress", "progress"),
+    ("created", "created_at"),
+    ("ended", "ended_at"),
+    ("error", "error.code"),
+]
+VARIANT_COLUMNS = [
+    ("kind", "kind"),
+    ("state", "state"),
+    ("top-1 agreement", "report.agreement.top1"),
+    ("size ratio", "report.size_bytes.ratio"),
+    ("speedup", "report.latency.speedup"),
+    ("drift flagged", "report.drift_flagged"),
+    ("error", "error.code"),
+]
+AUDIT_FIELDS = [
+    ("id", "id"),
+    ("status", "status"),
+    ("model", "model.name"),
+    ("version", "model.version"),
+    ("method", "method"),
+    ("rows", "progress.rows_total"),
+    ("rows done", "progress.rows_done"),
+    ("chunks", "progress.chunks_total"),
+    ("failed chunks", "progress.chunks_failed"),
+    ("created", "created_at"),
+    ("ended", "ended_at"),
+    ("error", "error.code"),
+]
+
+
+def _show(args: argparse.Namespace, data: Any, render: Any) -> int:
+    """Print ``data`` as JSON with ``--json``, else through ``render``."""
+    if args.json:
+        _print(data)
+    else:
+        render(data)
+    return 0
+
+
+def cmd_models_push(args: argparse.Namespace) -> int:
+    """Register an ONNX model with its card (and optional background): the next version of its name."""
     card = json.loads(Path(args.card).read_text())
     if args.name:
         card["name"] = args.name
-    api = Client(args.url, api_key=args.api_key)
-    _print(api.register(args.model, card, background=args.background, tokenizer=args.tokenizer))
-    return 0
+    model = _api(args).register(
+        args.model, card, background=args.background, tokenizer=args.tokenizer, visibility=args.visibility
+    )
+    return _show(args, model, lambda m: output.table([m], MODEL_COLUMNS, title="registered"))
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    """List models, or describe one."""
-    api = Client(args.url, api_key=args.api_key)
-    _print(api.model(args.name) if args.name else [{"name": m["name"], "version": m["version"]} for m in api.models()])
-    return 0
+def cmd_models_list(args: argparse.Namespace) -> int:
+    """List models (the latest version of each)."""
+    models = _api(args).models()
+    return _show(args, models, lambda ms: output.table(ms, MODEL_COLUMNS, title=f"{len(ms)} models"))
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    """Describe one model: its card, versions and variants."""
+    model = _api(args).model(args.name, args.version)
+
+    def render(m: dict[str, Any]) -> None:
+        output.table([m], MODEL_COLUMNS)
+        output.fields(m, [("features", "card.features"), ("classes", "card.class_names")])
+        if m.get("variants"):
+            output.table(m["variants"], VARIANT_COLUMNS, title="variants")
+
+    return _show(args, model, render)
+
+
+def cmd_models_rm(args: argparse.Namespace) -> int:
+    """Delete a model, or one version."""
+    deleted = _api(args).delete(args.name, args.version)
+    versions = ", ".join(str(v) for v in deleted["deleted_versions"])
+    return _show(args, deleted, lambda d: print(f"deleted {d['name']} version(s) {versions}"))
+
+
+def _render_predictions(answer: dict[str, Any]) -> None:
+    rows = [
+        {"row": i, "label": p.get("label"), "value": p.get("value"), "scores": p.get("scores")}
+        for i, p in enumerate(answer["predictions"])
+    ]
+    model = answer["model"]
+    title = f"{model['name']} v{model['version']} ({model['variant']})"
+    output.table(rows, [("row", "row"), ("label", "label"), ("value", "value"), ("scores", "scores")], title=title)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Predict rows given as JSON (a file, '-' for stdin, or inline)."""
-    _print(
-        Client(args.url, api_key=args.api_key).predict(
-            args.model, _inputs(args), version=args.version, variant=args.variant
-        )
-    )
-    return 0
+    """Predict rows given as JSON (a file, '-' for stdin, or inline), images or texts."""
+    answer = _api(args).predict(args.model, _inputs(args), version=args.version, variant=args.variant)
+    return _show(args, answer, _render_predictions)
+
+
+def _render_explanation(result: dict[str, Any]) -> None:
+    for i, explanation in enumerate(result.get("explanations", [])):
+        for target in explanation["targets"]:
+            attributions = target.get("attributions") or []
+            ranked = sorted(attributions, key=lambda a: -abs(float(a["attribution"])))
+            base = target.get("base_value")
+            title = f"row {i}, target {target['target']}" + (f" (base value {base:.4g})" if base is not None else "")
+            if ranked:
+                output.table(
+                    ranked, [("feature", "feature"), ("value", "value"), ("attribution", "attribution")], title=title
+                )
+            else:
+                print(f"{title}: see --json (image or text attributions)")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Explain rows, waiting for the job."""
-    result = Client(args.url, api_key=args.api_key).explain(
-        args.model,
-        _inputs(args),
-        method=args.method,
-        parameters=_params(args.param) or None,
-        targets=args.target or None,
-        version=args.version,
-        variant=args.variant,
-    )
+    """Explain rows, waiting for the job (a progress line while it runs), unless ``--no-wait``."""
+    api = _api(args)
+    options: dict[str, Any] = {
+        "method": args.method,
+        "parameters": _params(args.param) or None,
+        "targets": args.target or None,
+        "version": args.version,
+        "variant": args.variant,
+        "callback_url": args.callback_url,
+        "idempotency_key": args.idempotency_key,
+    }
+    answer = api.submit_explain(args.model, _inputs(args), wait=0 if args.no_wait else args.wait, **options)
+    if "explanations" not in answer:
+        if args.no_wait:
+            return _show(args, answer, lambda j: output.fields(j, JOB_FIELDS, title="queued"))
+        with _JobProgress(f"explaining ({answer['id']})") as progress:
+            answer = api.wait_job(answer["id"], timeout=args.timeout, on_poll=progress.update)["result"]
     if args.heatmaps:
-        _save_heatmaps(result, args.heatmaps)
-    _print(result)
-    return 0
-
-
-def cmd_counterfactual(args: argparse.Namespace) -> int:
-    """Counterfactuals of rows: what would have to change to reach ``--desired``; waits for the job."""
-    constraints: dict[str, Any] = json.loads(Path(args.constraints).read_text()) if args.constraints else {}
-    for key, value in (("immutable", args.immutable), ("integer", args.integer)):
-        if value:
-            names = [n.strip() for n in value.split(",") if n.strip()]
-            constraints[key] = sorted({*constraints.get(key, []), *names})
-    for key, direction in (("increase_only", args.increase_only), ("decrease_only", args.decrease_only)):
-        for name in (n.strip() for n in (direction or "").split(",") if n.strip()):
-            constraints.setdefault("directions", {})[name] = key
-    desired_range = None
-    if args.desired_range:
-        low, _, high = args.desired_range.partition(",")
-        desired_range = (float(low) if low else None, float(high) if high else None)
-    result = Client(args.url, api_key=args.api_key).counterfactual(
-        args.model,
-        _rows(args.rows),
-        desired=args.desired,
-        desired_range=desired_range,
-        constraints=constraints or None,
-        parameters=_params(args.param) or None,
-        version=args.version,
-        variant=args.variant,
-    )
-    if args.json:
-        _print(result)
-        return 0
-    for i, row in enumerate(result["rows"]):
-        print(f"row {i}: {row['prediction'].get('label', row['prediction'].get('value'))} → {row['desired']}")
-        if row["status"] != "found":
-            print(f"  {row['status']}: {row.get('reason', 'the row already has the desired outcome')}")
-        for cf in row["counterfactuals"]:
-            changes = ", ".join(f"{c['feature']} {c['from']} → {c['to']}" for c in cf["changes"])
-            q = cf["quality"]
-            print(f"  {changes}  (cost {q['proximity']:.3g}, {q['sparsity']} changed, valid {q['valid']})")
-    return 0
-
-
-def cmd_surrogate(args: argparse.Namespace) -> int:
-    """The model's global surrogate: its fidelity and rules (``--json`` for everything)."""
-    result = Client(args.url, api_key=args.api_key).surrogate(
-        args.model, version=args.version, max_depth=args.max_depth
-    )
-    if args.json:
-        _print(result)
-        return 0
-    fidelity = result["fidelity"]
-    print(f"fidelity ({fidelity['metric']}, {fidelity['rows']['held_out']} held-out rows): {fidelity['held_out']:.3f}")
-    print(result["rules"])
-    return 0
+        _save_heatmaps(answer, args.heatmaps)
+    return _show(args, answer, _render_explanation)
 
 
 class _Progress:
@@ -322,12 +377,16 @@ class _Progress:
         eta = f", ETA {p['eta_s']:.0f} s" if p.get("eta_s") else ""
         chunks = f"{p['chunks_done']}/{p['chunks_total']} chunks"
         text = f"{audit['status']}: {p['rows_done']}/{p['rows_total']} rows, {chunks}{eta}"
+        self.show(text, p["rows_done"], p["rows_total"], p["fraction"])
+
+    def show(self, text: str, done: float, total: float, fraction: float) -> None:
+        """Draw one state of the bar."""
         if self.bar is not None:
             if self.task is None:
-                self.task = self.bar.add_task(text, total=p["rows_total"])
-            self.bar.update(self.task, completed=p["rows_done"], description=text)
+                self.task = self.bar.add_task(text, total=total)
+            self.bar.update(self.task, completed=done, description=text)
         else:
-            print(f"\r{text} ({100 * p['fraction']:.0f} %)   ", end="", file=sys.stderr)
+            print(f"\r{text} ({100 * fraction:.0f} %)   ", end="", file=sys.stderr)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
@@ -336,57 +395,85 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    """Audit a dataset: submit it, show the progress, download the report (and the per-row results)."""
-    api = Client(args.url, api_key=args.api_key)
-    audit = api.submit_audit(
+class _JobProgress(_Progress):
+    """A job's progress (its ``progress`` fraction, when it reports one) on stderr."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def update(self, job: dict[str, Any]) -> None:
+        """Show one poll of the job."""
+        fraction = float(job.get("progress") or 0.0)
+        self.show(f"{self.label}: {job['status']}", fraction * 100, 100, fraction)
+
+
+def cmd_counterfactual(args: argparse.Namespace) -> int:
+    """Counterfactuals of rows: what would have to change to reach ``--desired``; waits for the job."""
+    constraints: dict[str, Any] = json.loads(Path(args.constraints).read_text()) if args.constraints else {}
+    for key, value in (("immutable", args.immutable), ("integer", args.integer)):
+        if value:
+            names = [n.strip() for n in value.split(",") if n.strip()]
+            constraints[key] = sorted({*constraints.get(key, []), *names})
+    for key, direction in (("increase_only", args.increase_only), ("decrease_only", args.decrease_only)):
+        for name in (n.strip() for n in (direction or "").split(",") if n.strip()):
+            constraints.setdefault("directions", {})[name] = key
+    desired_range = None
+    if args.desired_range:
+        low, _, high = args.desired_range.partition(",")
+        desired_range = (float(low) if low else None, float(high) if high else None)
+    result = _api(args).counterfactual(
         args.model,
-        args.dataset,
-        label=args.label,
-        sensitive=args.sensitive or None,
-        method=args.method,
+        _rows(args.rows),
+        desired=args.desired,
+        desired_range=desired_range,
+        constraints=constraints or None,
         parameters=_params(args.param) or None,
-        positive=args.positive,
-        on_bad_rows=args.on_bad_rows,
-        title=args.title,
         version=args.version,
         variant=args.variant,
-        recourse=True if args.recourse else None,
-        variants=[v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None,
     )
-    print(f"audit {audit['id']}: {audit['dataset']['rows']} rows queued", file=sys.stderr)
-    try:
-        with _Progress() as progress:
-            done = api.wait_audit(audit["id"], timeout=args.timeout, on_progress=progress.update)
-    except KeyboardInterrupt:
-        api.cancel_audit(audit["id"])
-        print(f"audit {audit['id']} canceled", file=sys.stderr)
-        return 130
-    api.audit_report(done["id"], out=args.out)
+    return _show(args, result, _render_counterfactuals)
+
+
+def _render_counterfactuals(result: dict[str, Any]) -> None:
+    for i, row in enumerate(result["rows"]):
+        print(f"row {i}: {row['prediction'].get('label', row['prediction'].get('value'))} → {row['desired']}")
+        if row["status"] != "found":
+            print(f"  {row['status']}: {row.get('reason', 'the row already has the desired outcome')}")
+        for cf in row["counterfactuals"]:
+            changes = ", ".join(f"{c['feature']} {c['from']} → {c['to']}" for c in cf["changes"])
+            q = cf["quality"]
+            print(f"  {changes}  (cost {q['proximity']:.3g}, {q['sparsity']} changed, valid {q['valid']})")
+
+
+def cmd_surrogate(args: argparse.Namespace) -> int:
+    """The model's global surrogate: its fidelity and rules (``--json`` for everything)."""
+    result = _api(args).surrogate(args.model, version=args.version, max_depth=args.max_depth)
+
+    def render(answer: dict[str, Any]) -> None:
+        fidelity = answer["fidelity"]
+        held_out = fidelity["rows"]["held_out"]
+        print(f"fidelity ({fidelity['metric']}, {held_out} held-out rows): {fidelity['held_out']:.3f}")
+        print(answer["rules"])
+
+    return _show(args, result, render)
+
+
+def _audit_summary(done: dict[str, Any], report: str | None, rows_file: str | None) -> dict[str, Any]:
     summary = done["summary"]
-    study = summary.get("compression") or {"variants": []}
-    if args.rows:
-        path = Path(args.rows)
-        fmt = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(path.suffix.lower(), "parquet")
-        api.audit_rows(done["id"], format=fmt, out=path)
-        for item in study["variants"]:  # rows.csv → rows.int8_static.csv, one per variant of the study
-            out = path.with_name(f"{path.stem}.{item['variant']}{path.suffix}")
-            api.audit_rows(done["id"], format=fmt, out=out, variant=item["variant"])
-    _print(
-        {
-            "id": done["id"],
-            "status": done["status"],
-            "report": args.out,
-            "rows_file": args.rows,
-            "rows": summary["rows"],
-            "skipped_rows": summary["skipped_rows"],
-            "failed_rows": summary["failed_rows"],
-            "global_importance": [{g["feature"]: g["mean_abs"]} for g in summary["global_importance"][:5]],
-            "fairness_flags": summary["fairness"]["flags"],
-            **({"compression": [_study_line(item) for item in study["variants"]]} if study["variants"] else {}),
-        }
-    )
-    return 0
+    study = (summary.get("compression") or {}).get("variants", [])
+    return {
+        "id": done["id"],
+        "status": done["status"],
+        "report": report,
+        "rows_file": rows_file,
+        "rows": summary["rows"],
+        "skipped_rows": summary["skipped_rows"],
+        "failed_rows": summary["failed_rows"],
+        "global_importance": [{g["feature"]: g["mean_abs"]} for g in summary["global_importance"][:5]],
+        "fairness_flags": summary["fairness"]["flags"],
+        **({"compression": [_study_line(item) for item in study]} if study else {}),
+    }
 
 
 def _study_line(item: dict[str, Any]) -> dict[str, Any]:
@@ -401,11 +488,138 @@ def _study_line(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _render_audit_summary(s: dict[str, Any]) -> None:
+    keys = [("id", "id"), ("status", "status"), ("report", "report"), ("rows file", "rows_file"), ("rows", "rows")]
+    keys += [("skipped rows", "skipped_rows"), ("failed rows", "failed_rows"), ("fairness flags", "fairness_flags")]
+    output.fields(s, keys, title="audit")
+    importance = [{"feature": k, "mean |attribution|": v} for g in s["global_importance"] for k, v in g.items()]
+    output.table(
+        importance, [("feature", "feature"), ("mean |attribution|", "mean |attribution|")], title="top features"
+    )
+
+
+def _download_rows(api: Client, audit_id: str, path: str, variants: Sequence[str] = ()) -> None:
+    """The rows to ``path``, and a compression study's variants' rows beside it (rows.csv → rows.int8_static.csv)."""
+    target = Path(path)
+    fmt = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(target.suffix.lower(), "parquet")
+    api.audit_rows(audit_id, format=fmt, out=target)
+    for variant in variants:
+        out = target.with_name(f"{target.stem}.{variant}{target.suffix}")
+        api.audit_rows(audit_id, format=fmt, out=out, variant=variant)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Audit a dataset: submit it, show the progress, download the report (and the per-row results)."""
+    api = _api(args)
+    audit = api.submit_audit(
+        args.model,
+        args.dataset,
+        label=args.label,
+        sensitive=args.sensitive or None,
+        method=args.method,
+        parameters=_params(args.param) or None,
+        positive=args.positive,
+        on_bad_rows=args.on_bad_rows,
+        title=args.title,
+        version=args.version,
+        variant=args.variant,
+        recourse=True if args.recourse else None,
+        variants=[v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None,
+        callback_url=args.callback_url,
+        idempotency_key=args.idempotency_key,
+    )
+    print(f"audit {audit['id']}: {audit['dataset']['rows']} rows queued", file=sys.stderr)
+    try:
+        with _Progress() as progress:
+            done = api.wait_audit(audit["id"], timeout=args.timeout, on_progress=progress.update)
+    except KeyboardInterrupt:
+        api.cancel_audit(audit["id"])
+        print(f"audit {audit['id']} canceled", file=sys.stderr)
+        return 130
+    api.audit_report(done["id"], out=args.out)
+    if args.rows:
+        study = (done["summary"].get("compression") or {}).get("variants", [])
+        _download_rows(api, done["id"], args.rows, [item["variant"] for item in study])
+    return _show(args, _audit_summary(done, args.out, args.rows), _render_audit_summary)
+
+
+def cmd_audits_show(args: argparse.Namespace) -> int:
+    """Show an audit's status and progress (its summary once done)."""
+    return _show(args, _api(args).get_audit(args.id), lambda a: output.fields(a, AUDIT_FIELDS, title="audit"))
+
+
+def cmd_audits_cancel(args: argparse.Namespace) -> int:
+    """Cancel a queued or running audit."""
+    return _show(args, _api(args).cancel_audit(args.id), lambda a: output.fields(a, AUDIT_FIELDS, title="audit"))
+
+
+def cmd_audits_download(args: argparse.Namespace) -> int:
+    """Download a finished audit's report (``--report``) and/or per-row results (``--rows``)."""
+    if not args.report and not args.rows:
+        raise SystemExit("give --report FILE and/or --rows FILE")
+    api = _api(args)
+    if args.report:
+        api.audit_report(args.id, out=args.report)
+    if args.rows:
+        _download_rows(api, args.id, args.rows)
+    written = {"id": args.id, "report": args.report, "rows_file": args.rows}
+    return _show(args, written, lambda w: output.fields(w, [("id", "id"), ("report", "report"), ("rows", "rows_file")]))
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    """Show a job: status, progress, and its result (``--json``) or error."""
+    return _show(args, _api(args).job(args.id), lambda j: output.fields(j, JOB_FIELDS, title="job"))
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    """Cancel a queued or running job."""
+    return _show(args, _api(args).cancel(args.id), lambda j: output.fields(j, JOB_FIELDS, title="job"))
+
+
+def cmd_jobs_wait(args: argparse.Namespace) -> int:
+    """Wait for a job with a progress bar; print it once it succeeded."""
+    with _JobProgress(args.id) as progress:
+        job = _api(args).wait_job(args.id, timeout=args.timeout, on_poll=progress.update)
+    return _show(args, job, lambda j: output.fields(j, JOB_FIELDS, title="job"))
+
+
 def cmd_job(args: argparse.Namespace) -> int:
-    """Show, or cancel, a job."""
-    api = Client(args.url, api_key=args.api_key)
+    """Show, or cancel, a job (``jobs show|cancel`` in JSON; kept for scripts)."""
+    api = _api(args)
     _print(api.cancel(args.id) if args.cancel else api.job(args.id))
     return 0
+
+
+def cmd_variants_build(args: argparse.Namespace) -> int:
+    """Build a quantized or pruned variant (a batch job), with a progress line, unless ``--no-wait``."""
+    api = _api(args)
+    options = {"sparsity": args.sparsity, "version": args.version, "callback_url": args.callback_url}
+    queued = api.submit_variant(args.model, args.kind, idempotency_key=args.idempotency_key, **options)
+    if args.no_wait:
+        return _show(args, queued, lambda q: output.fields(q["job"], JOB_FIELDS, title=f"building {args.kind}"))
+    with _JobProgress(f"building {args.kind}") as progress:
+        state = api.wait_job(queued["job"]["id"], timeout=args.timeout, on_poll=progress.update)["result"]
+    return _show(args, state, lambda s: output.table([s], VARIANT_COLUMNS, title=f"{args.model} variants"))
+
+
+def _variants_of(args: argparse.Namespace) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = _api(args).model(args.model, args.version).get("variants", [])
+    return found
+
+
+def cmd_variants_list(args: argparse.Namespace) -> int:
+    """List a model version's variants with their state and fidelity."""
+    variants = _variants_of(args)
+    return _show(args, variants, lambda vs: output.table(vs, VARIANT_COLUMNS, title=f"{args.model} variants"))
+
+
+def cmd_variants_show(args: argparse.Namespace) -> int:
+    """Show one variant's state and its full report (``--json``)."""
+    found = [v for v in _variants_of(args) if v["kind"] == args.kind]
+    if not found:
+        print(f"error: {args.model} has no variant {args.kind}", file=sys.stderr)
+        return 2
+    return _show(args, found[0], lambda v: output.table([v], VARIANT_COLUMNS))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -413,6 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnxplain", description=__doc__)
     parser.add_argument("--url", default=os.environ.get("ONNXPLAIN_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--api-key", default=None, help="API key (default: ONNXPLAIN_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables (for scripts)")
+    # Each command takes --json too; SUPPRESS leaves the global value when a command's own is not given.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (for scripts)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start Redis (if needed), workers and the API")
@@ -434,20 +652,29 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("rest", nargs=argparse.REMAINDER)
     keys.set_defaults(func=cmd_keys)
 
-    reg = sub.add_parser("register", help="register a model")
-    reg.add_argument("model")
-    reg.add_argument("--card", required=True)
-    reg.add_argument("--background")
-    reg.add_argument("--tokenizer", help="tokenizers JSON of a token-id text model (the card's text.tokenizer)")
-    reg.add_argument("--name")
-    reg.set_defaults(func=cmd_register)
+    def push_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="the ONNX file")
+        p.add_argument("--card", required=True, help="the model card (JSON file)")
+        p.add_argument("--background", help="reference rows (CSV or Parquet)")
+        p.add_argument("--name", help="register under this name (default: the card's)")
+        p.add_argument("--tokenizer", help="tokenizers JSON of a token-id text model (the card's text.tokenizer)")
+        p.add_argument("--visibility", choices=["private", "shared"])
+        p.set_defaults(func=cmd_models_push)
 
-    models = sub.add_parser("models", help="list models or describe one")
-    models.add_argument("name", nargs="?")
-    models.set_defaults(func=cmd_models)
+    push_arguments(sub.add_parser("register", parents=[common], help="register a model (models push)"))
+    models = sub.add_parser("models", parents=[common], help="models: push | list | show | rm")
+    models.set_defaults(func=cmd_models_list)
+    models_sub = models.add_subparsers(dest="models_command")
+    push_arguments(models_sub.add_parser("push", parents=[common], help="register a model (the next version)"))
+    models_sub.add_parser("list", parents=[common], help="list models").set_defaults(func=cmd_models_list)
+    for name, func, text in (("show", cmd_models_show, "describe a model"), ("rm", cmd_models_rm, "delete a model")):
+        p = models_sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("name")
+        p.add_argument("--version", type=int)
+        p.set_defaults(func=func)
 
     for name, func in (("predict", cmd_predict), ("explain", cmd_explain)):
-        p = sub.add_parser(name, help=f"{name} rows, images or texts")
+        p = sub.add_parser(name, parents=[common], help=f"{name} rows, images or texts")
         p.add_argument("model")
         p.add_argument("rows", nargs="?", help="JSON rows: a file, '-' for stdin, or inline JSON")
         p.add_argument("--image", action="append", default=[], help="a PNG/JPEG file to send (repeatable)")
@@ -460,8 +687,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--param", action="append", default=[], help="method parameter, key=value")
             p.add_argument("--target", action="append", default=[], help="class to explain (repeatable)")
             p.add_argument("--heatmaps", help="write each image answer's heatmap PNG into this directory")
+            p.add_argument("--wait", type=float, default=10.0, help="seconds the server waits before a job (202)")
+            p.add_argument("--no-wait", action="store_true", help="submit and print the job; do not wait")
+            p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job")
+            _submission_arguments(p)
 
-    cf = sub.add_parser("counterfactual", help="what would have to change: counterfactuals of rows")
+    cf = sub.add_parser("counterfactual", parents=[common], help="what would have to change: counterfactuals of rows")
     cf.add_argument("model")
     cf.add_argument("rows", help="JSON rows: a file, '-' for stdin, or inline JSON")
     cf.add_argument("--desired", help="the class to reach (default for two classes: the other one)")
@@ -474,17 +705,15 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--param", action="append", default=[], help="k=3, samples=1000, seed=0")
     cf.add_argument("--version", type=int)
     cf.add_argument("--variant")
-    cf.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     cf.set_defaults(func=cmd_counterfactual)
 
-    sg = sub.add_parser("surrogate", help="the model's global surrogate tree: fidelity and rules")
+    sg = sub.add_parser("surrogate", parents=[common], help="the model's global surrogate tree: fidelity and rules")
     sg.add_argument("model")
     sg.add_argument("--max-depth", type=int)
     sg.add_argument("--version", type=int)
-    sg.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     sg.set_defaults(func=cmd_surrogate)
 
-    audit = sub.add_parser("audit", help="audit a dataset and download its report")
+    audit = sub.add_parser("audit", parents=[common], help="audit a dataset and download its report")
     audit.add_argument("model")
     audit.add_argument(
         "dataset", help="CSV, Parquet or JSON Lines file (texts: a 'text' column), or a zip of images with labels.csv"
@@ -506,13 +735,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="compression study: compare these ready variants with fp32, e.g. int8_static,prune_structured",
     )
     audit.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the audit")
+    _submission_arguments(audit)
     audit.set_defaults(func=cmd_audit)
 
-    job = sub.add_parser("job", help="show or cancel a job")
+    audits = sub.add_parser("audits", help="audits: show | cancel | download")
+    audits_sub = audits.add_subparsers(dest="audits_command", required=True)
+    for name, func, text in (("show", cmd_audits_show, "show an audit"), ("cancel", cmd_audits_cancel, "cancel one")):
+        p = audits_sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("id")
+        p.set_defaults(func=func)
+    download = audits_sub.add_parser("download", parents=[common], help="download a finished audit's files")
+    download.add_argument("id")
+    download.add_argument("--report", help="where to write the HTML report")
+    download.add_argument("--rows", help="where to write the per-row results (.parquet, .csv or .jsonl)")
+    download.set_defaults(func=cmd_audits_download)
+
+    jobs = sub.add_parser("jobs", help="jobs: show | cancel | wait (there is no job listing route)")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    for name, func, text in (
+        ("show", cmd_jobs_show, "show a job"),
+        ("cancel", cmd_jobs_cancel, "cancel a job"),
+        ("wait", cmd_jobs_wait, "wait for a job, with a progress bar"),
+    ):
+        p = jobs_sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("id")
+        p.add_argument("--timeout", type=float, default=600.0, help=argparse.SUPPRESS if name != "wait" else None)
+        p.set_defaults(func=func)
+    job = sub.add_parser("job", help="show or cancel a job (JSON)")
     job.add_argument("id")
     job.add_argument("--cancel", action="store_true")
     job.set_defaults(func=cmd_job)
+
+    variants = sub.add_parser("variants", help="variants: build | list | show (no delete route)")
+    variants_sub = variants.add_subparsers(dest="variants_command", required=True)
+    build = variants_sub.add_parser("build", parents=[common], help="build a quantized or pruned variant")
+    build.add_argument("model")
+    build.add_argument("kind", help="int8_dynamic, int8_static, fp16, prune_magnitude, prune_structured, ...")
+    build.add_argument("--sparsity", type=float)
+    build.add_argument("--version", type=int)
+    build.add_argument("--no-wait", action="store_true", help="queue the build and print its job")
+    build.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the build")
+    _submission_arguments(build)
+    build.set_defaults(func=cmd_variants_build)
+    for name, func, text in (("list", cmd_variants_list, "list variants"), ("show", cmd_variants_show, "one variant")):
+        p = variants_sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("model")
+        if name == "show":
+            p.add_argument("kind")
+        p.add_argument("--version", type=int)
+        p.set_defaults(func=func)
     return parser
+
+
+def _submission_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--callback-url", help="POST the job (or audit) here when it ends, signed (webhook)")
+    p.add_argument("--idempotency-key", help="a retried submission with this key returns the first one's job")
 
 
 def main(argv: list[str] | None = None) -> int:

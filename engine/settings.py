@@ -170,6 +170,21 @@ class Settings:
     keys_secret: str = ""
     """Server secret of the keys' HMAC-SHA256; empty: read from ``<keys_file>.secret`` (created by ``keys add``)."""
 
+    webhook_secret: str = ""
+    """HMAC-SHA256 key that signs webhook deliveries (``Onnxplain-Signature``); empty: ``callback_url`` is refused
+    (422 ``webhooks_disabled``). ``onnxplain up`` generates one for its session."""
+    webhook_allow_networks: str = ""
+    """Comma-separated networks (CIDR) a ``callback_url`` may resolve into although they are loopback, private,
+    link-local or metadata addresses (e.g. ``10.20.0.0/16`` for an internal receiver); empty: none."""
+    webhook_max_attempts: int = 8
+    """Deliveries tried per webhook before it is given up (kept in the dead-letter list)."""
+    webhook_backoff_s: float = 2.0
+    """Wait before the first retry of a failed delivery; it doubles with each attempt."""
+    webhook_max_backoff_s: float = 3600.0
+    """The longest wait between two attempts."""
+    webhook_timeout_s: float = 10.0
+    """Seconds one delivery (connect, send, answer) may take."""
+
     def redis_options(self, *, read_timeout_s: float | None = None) -> dict[str, Any]:
         """Keyword arguments for ``redis.Redis.from_url``: the one place Redis timeouts are decided.
 

@@ -275,3 +275,12 @@ def study_mlp() -> BuiltModel:
     features = [f"x{i}" for i in range(5)]
     card = {"name": "mlp", "task": "classification", "features": features, "class_names": ["denied", "approved"]}
     return BuiltModel(onx, card, X, y, model)
+
+
+def small_mlp(name: str = "mlp") -> BuiltModel:
+    """A 4-feature MLP classifier: it has MatMul weights, so variants build (quickly)."""
+    X, y = make_classification(n_samples=200, n_features=4, n_informative=3, n_redundant=0, random_state=1)
+    model = MLPClassifier((8,), max_iter=300, random_state=0).fit(X, y)
+    onx = _convert(model, X, options={id(model): {"zipmap": False}})
+    card = {"name": name, "task": "classification", "features": ["a", "b", "c", "d"], "class_names": ["no", "yes"]}
+    return BuiltModel(onx, card, X, y, model)

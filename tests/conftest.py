@@ -16,6 +16,11 @@ from engine.settings import Settings
 from tests import builders
 from tests.contract import ValidatingClient
 
+SDK = Path(__file__).resolve().parents[1] / "sdk"
+# Child processes (``python -m client.cli``) import the SDK from sdk/, as the editable install maps it
+# (pytest's ``pythonpath`` setting does the same for this process).
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(SDK), os.environ.get("PYTHONPATH")) if p)
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
@@ -48,6 +53,7 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 KEYS_SECRET = "test-keys-secret"
+WEBHOOK_SECRET = "test-webhook-secret"
 
 
 def keyed(settings: Settings, directory: Path) -> Settings:
@@ -133,13 +139,22 @@ def regression_model() -> builders.BuiltModel:
     return builders.regressor()
 
 
-def upload(client: ValidatingClient, built: builders.BuiltModel, *, background: bool = True, **card: Any) -> Any:
-    """POST a built model (with background rows) to /v1/models."""
+def upload(
+    client: ValidatingClient,
+    built: builders.BuiltModel,
+    *,
+    background: bool = True,
+    visibility: str | None = None,
+    **card: Any,
+) -> Any:
+    """POST a built model (with background rows; ``visibility`` when given) to /v1/models."""
     import io
 
     data: dict[str, Any] = {"model": (io.BytesIO(built.onnx_bytes), "model.onnx"), "card": built.card_json(**card)}
     if background:
         data["background"] = (io.BytesIO(built.background_csv()), "background.csv")
+    if visibility is not None:
+        data["visibility"] = visibility
     return client.post("/v1/models", data=data, content_type="multipart/form-data")
 
 
@@ -164,6 +179,10 @@ def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "ONNXPLAIN_MODEL_DIR": str(tmp_path_factory.mktemp("store")),
         "ONNXPLAIN_AUDIT_DIR": str(tmp_path_factory.mktemp("audits")),
         "PYTHONPATH": str(root),
+        # The workers deliver webhooks: signed with the test secret, to loopback receivers, retried quickly.
+        "ONNXPLAIN_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "ONNXPLAIN_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
+        "ONNXPLAIN_WEBHOOK_BACKOFF_S": "0.2",
     }
     logs = tmp_path_factory.mktemp("worker-logs")
     # Logs go to files: an unread pipe would fill up and block the workers.
@@ -190,6 +209,7 @@ def live_settings(worker_env: dict[str, str], tmp_path: Path) -> Settings:
         model_dir=Path(worker_env["ONNXPLAIN_MODEL_DIR"]),
         audit_dir=Path(worker_env["ONNXPLAIN_AUDIT_DIR"]),
         default_wait_s=30.0,
+        webhook_secret=WEBHOOK_SECRET,  # as the workers sign with; loopback receivers stay refused here
     )
     return keyed(base, tmp_path)
 

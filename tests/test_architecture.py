@@ -66,7 +66,7 @@ PACKAGES = ("engine", "service", "worker", "client")
 WINGS: dict[str, list[tuple[str, ...]]] = {
     "engine": [
         ("engine.errors", "engine.arrays", "engine.timestamps", "engine.files", "engine.settings", "engine.jobs"),
-        ("engine.keys",),
+        ("engine.keys", "engine.webhooks"),
         ("engine.models",),
         ("engine.runtime",),
         ("engine.methods",),
@@ -85,7 +85,7 @@ WINGS: dict[str, list[tuple[str, ...]]] = {
     ],
     "worker": [
         ("worker.context", "worker.cancel", "worker.failures"),
-        ("worker.jobs", "worker.heartbeat"),
+        ("worker.jobs", "worker.webhooks", "worker.heartbeat"),
         ("worker.__main__",),
     ],
 }

@@ -18,6 +18,7 @@ from engine.runtime.limits import cap_address_space
 from engine.settings import Settings
 from worker.failures import record_failure
 from worker.heartbeat import HeartbeatWorker
+from worker.webhooks import Courier
 
 log = logging.getLogger("worker")
 
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
             maintenance_interval=60,
             job_monitoring_interval=args.job_monitoring_interval,
             sweep_interval=args.sweep_interval,
+            # Every worker delivers webhooks (the outbox's claims keep two from sending one at once).
+            courier=Courier(connection, settings) if settings.webhook_secret else None,
         )
         try:
             worked = worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")

@@ -23,6 +23,7 @@ from rq.worker import WorkerStatus
 
 from engine.errors import JobRefused
 from engine.jobs import FUNCTIONS
+from worker.webhooks import Courier, run_courier
 
 _MISSED_BEATS = 3  # a job is abandoned after this many intervals without a beat
 _SWEEP_LOCK = "onnxplain:sweep"
@@ -43,27 +44,42 @@ class HeartbeatWorker(SimpleWorker):
 
     Args:
         sweep_interval: Seconds between sweeps of abandoned jobs (0 turns the sweeper off).
+        courier: The webhook courier run beside the jobs (``None``: this worker delivers no webhooks).
+        courier_interval: Seconds between looks at the webhook outbox.
         *args, **kwargs: As for :class:`rq.SimpleWorker`; ``job_class`` defaults to :class:`ContractJob`.
     """
 
-    def __init__(self, *args: Any, sweep_interval: float = 5.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        sweep_interval: float = 5.0,
+        courier: Courier | None = None,
+        courier_interval: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("job_class", ContractJob)
         super().__init__(*args, **kwargs)
         self.sweep_interval = sweep_interval
+        self.courier = courier
+        self.courier_interval = courier_interval
         self._stop_sweeping = threading.Event()
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        """Run RQ's loop with the sweeper thread beside it."""
-        sweeper = None
+        """Run RQ's loop with the sweeper and the webhook courier threads beside it."""
+        threads = []
         if self.sweep_interval > 0:
-            sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name="onnxplain-sweeper")
-            sweeper.start()
+            threads.append(threading.Thread(target=self._sweep_loop, daemon=True, name="onnxplain-sweeper"))
+        if self.courier is not None:
+            loop = (self.courier, self._stop_sweeping, self.courier_interval)
+            threads.append(threading.Thread(target=run_courier, args=loop, daemon=True, name="onnxplain-webhooks"))
+        for thread in threads:
+            thread.start()
         try:
             return bool(super().work(*args, **kwargs))
         finally:
             self._stop_sweeping.set()
-            if sweeper is not None:
-                sweeper.join(timeout=self.sweep_interval + 5)
+            for thread in threads:
+                thread.join(timeout=self.sweep_interval + self.courier_interval + 5)
 
     def sweep(self) -> None:
         """Retry (or fail) jobs of every queue whose worker died, unless another worker just did."""

@@ -31,7 +31,7 @@ from engine.settings import Settings
 
 SPEC_FIELDS = frozenset(
     {"model", "version", "variant", "method", "parameters", "label", "sensitive"}
-    | {"positive", "on_bad_rows", "thresholds", "title", "variants", "recourse"}
+    | {"positive", "on_bad_rows", "thresholds", "title", "variants", "recourse", "callback_url"}
 )
 BAD_ROW_POLICIES = ("reject", "skip")
 

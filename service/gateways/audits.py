@@ -25,9 +25,11 @@ from engine.errors import Conflict, NotFound, Unavailable
 from engine.jobs import AUDIT_LOST, CANCELED, JOBS, JobError, MetaKey, job_error
 from engine.models.store import ModelVersion
 from engine.timestamps import parse_utc, utc_now
+from engine.webhooks import Delivery
 from service.errors import problem_of
 from service.extensions import Services
-from service.gateways.jobs import JobGateway
+from service.gateways import webhooks
+from service.gateways.jobs import IdempotencyRecords, JobGateway
 
 _DONE, _FAILED = JobStatus.FINISHED.value, JobStatus.FAILED.value
 _ENDED = {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.CANCELED.value, JobStatus.STOPPED.value}
@@ -54,8 +56,51 @@ class AuditGateway:
             raise NotFound(f"no audit {audit_id!r}", code="audit_not_found", field="audit_id")
         return audit
 
-    def submit(self, spec: AuditSpec, checked: CheckedDataset, model: ModelVersion) -> Audit:
-        """Store the validated dataset and queue its chunks and merge.
+    def recall(self, idempotency: str | None, digest: str) -> Audit | None:
+        """The audit an earlier submission with this ``Idempotency-Key`` made, if it is still stored.
+
+        Args:
+            idempotency: The request's ``Idempotency-Key`` (checked), if any.
+            digest: The request's digest (:func:`upload_digest`).
+
+        Raises:
+            InvalidRequest: ``idempotency_key_reused`` when the key was used for another request.
+            Unavailable: Redis cannot be reached.
+        """
+        if idempotency is None:
+            return None
+        try:
+            found = self._records().recall(self.tenant, idempotency, digest)
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+        return self._stored(found)
+
+    def _records(self) -> IdempotencyRecords:
+        return IdempotencyRecords(self.jobs.connection, self.settings.result_ttl_s)
+
+    def _stored(self, audit_id: str | None) -> Audit | None:
+        if audit_id is None:
+            return None
+        try:
+            return self.open(audit_id)
+        except NotFound:
+            return None  # deleted since: submit afresh
+
+    def submit(
+        self,
+        spec: AuditSpec,
+        checked: CheckedDataset,
+        model: ModelVersion,
+        *,
+        idempotency: str | None = None,
+        digest: str = "",
+        callback: str | None = None,
+    ) -> Audit:
+        """Store the validated dataset and queue its chunks and merge (remembered under ``idempotency``).
+
+        A concurrent submission with the same ``Idempotency-Key`` that stored its audit first wins: this one is
+        canceled and the first is returned, so a retried upload makes one audit. A checked ``callback`` URL is
+        posted the audit once it ends.
 
         Raises:
             QueueFull: The batch queue has no room for its chunks (nothing is stored).
@@ -94,6 +139,17 @@ class AuditGateway:
         except (RedisError, Unavailable) as exc:
             self.store.delete(audit.id)
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+        first = None
+        if idempotency is not None:
+            try:
+                first = self._stored(self._records().remember(self.tenant, idempotency, digest, audit.id))
+            except RedisError as exc:
+                raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+        if first is not None:  # a concurrent retry stored its audit first: this one is dropped
+            self.cancel(audit)
+            return first
+        if callback is not None:
+            webhooks.schedule(self.jobs.connection, Delivery.new("audit", audit.id, self.tenant, callback))
         return audit
 
     def _enqueue(self, audit: Audit) -> None:

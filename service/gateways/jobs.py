@@ -33,7 +33,9 @@ from rq.serializers import JSONSerializer
 from engine.errors import Conflict, InvalidRequest, NotFound, QueueFull, Unavailable
 from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error, uses_key
 from engine.timestamps import format_utc
+from engine.webhooks import Delivery
 from service.errors import problem_of
+from service.gateways import webhooks
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -92,6 +94,53 @@ def check_idempotency_key(value: str | None) -> str | None:
             field="Idempotency-Key",
         )
     return value
+
+
+class IdempotencyRecords:
+    """A tenant's ``Idempotency-Key`` → the resource (job or audit) its first request made, for ``ttl`` seconds.
+
+    A record holds the request's digest too: the same key sent with another request is refused, not answered
+    with the wrong resource.
+
+    Args:
+        connection: The Redis connection.
+        ttl: Seconds a key is remembered.
+    """
+
+    def __init__(self, connection: Redis, ttl: int) -> None:
+        self.connection = connection
+        self.ttl = ttl
+
+    def recall(self, tenant: str, key: str, digest: str) -> str | None:
+        """The id the key's first request made, or ``None`` when the key is new (or forgotten).
+
+        Raises:
+            InvalidRequest: ``idempotency_key_reused`` when the key was used for another request.
+            RedisError: Redis cannot be reached.
+        """
+        raw = self.connection.get(idempotency_key(tenant, key))
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        if record["request"] != digest:
+            raise InvalidRequest(
+                "this Idempotency-Key was used for a different request",
+                code="idempotency_key_reused",
+                field="Idempotency-Key",
+            )
+        return str(record["id"])
+
+    def remember(self, tenant: str, key: str, digest: str, resource_id: str) -> str | None:
+        """Record ``resource_id`` for the key unless a concurrent request did first; return that one's id then.
+
+        Raises:
+            InvalidRequest: ``idempotency_key_reused`` (the concurrent request was another one).
+            RedisError: Redis cannot be reached.
+        """
+        record = json.dumps({"id": resource_id, "request": digest})
+        if self.connection.set(idempotency_key(tenant, key), record, nx=True, ex=self.ttl):
+            return None
+        return self.recall(tenant, key, digest)
 
 
 @dataclass(frozen=True)
@@ -172,6 +221,7 @@ class JobGateway:
         tenant: str,
         idempotency: str | None = None,
         uses: tuple[str, int] | None = None,
+        callback: str | None = None,
     ) -> Submission:
         """Return the tenant's job for this request: its ``Idempotency-Key``'s job, else the cached identical job
         (queued, running or succeeded), else a new job under a random id.
@@ -183,14 +233,19 @@ class JobGateway:
             tenant: Who submits; the cache and idempotency keys are this tenant's alone.
             idempotency: The request's ``Idempotency-Key``, if any (checked by :func:`check_idempotency_key`).
             uses: The model version it reads, which cannot be deleted while the job is queued or running.
+            callback: A checked ``callback_url``: part of the request (another URL is another job), and the new
+                job's end is posted there (:mod:`service.gateways.webhooks`).
 
         Raises:
             InvalidRequest: ``idempotency_key_reused`` when the key was used for another request.
             Unavailable: Redis cannot be reached.
         """
-        submission = self._submit(kind, payload, timeout=timeout, tenant=tenant, idempotency=idempotency)
+        keyed = payload if callback is None else {**payload, "callback_url": callback}
+        submission = self._submit(kind, payload, keyed, timeout=timeout, tenant=tenant, idempotency=idempotency)
         if uses is not None:
             self.mark_use(*uses, submission.job.id)
+        if callback is not None and submission.cache == "miss":  # a hit's job already posts to this URL
+            webhooks.schedule(self.connection, Delivery.new("job", submission.job.id, tenant, callback))
         return submission
 
     def mark_use(self, model: str, version: int, job_id: str) -> None:
@@ -227,40 +282,38 @@ class JobGateway:
         return active
 
     def _submit(
-        self, kind: JobKind, payload: dict[str, Any], *, timeout: int, tenant: str, idempotency: str | None
+        self,
+        kind: JobKind,
+        payload: dict[str, Any],
+        keyed: dict[str, Any],
+        *,
+        timeout: int,
+        tenant: str,
+        idempotency: str | None,
     ) -> Submission:
-        digest = request_digest(tenant, kind.name, payload)
+        digest = request_digest(tenant, kind.name, keyed)
+        records = IdempotencyRecords(self.connection, self.result_ttl)
         try:
             if idempotency is not None:
-                remembered = self._remembered(tenant, idempotency, digest)
+                remembered = self._job_or_none(records.recall(tenant, idempotency, digest))
                 if remembered is not None:
                     return Submission(remembered, "hit")
             submission = self._cached_or_new(kind, payload, digest, timeout=timeout, tenant=tenant)
             if idempotency is not None:
-                record = json.dumps({"job": submission.job.id, "request": digest})
-                key = idempotency_key(tenant, idempotency)
-                if not self.connection.set(key, record, nx=True, ex=self.result_ttl):
-                    # A concurrent retry with the same key got there first: answer with its job.
-                    remembered = self._remembered(tenant, idempotency, digest)
-                    if remembered is not None:
-                        return Submission(remembered, "hit")
+                first = records.remember(tenant, idempotency, digest, submission.job.id)
+                # A concurrent retry with the same key got there first: answer with its job.
+                remembered = self._job_or_none(first)
+                if remembered is not None:
+                    return Submission(remembered, "hit")
             return submission
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
 
-    def _remembered(self, tenant: str, idempotency: str, digest: str) -> Job | None:
-        raw = self.connection.get(idempotency_key(tenant, idempotency))
-        if raw is None:
+    def _job_or_none(self, job_id: str | None) -> Job | None:
+        if job_id is None:
             return None
-        record = json.loads(raw)
-        if record["request"] != digest:
-            raise InvalidRequest(
-                "this Idempotency-Key was used for a different request",
-                code="idempotency_key_reused",
-                field="Idempotency-Key",
-            )
         try:
-            return Job.fetch(record["job"], connection=self.connection, serializer=JSONSerializer)
+            return Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
             return None  # expired with its job: submit afresh
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,13 @@ from engine.audits.spec import SPEC_FIELDS, prepare_audit
 from engine.audits.store import Audit
 from engine.audits.study import rows_path
 from engine.errors import InvalidRequest, NotFound, UnknownField
+from engine.webhooks import accept_callback
 from service.auth import tenant, visible_model
 from service.bodies import check_object, check_parts, json_object, json_part, optional_int
 from service.errors import problem_of, respond
 from service.extensions import services
 from service.gateways.audits import AuditGateway
+from service.gateways.jobs import check_idempotency_key
 
 bp = Blueprint("audits", __name__)
 
@@ -37,7 +41,8 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
     rows; 503 Redis unavailable.
     """
     svc = services()
-    body, frame, where = _read_upload()
+    idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    body, frame, where, digest = _read_upload()
     name = body.get("model")
     if not isinstance(name, str):
         raise InvalidRequest("model must be a model name", code="invalid_parameter", field="model")
@@ -46,14 +51,19 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
     variant, _ = svc.predictor.resolve(model, variant)
+    callback = accept_callback(svc.settings, body.pop("callback_url", None))
     gateway = AuditGateway(svc, tenant())  # before any file is written: no Redis configured is 503 now
+    audit = gateway.recall(idempotency, digest)
+    if audit is not None:  # a retried upload: the audit it made, not a second one
+        view = gateway.describe(audit)
+        return jsonify(view), 202, {"Location": view["location"]}
     if model.card.input_kind == "tabular":
         spec, checked = prepare_audit(body, frame, model, svc.settings, variant=variant, where=where)
     else:
         spec, checked = prepare_perception_audit(body, frame, model, svc.settings, variant=variant, where=where)
     if checked.bad_rows and spec.on_bad_rows == "reject":
         return _bad_rows(checked)
-    audit = gateway.submit(spec, checked, model)
+    audit = gateway.submit(spec, checked, model, idempotency=idempotency, digest=digest, callback=callback)
     view = gateway.describe(audit)
     return jsonify(view), 202, {"Location": view["location"]}
 
@@ -125,8 +135,9 @@ def audit_map(audit_id: str, row: int) -> Response:
     return send_file(path, mimetype="image/png")
 
 
-def _read_upload() -> tuple[dict[str, Any], pd.DataFrame, str]:
-    """The spec fields, the dataset and its name in error fields, from a multipart or JSON request."""
+def _read_upload() -> tuple[dict[str, Any], pd.DataFrame, str, str]:
+    """The spec fields, the dataset, its name in error fields and the request's digest (for ``Idempotency-Key``),
+    from a multipart or JSON request."""
     if request.mimetype == "multipart/form-data":
         check_parts(_PARTS)
         body = check_object(json_part("spec"), SPEC_FIELDS, required={"model"}, where="spec")
@@ -137,12 +148,19 @@ def _read_upload() -> tuple[dict[str, Any], pd.DataFrame, str]:
         if data[:4] == b"PK\x03\x04":  # a zip (told by content, as the tables are): images and labels.csv
             settings = services().settings
             frame = read_image_zip(data, max_files=settings.max_audit_zip_files, max_bytes=settings.max_audit_zip_bytes)
-            return body, frame, "dataset"
-        return body, read_table(data, where="dataset"), "dataset"
+            return body, frame, "dataset", _digest(body, data)
+        return body, read_table(data, where="dataset"), "dataset", _digest(body, data)
     if not request.is_json:
         raise UnsupportedMediaType("send multipart/form-data (dataset, spec) or application/json (rows and spec)")
     body = json_object(SPEC_FIELDS | {"rows"}, required={"model", "rows"})
-    return body, as_table(body.pop("rows"), where="rows"), "rows"
+    digest = _digest(body, b"")
+    return body, as_table(body.pop("rows"), where="rows"), "rows", digest
+
+
+def _digest(spec: dict[str, Any], dataset: bytes) -> str:
+    """What identifies an upload: its spec (canonical JSON, rows included for a JSON body) and dataset bytes."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical + b"\0" + hashlib.sha256(dataset).digest()).hexdigest()
 
 
 def _bad_rows(checked: CheckedDataset) -> Response:

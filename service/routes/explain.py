@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from engine.errors import InvalidRequest
 from engine.explain.plan import build_request
 from engine.jobs import JOBS
+from engine.webhooks import accept_callback
 from service.auth import tenant, visible_model
 from service.bodies import json_object, optional_int
 from service.errors import respond
@@ -15,7 +16,7 @@ from service.gateways.jobs import Submission, check_idempotency_key
 
 bp = Blueprint("explain", __name__)
 
-_FIELDS = {"instances", "method", "parameters", "targets", "version", "variant", "wait"}
+_FIELDS = {"instances", "method", "parameters", "targets", "version", "variant", "wait", "callback_url"}
 _MAX_WAIT_S = 3600  # longer waits are capped by max_wait_s anyway; past this it is a client bug
 
 
@@ -36,6 +37,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
     variant, _ = svc.predictor.resolve(model, variant)
     idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    callback = accept_callback(svc.settings, body.pop("callback_url", None))
     explain_request = build_request(body, model, svc.settings, variant)
     submission = svc.jobs().submit(
         JOBS["explain"],
@@ -44,6 +46,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
         tenant=tenant(),
         idempotency=idempotency,
         uses=(model.name, model.version),
+        callback=callback,
     )
     return answer(submission, wait)
 

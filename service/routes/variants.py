@@ -13,6 +13,7 @@ from engine.variants import state as variants
 from engine.variants.build import check_buildable
 from engine.variants.prune import check_sparsity
 from engine.variants.state import State
+from engine.webhooks import accept_callback
 from service.auth import managed_model, principal
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
@@ -28,6 +29,7 @@ def submit_variant(
     tenant: str,
     idempotency: str | None = None,
     sparsity: float | None = None,
+    callback: str | None = None,
 ) -> dict[str, Any]:
     """Enqueue the build of one variant (on the batch queue) and return the job's view, with ``cache``.
 
@@ -48,6 +50,7 @@ def submit_variant(
         tenant=tenant,
         idempotency=idempotency,
         uses=(model.name, model.version),
+        callback=callback,
     )
     job = submission.job
     if current is None or current.rebuildable:
@@ -72,13 +75,20 @@ def create_variant(name: str) -> tuple[Response, int, dict[str, str]]:
     ``variant_unsupported``, ``background_required``, bad kind or ``sparsity``; 503 Redis.
     """
     svc = services()
-    body = json_object({"kind", "version", "sparsity"}, required={"kind"})
+    body = json_object({"kind", "version", "sparsity", "callback_url"}, required={"kind"})
     model = managed_model(svc, name, optional_int(body.get("version"), "version"))
     kind = variants.check_kind(body["kind"])
     sparsity = body.get("sparsity")
     idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    callback = accept_callback(svc.settings, body.get("callback_url"))
     job = submit_variant(
-        svc, model, kind, principal().tenant, idempotency, None if sparsity is None else check_sparsity(sparsity)
+        svc,
+        model,
+        kind,
+        principal().tenant,
+        idempotency,
+        None if sparsity is None else check_sparsity(sparsity),
+        callback,
     )
     state = variants.read_state(model, kind)
     body = {"variant": state.to_dict() if state else None, "job": job}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from client.cli import main
-from client.sdk import ApiError, Client
+from onnxplain_client import ApiError, Client
 
 DEMO = Path(__file__).resolve().parents[2] / "demo"
 
@@ -41,6 +41,7 @@ def test_cli_register_predict_explain(live_url, capsys, tmp_path):
             [
                 "--url",
                 live_url,
+                "--json",
                 "register",
                 str(DEMO / "credit.onnx"),
                 "--card",
@@ -56,13 +57,14 @@ def test_cli_register_predict_explain(live_url, capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["name"] == "cli-credit"
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps([json.loads((DEMO / "example.json").read_text())]))
-    assert main(["--url", live_url, "predict", "cli-credit", str(rows)]) == 0
+    assert main(["--url", live_url, "predict", "cli-credit", str(rows), "--json"]) == 0
     assert "scores" in json.loads(capsys.readouterr().out)["predictions"][0]
     assert (
         main(
             [
                 "--url",
                 live_url,
+                "--json",
                 "explain",
                 "cli-credit",
                 str(rows),

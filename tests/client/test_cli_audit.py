@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from client.cli import main
-from client.sdk import ApiError, Client
 from engine.settings import Settings
+from onnxplain_client import ApiError, Client
 from tests import builders
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def test_cli_audit_writes_the_report_and_rows(live_url, binary_model, tmp_path, 
     data = tmp_path / "data.csv"
     dataset(binary_model, 600).to_csv(data, index=False)
     report, rows = tmp_path / "report.html", tmp_path / "rows.csv"
-    argv = ["--url", live_url, "audit", "cli-audit", str(data), "--label", "y", "--sensitive", "sex"]
+    argv = ["--url", live_url, "--json", "audit", "cli-audit", str(data), "--label", "y", "--sensitive", "sex"]
     argv += ["--out", str(report), "--rows", str(rows), "--method", "exact", "--param", "max_features=8"]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -125,7 +125,7 @@ def test_cli_and_sdk_run_a_compression_study(live_url, tmp_path, capsys):
     frame = pd.DataFrame(built.X[400:800], columns=built.card["features"])
     frame.to_csv(data, index=False)
     report, rows = tmp_path / "report.html", tmp_path / "rows.parquet"
-    argv = ["--url", live_url, "audit", "cli-study", str(data), "--method", "exact"]
+    argv = ["--url", live_url, "--json", "audit", "cli-study", str(data), "--method", "exact"]
     argv += ["--variants", "int8_static, prune_structured", "--out", str(report), "--rows", str(rows)]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from client.cli import main
-from client.sdk import Client
+from onnxplain_client import Client
 
 DEMO = Path(__file__).resolve().parents[2] / "demo"
 

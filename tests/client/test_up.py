@@ -28,7 +28,8 @@ def test_up_starts_everything_and_the_printed_commands_work(tmp_path):
     """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXPLAIN_")}
-    env["PYTHONPATH"] = str(ROOT)  # run from another directory, as `make run` users do from theirs
+    # Run from another directory, as `make run` users do from theirs (the SDK from sdk/, as installed).
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "sdk")])
     home = tmp_path / "user"
     home.mkdir()
     log = (tmp_path / "up.log").open("w+")

@@ -519,3 +519,42 @@ def test_an_audit_of_a_deleted_version_answers_like_a_direct_explain(client, set
     assert audit["status"] == "failed"
     assert direct.status_code == 404 and direct.json["code"] == "version_not_found"
     assert (audit["error"]["status"], audit["error"]["code"]) == (direct.status_code, direct.json["code"])
+
+
+def test_idempotency_key_returns_the_same_audit_per_tenant(app, settings, binary_model):
+    """A retried upload with the same key returns the first audit (multipart and JSON); another tenant's same key
+    makes its own; the same key with another dataset is refused; the store holds one audit per first upload."""
+    a = authorize(app.test_client(), issue_key(settings, "a"))
+    b = authorize(app.test_client(), issue_key(settings, "b"))
+    assert upload(a, binary_model, visibility="shared").status_code == 201
+    rows = planted_bias(binary_model, 20, seed=3)
+    csv = rows.to_csv(index=False).encode()
+    spec = {"model": "credit", "method": "linear"}
+
+    def upload_audit(client: Any, dataset: bytes, key: str) -> Any:
+        body = {"dataset": (io.BytesIO(dataset), "data.csv"), "spec": json.dumps(spec)}
+        return client.post(
+            "/v1/audits", data=body, content_type="multipart/form-data", headers={"Idempotency-Key": key}
+        )
+
+    first = upload_audit(a, csv, "upload-7")
+    assert first.status_code == 202, first.json
+    retried = upload_audit(a, csv, "upload-7")
+    assert retried.status_code == 202 and retried.json["id"] == first.json["id"]
+    assert retried.headers["Location"] == first.headers["Location"]
+    other = upload_audit(b, csv, "upload-7")
+    assert other.status_code == 202 and other.json["id"] != first.json["id"]
+    changed = upload_audit(a, planted_bias(binary_model, 20, seed=4).to_csv(index=False).encode(), "upload-7")
+    assert changed.status_code == 422 and changed.json["code"] == "idempotency_key_reused"
+    assert changed.json["field"] == "Idempotency-Key"
+    plain = upload_audit(a, csv, "upload-8")  # another key: another audit
+    assert plain.json["id"] != first.json["id"]
+    records = rows.drop(columns=["customer_id"]).to_dict(orient="records")
+    as_json = [
+        a.post("/v1/audits", json={**spec, "rows": records}, headers={"Idempotency-Key": "json-1"}) for _ in range(2)
+    ]
+    assert as_json[0].status_code == 202 and as_json[0].json["id"] == as_json[1].json["id"]
+    bad = a.post("/v1/audits", json={**spec, "rows": records}, headers={"Idempotency-Key": "no spaces here"})
+    assert bad.status_code == 422 and bad.json["code"] == "invalid_idempotency_key"
+    stored = {p.name for p in Path(settings.audit_dir).iterdir()} - {".tmp"}
+    assert stored == {first.json["id"], other.json["id"], plain.json["id"], as_json[0].json["id"]}

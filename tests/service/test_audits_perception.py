@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from client.cli import main
-from client.sdk import Client
 from engine.models.image import encode_png
+from onnxplain_client import Client
 from tests import deep_models
 from tests.conftest import ValidatingClient, authorize, poll
 from tests.service.test_explain_perception import DIGITS_CARD, TEXT_CARD, register
