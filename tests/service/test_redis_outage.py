@@ -45,10 +45,6 @@ def stallable(tmp_path, binary_model) -> Iterator[tuple[str, Redis]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (issue 16, open): with auth on, the rate limiter calls a stalled Redis without a short timeout",
-)
 def test_a_stalled_redis_answers_503_fast_and_predictions_go_on(stallable):
     """During DEBUG SLEEP: /readyz and explain submissions 503 with Retry-After within 2 s; /livez and predict 200."""
     base, redis = stallable
