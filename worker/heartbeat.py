@@ -22,7 +22,7 @@ from rq.job import Job
 from rq.worker import WorkerStatus
 
 from engine.errors import JobRefused
-from engine.jobs import FUNCTIONS
+from engine.jobs import FUNCTIONS, MetaKey
 
 _MISSED_BEATS = 3  # a job is abandoned after this many intervals without a beat
 _SWEEP_LOCK = "onnxplain:sweep"
@@ -35,6 +35,9 @@ class ContractJob(Job):
         # func_name is the stored string; self.func would import it, which is what must not happen.
         if self.func_name not in FUNCTIONS:
             raise JobRefused(f"{self.func_name!r} is not a job of onnxplain; nothing was run", code="job_refused")
+        # Counted in the job's own meta, which outlives its worker: a re-run after a dead worker reads 2.
+        self.meta[MetaKey.ATTEMPT] = int(self.get_meta().get(MetaKey.ATTEMPT) or 0) + 1
+        self.save_meta()
         return super()._execute()
 
 

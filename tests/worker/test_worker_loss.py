@@ -82,7 +82,8 @@ def test_a_sigkilled_workers_job_runs_again_within_the_bound(tmp_path):
         assert job.status_code == 202
         location, job_id = job.headers["Location"], job.headers["X-Job-Id"]
         victim = _running_on(connection, job_id, deadline + 60)
-        assert client.get(location).json["status"] == "running"
+        running = client.get(location).json
+        assert running["status"] == "running" and running["attempt"] == 1
         os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         body = {}
@@ -94,6 +95,8 @@ def test_a_sigkilled_workers_job_runs_again_within_the_bound(tmp_path):
         # Re-run on the survivor (which then hit the call limit), or failed as worker_lost: never stuck running.
         assert body["status"] == "failed", body
         assert body["error"]["code"] in ("model_time_limit", "worker_lost"), body
+        if body["error"]["code"] == "model_time_limit":
+            assert body["attempt"] == 2, body  # the survivor's run is the job's second
         survivor = next(p for p in procs if p.pid != victim.pid)
         assert survivor.poll() is None
     finally:
