@@ -36,8 +36,9 @@ class ContractJob(Job):
         if self.func_name not in FUNCTIONS:
             raise JobRefused(f"{self.func_name!r} is not a job of onnxplain; nothing was run", code="job_refused")
         # Counted in the job's own meta, which outlives its worker: a re-run after a dead worker reads 2.
-        self.meta[MetaKey.ATTEMPT] = int(self.get_meta().get(MetaKey.ATTEMPT) or 0) + 1
-        self.save_meta()
+        job: Job = self  # typed as RQ's Job, whose save_meta mypy's rq exclusion covers
+        job.meta[MetaKey.ATTEMPT] = int(job.get_meta().get(MetaKey.ATTEMPT) or 0) + 1
+        job.save_meta()
         return super()._execute()
 
 
