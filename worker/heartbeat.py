@@ -23,6 +23,7 @@ from rq.worker import WorkerStatus
 
 from engine.errors import JobRefused
 from engine.jobs import FUNCTIONS, MetaKey
+from worker.failures import record_failure
 
 _MISSED_BEATS = 3  # a job is abandoned after this many intervals without a beat
 _SWEEP_LOCK = "onnxplain:sweep"
@@ -70,11 +71,12 @@ class HeartbeatWorker(SimpleWorker):
                 sweeper.join(timeout=self.sweep_interval + 5)
 
     def sweep(self) -> None:
-        """Retry (or fail) jobs of every queue whose worker died, unless another worker just did."""
+        """Retry (or fail, quarantining its model) jobs of every queue whose worker died, unless another worker
+        just did."""
         if not self.connection.set(_SWEEP_LOCK, self.name, nx=True, px=max(1, int(self.sweep_interval * 900))):
             return
         for queue in self.queues:
-            queue.started_job_registry.cleanup()
+            queue.started_job_registry.cleanup(exception_handlers=[record_failure])
 
     def _sweep_loop(self) -> None:
         while not self._stop_sweeping.wait(self.sweep_interval):

@@ -11,7 +11,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from engine.audits.dataset import CheckedDataset, as_table, bad_rows_error, read_table
 from engine.audits.spec import SPEC_FIELDS, prepare_audit
 from engine.errors import InvalidRequest, UnknownField
-from service.auth import tenant, visible_model
+from service.auth import runnable_model, tenant
 from service.bodies import check_object, check_parts, json_object, json_part, optional_int
 from service.errors import problem_of, respond
 from service.extensions import services
@@ -37,7 +37,7 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
     name = body.get("model")
     if not isinstance(name, str):
         raise InvalidRequest("model must be a model name", code="invalid_parameter", field="model")
-    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
+    model = runnable_model(svc, name, optional_int(body.get("version"), "version"))
     variant = body.get("variant", "fp32")
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from engine.errors import InvalidRequest
 from engine.explain.plan import build_request
 from engine.jobs import JOBS
-from service.auth import tenant, visible_model
+from service.auth import runnable_model, tenant
 from service.bodies import json_object, optional_int
 from service.errors import respond
 from service.extensions import services
@@ -29,7 +29,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     """
     svc = services()
     body = json_object(_FIELDS, required={"instances"})
-    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
+    model = runnable_model(svc, name, optional_int(body.get("version"), "version"))
     wait = body.get("wait", svc.settings.default_wait_s)
     # A chained comparison: NaN fails it, and a 400-digit integer is compared exactly, never turned into a float.
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= _MAX_WAIT_S:

@@ -99,9 +99,31 @@ def test_a_sigkilled_workers_job_runs_again_within_the_bound(tmp_path):
             assert body["attempt"] == 2, body  # the survivor's run is the job's second
         survivor = next(p for p in procs if p.pid != victim.pid)
         assert survivor.poll() is None
+        _quarantined_then_cleared(client, job_id, body["error"]["code"])
     finally:
         stop_processes(procs)
         server.stop()
+
+
+def _quarantined_then_cleared(client, job_id: str, code: str) -> None:
+    """Its last attempt crashed too: the version is quarantined (409 with its state) until an operator clears it."""
+    model = client.get("/v1/models/spin").json
+    assert model["quarantine"]["state"] == "quarantined", model
+    assert model["quarantine"]["job"] == job_id and model["quarantine"]["code"] == code
+    for path, body in (
+        ("/v1/models/spin:explain", {"instances": [[1.0]], "method": "exact", "wait": 0}),
+        ("/v1/models/spin:predict", {"instances": [[1.0]]}),
+    ):
+        refused = client.post(path, json=body)
+        assert refused.status_code == 409 and refused.json["code"] == "model_quarantined", refused.json
+        assert job_id in refused.json["detail"]
+    assert client.post("/v2/models/spin/infer", json={"inputs": []}).status_code == 409
+    cleared = client.delete("/v1/models/spin/quarantine")
+    assert cleared.status_code == 200 and cleared.json["cleared"][0]["version"] == 1, cleared.json
+    assert client.get("/v1/models/spin").json["quarantine"] is None
+    assert client.delete("/v1/models/spin/quarantine").json["cleared"] == []  # nothing left to clear
+    again = client.post("/v1/models/spin:explain", json={"instances": [[1.0]], "method": "exact", "wait": 0})
+    assert again.status_code == 202, again.json
 
 
 @pytest.mark.slow
