@@ -218,6 +218,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unquarantine(args: argparse.Namespace) -> int:
+    """Clear a model's quarantine (every version, or ``--version``): an operator's call, scope admin."""
+    _print(Client(args.url, api_key=args.api_key).clear_quarantine(args.name, args.version))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict rows given as JSON (a file, '-' for stdin, or inline)."""
     _print(
@@ -372,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list models or describe one")
     models.add_argument("name", nargs="?")
     models.set_defaults(func=cmd_models)
+
+    unquarantine = sub.add_parser("unquarantine", help="let a quarantined model serve again (admin)")
+    unquarantine.add_argument("name")
+    unquarantine.add_argument("--version", type=int)
+    unquarantine.set_defaults(func=cmd_unquarantine)
 
     for name, func in (("predict", cmd_predict), ("explain", cmd_explain)):
         p = sub.add_parser(name, help=f"{name} rows, images or texts")

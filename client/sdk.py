@@ -100,6 +100,12 @@ class Client:
         result: dict[str, Any] = self._call("DELETE", f"/v1/models/{name}", params=params).json()
         return result
 
+    def clear_quarantine(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """Let a quarantined model (every version, or one) serve again; answers the records cleared (admin)."""
+        params = {"version": version} if version is not None else {}
+        result: dict[str, Any] = self._call("DELETE", f"/v1/models/{name}/quarantine", params=params).json()
+        return result
+
     def predict(
         self, name: str, instances: list[Any], *, version: int | None = None, variant: str | None = None
     ) -> dict[str, Any]:
