@@ -109,7 +109,10 @@ def start_api(
     config = Path(__file__).resolve().parents[1] / "gunicorn.conf.py"
     if config.exists():  # the checkout's settings (memory cap per worker), wherever the command runs
         args += ["--config", str(config)]
-    args += ["--workers", str(workers), "--threads", "4", "--timeout", "120", "--access-logfile", "-"]
+    # More threads than the requests that may wait for their job (ONNXPLAIN_MAX_WAITING_REQUESTS, 4 by default),
+    # so predict and health always find one.
+    threads = env.get("ONNXPLAIN_API_THREADS", "8")
+    args += ["--workers", str(workers), "--threads", threads, "--timeout", "120", "--access-logfile", "-"]
     return subprocess.Popen(args, env=env)
 
 

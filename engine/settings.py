@@ -132,6 +132,15 @@ class Settings:
     max_wait_s: float = 60.0
     """Cap on the ``wait`` a request may ask for."""
 
+    max_waiting_requests: int = 4
+    """Requests per API process that may hold a thread waiting for their job (``wait``); past it a request answers
+    202 with its job at once. Keep it below the process's threads (``ONNXPLAIN_API_THREADS``, 8): the rest stay
+    free for predict and health, however many clients wait."""
+
+    max_concurrent_uploads: int = 2
+    """Uploads per API process whose trial run (up to ``probe_timeout_s``) may hold a thread at once; past it an
+    upload is 503 ``uploads_busy`` with ``Retry-After``."""
+
     ort_threads: int = 1
     """onnxruntime intra-op threads per session (1 is best for single rows)."""
 

@@ -10,7 +10,7 @@ from engine.jobs import JOBS
 from service.auth import runnable_model, tenant
 from service.bodies import json_object, optional_int
 from service.errors import respond
-from service.extensions import services
+from service.extensions import WAIT, services
 from service.gateways.jobs import check_idempotency_key
 
 bp = Blueprint("explain", __name__)
@@ -52,7 +52,11 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
         uses=(model.name, model.version),
     )
     job = submission.job
-    gateway.wait(job, min(float(wait), svc.settings.max_wait_s))
+    with svc.slot(WAIT) as may_wait:
+        # Past the process's waiters the request answers 202 now: waiting must not take the threads that
+        # predict and health need.
+        if may_wait:
+            gateway.wait(job, min(float(wait), svc.settings.max_wait_s))
     location = url_for("explain.get_job", job_id=job.id)
     view = {**gateway.describe(job, location=location), "cache": submission.cache}
     headers = {"X-Job-Id": job.id, "X-Cache": submission.cache}

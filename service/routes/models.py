@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from engine.errors import Conflict, InvalidRequest, NotFound, OnnxplainError, UnknownField
+from engine.errors import Conflict, InvalidRequest, NotFound, OnnxplainError, QueueFull, UnknownField
 from engine.explain.plan import methods_for
 from engine.models import quarantine
 from engine.models.access import VISIBILITIES
@@ -17,7 +17,7 @@ from engine.models.store import ModelVersion
 from engine.variants import state as variants
 from service.auth import managed_model, runnable_model, tenant, visible_model
 from service.bodies import check_parts, json_object, json_part, optional_int
-from service.extensions import services
+from service.extensions import UPLOAD, services
 from service.routes.variants import request_card_variants
 
 bp = Blueprint("models", __name__)
@@ -66,13 +66,20 @@ def register_model() -> tuple[Response, int, dict[str, str]]:
             f"visibility must be one of {list(VISIBILITIES)}", code="invalid_parameter", field="visibility"
         )
     svc = services()
-    claimed = svc.access.claim(card.name, tenant(), visibility)
-    try:
-        model = svc.registry.register(model_file.read(), card, background_bytes, fmt)
-    except OnnxplainError:
-        if claimed:
-            svc.access.release(card.name)
-        raise
+    with svc.slot(UPLOAD) as may_run:
+        if not may_run:  # the trial run holds its thread up to probe_timeout_s: a bounded number at once
+            raise QueueFull(
+                "too many uploads are in their trial run on this server; retry later",
+                code="uploads_busy",
+                retry_after_s=svc.settings.queue_full_retry_after_s,
+            )
+        claimed = svc.access.claim(card.name, tenant(), visibility)
+        try:
+            model = svc.registry.register(model_file.read(), card, background_bytes, fmt)
+        except OnnxplainError:
+            if claimed:
+                svc.access.release(card.name)
+            raise
     if card.variants:
         request_card_variants(svc, model, tenant())
     location = url_for("models.get_model", name=model.name, version=model.version)
