@@ -10,6 +10,7 @@ import argparse
 import base64
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -118,9 +119,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     env.setdefault("ONNXPLAIN_AUDIT_DIR", str(Path("var/audits").resolve()))
     redis = None
     if not env.get("ONNXPLAIN_REDIS_URL"):
-        redis = launcher.start_redis(persist=True)
+        # Loopback only, and a fresh password each start: another local user can reach 127.0.0.1 too, and
+        # whoever writes to the queues chooses what the workers run. The URL (with the password) goes to the
+        # API and the workers in their environment, never to the terminal.
+        redis = launcher.start_redis(persist=True, password=secrets.token_urlsafe(32))
         env["ONNXPLAIN_REDIS_URL"] = redis.url
-        print(f"started an embedded Redis at {redis.url}")
+        print(f"started an embedded Redis on {redis.address}")
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     dev = _dev_key(env)
