@@ -204,7 +204,7 @@ def boundary_spin() -> bytes:
 
 
 def nested_subgraphs() -> bytes:
-    """If inside If, 30 deep (protobuf refuses ~33: 3 message levels each, 100 at most): the walkers reach the hidden leaf."""
+    """If inside If, 30 deep (protobuf refuses ~33: 3 message levels each, 100 at most); the walkers find the leaf."""
     inner = helper.make_graph(
         [helper.make_node("Constant", [], ["c"], value=_external("c"))],
         "leaf",
