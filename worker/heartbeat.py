@@ -13,12 +13,14 @@ elsewhere without anyone reading the API.
 
 from __future__ import annotations
 
+import signal
 import threading
 from typing import Any
 
 from rq import SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
+from rq.timeouts import UnixSignalDeathPenalty
 from rq.worker import WorkerStatus
 
 from engine.errors import JobRefused
@@ -43,6 +45,24 @@ class ContractJob(Job):
         return super()._execute()
 
 
+class PersistentDeathPenalty(UnixSignalDeathPenalty):
+    """RQ's SIGALRM job timeout, raised again every second until the job ends.
+
+    RQ arms a single ``alarm``: when the timeout exception lands where a library swallows it (a bare ``except``,
+    a finalizer), the job runs on unbounded. Re-raising each second past the limit keeps the hard limit hard.
+    """
+
+    def setup_death_penalty(self) -> None:
+        """Arm the timer: first at the job's limit, then every second."""
+        signal.signal(signal.SIGALRM, self.handle_death_penalty)
+        signal.setitimer(signal.ITIMER_REAL, float(self._timeout), 1.0)
+
+    def cancel_death_penalty(self) -> None:
+        """Disarm the timer and restore the default handler."""
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 class HeartbeatWorker(SimpleWorker):
     """A ``SimpleWorker`` whose running job's heartbeat lapses ``3 × job_monitoring_interval`` after it died.
 
@@ -50,6 +70,8 @@ class HeartbeatWorker(SimpleWorker):
         sweep_interval: Seconds between sweeps of abandoned jobs (0 turns the sweeper off).
         *args, **kwargs: As for :class:`rq.SimpleWorker`; ``job_class`` defaults to :class:`ContractJob`.
     """
+
+    death_penalty_class = PersistentDeathPenalty
 
     def __init__(self, *args: Any, sweep_interval: float = 5.0, **kwargs: Any) -> None:
         kwargs.setdefault("job_class", ContractJob)
