@@ -127,6 +127,46 @@ def _quarantined_then_cleared(client, job_id: str, code: str) -> None:
 
 
 @pytest.mark.slow
+def test_a_model_that_kills_its_worker_on_the_retry_too_is_quarantined(tmp_path):
+    """Both runs' workers die (SIGKILL, as a native crash would): the third worker's sweeper fails the job
+    worker_lost and quarantines the version (the sweeper's path, not the failing job's own handler)."""
+    server = start_redis()
+    env, client = _setup(tmp_path, server, builders.spin_model())
+    procs = [_worker(env, f"crash-{i}", tmp_path) for i in range(3)]
+    try:
+        connection = Redis.from_url(server.url)
+        deadline = time.monotonic() + 60
+        while len(Worker.all(connection=connection)) < 3:
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.2)
+        job = client.post("/v1/models/spin:explain", json={"instances": [[9.0]], "method": "exact", "wait": 0})
+        assert job.status_code == 202
+        location, job_id = job.headers["Location"], job.headers["X-Job-Id"]
+        killed = set()
+        for attempt in (1, 2):
+            while client.get(location).json["attempt"] != attempt:
+                assert time.monotonic() < deadline + BOUND_S, f"attempt {attempt} never started"
+                time.sleep(0.05)
+            victim = _running_on(connection, job_id, deadline + BOUND_S)
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.add(victim.pid)
+        killed_at = time.monotonic()
+        body = {}
+        while time.monotonic() - killed_at < BOUND_S:
+            body = client.get(location).json
+            if body["status"] in ("failed", "succeeded"):
+                break
+            time.sleep(0.25)
+        assert body["status"] == "failed" and body["error"]["code"] == "worker_lost", body
+        assert body["attempt"] == 2
+        _quarantined_then_cleared(client, job_id, "worker_lost")
+        assert [p.poll() for p in procs if p.pid not in killed] == [None]  # the sweeper's worker is up
+    finally:
+        stop_processes(procs)
+        server.stop()
+
+
+@pytest.mark.slow
 def test_sigterm_finishes_the_running_job_then_exits(tmp_path):
     """A warm shutdown: the worker that gets SIGTERM mid-job completes it, records it, and exits 0."""
     server = start_redis()
