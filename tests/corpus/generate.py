@@ -42,15 +42,7 @@ def _linear(*extra: onnx.NodeProto) -> onnx.ModelProto:
     return builders.helper_model([*extra, helper.make_node("MatMul", ["x", "w"], ["y"])], initializers=[w])
 
 
-def _external(name: str, dtype: int = TensorProto.FLOAT, dims: tuple[int, ...] = (1,)) -> TensorProto:
-    """A tensor whose data is 'in another file' (a path out of the store)."""
-    tensor = helper.make_tensor(name, dtype, list(dims), [0] * max(1, dims[0] if dims else 1))
-    tensor.data_location = TensorProto.EXTERNAL
-    for name_ in ("float_data", "int64_data"):
-        tensor.ClearField(name_)
-    entry = tensor.external_data.add()
-    entry.key, entry.value = "location", "../../etc/shadow"
-    return tensor
+_external = builders.external_tensor
 
 
 def _bytes(model: onnx.ModelProto) -> bytes:

@@ -7,7 +7,6 @@ predict answering: at most ``max_waiting_requests`` (4) hold a thread, the other
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from client.launcher import free_port, start_api, stop_processes
-from tests.conftest import server_keys, with_db
+from tests.conftest import server_keys, upload_http, wait_live, with_db
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 20  # each waiting explain holds its thread this long
@@ -42,23 +41,8 @@ def api(tmp_path, redis_url, binary_model) -> Iterator[tuple[str, dict[str, str]
     proc = start_api(env, port=port, workers=1)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
-            time.sleep(0.2)
-        files = {
-            "model": ("m.onnx", io.BytesIO(binary_model.onnx_bytes)),
-            "background": ("b.csv", io.BytesIO(binary_model.background_csv())),
-        }
-        registered = httpx.post(
-            f"{base}/v1/models", files=files, data={"card": binary_model.card_json()}, timeout=60, headers=headers
-        )
-        assert registered.status_code == 201, registered.text
+        wait_live(base, proc)
+        upload_http(base, binary_model, headers)
         yield base, headers
     finally:
         stop_processes([proc])
