@@ -10,14 +10,18 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
+from engine.audits.store import AuditStore
 from engine.errors import ModelLimitExceeded, NotFound, OnnxplainError
-from engine.jobs import WORKER_LOST, JobError, MetaKey, job_error
+from engine.jobs import JOBS, WORKER_LOST, JobError, MetaKey, job_error
 from engine.models import quarantine
 from engine.runtime.limits import MEMORY_LIMIT, TIME_LIMIT
 from engine.timestamps import utc_now
 from worker.context import context
 
 log = logging.getLogger(__name__)
+
+_RUN_MODELS = frozenset(JOBS[kind].function for kind in ("explain", "variant", "audit_chunk"))
+"""The jobs that run a model (an audit's merge only writes files)."""
 
 CRASHES = frozenset({WORKER_LOST, MEMORY_LIMIT, TIME_LIMIT})
 """Failures that say the model broke the runtime (the process died, or a per-call cap stopped it), not the input:
@@ -90,11 +94,18 @@ def quarantine_after(job: Job, error: JobError) -> bool:
 
 
 def _model_of(job: Job) -> tuple[str, int] | None:
-    """The model version a job's payload names (explain and variant jobs name it; audit jobs their audit)."""
+    """The model version a job's payload names: explain and variant jobs name it, audit jobs their audit."""
     payload = job.args[0] if job.args else None
-    if not isinstance(payload, dict):
+    if not isinstance(payload, dict) or job.func_name not in _RUN_MODELS:
         return None
-    name, version = payload.get("model"), payload.get("version")
+    if isinstance(payload.get("audit"), str):
+        try:
+            payload = AuditStore(context().settings.audit_dir).open(payload["audit"]).info["model"]
+        except (OnnxplainError, OSError, ValueError, KeyError):
+            return None  # the audit is gone: nothing to tie the crash to
+        if not isinstance(payload, dict):
+            return None
+    name, version = payload.get("model", payload.get("name")), payload.get("version")
     if isinstance(name, str) and isinstance(version, int) and not isinstance(version, bool):
         return name, version
     return None

@@ -119,3 +119,29 @@ def test_a_swallowed_timeout_is_raised_again():
         except JobTimeoutException:
             pass  # ...and a careless library swallows it
         time.sleep(30)
+
+
+def test_the_last_crash_of_a_model_running_job_quarantines_its_model(gateway, settings, binary_model, monkeypatch):
+    """An audit chunk names its model through its audit; its merge, and a deterministic error, quarantine nothing."""
+    import pandas as pd
+
+    from engine.audits.store import AuditStore
+    from engine.jobs import WORKER_LOST, job_error
+    from engine.models import quarantine
+    from worker.failures import quarantine_after
+
+    monkeypatch.setenv("ONNXPLAIN_AUDIT_DIR", str(settings.model_dir.parent / "audits"))
+    worker_context.context.cache_clear()
+    model = registered(settings, binary_model)
+    audit = AuditStore(settings.model_dir.parent / "audits").create(
+        {"model": {"name": model.name, "version": model.version}}, pd.DataFrame({"a": [1]}), row_group_rows=1
+    )
+
+    def job(kind: str) -> Job:
+        return Job.create(JOBS[kind].function, args=[{"audit": audit.id}], connection=gateway.connection)
+
+    assert not quarantine_after(job("audit_merge"), job_error(WORKER_LOST))
+    assert not quarantine_after(job("audit_chunk"), job_error(RuntimeError("a bug")))
+    assert quarantine.read(model.path) is None
+    assert quarantine_after(job("audit_chunk"), job_error(WORKER_LOST))
+    assert quarantine.read(model.path).code == WORKER_LOST
