@@ -88,7 +88,11 @@ def quarantine_after(job: Job, error: JobError) -> bool:
     placed = quarantine.place(model.path, record)
     if placed:
         log.error(
-            "model %s version %d quarantined: job %s ended %s twice", model.name, model.version, job.id, error.code
+            "model %s version %d quarantined: job %s ended %s on its last attempt",
+            model.name,
+            model.version,
+            job.id,
+            error.code,
         )
     return placed
 
