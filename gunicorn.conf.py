@@ -4,7 +4,8 @@ import os
 
 bind = os.environ.get("ONNXPLAIN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("ONNXPLAIN_API_WORKERS", "2"))
-threads = int(os.environ.get("ONNXPLAIN_API_THREADS", "4"))
+# More threads than ONNXPLAIN_MAX_WAITING_REQUESTS (4): requests waiting for their job never take them all.
+threads = int(os.environ.get("ONNXPLAIN_API_THREADS", "8"))
 # Sessions are created lazily in each worker, never in the master: no preload.
 preload_app = False
 timeout = 120

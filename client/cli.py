@@ -122,9 +122,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     env.setdefault("ONNXPLAIN_WEBHOOK_SECRET", secrets.token_urlsafe(32))
     redis = None
     if not env.get("ONNXPLAIN_REDIS_URL"):
-        redis = launcher.start_redis(persist=True)
+        # Loopback only, and a fresh password each start: another local user can reach 127.0.0.1 too, and
+        # whoever writes to the queues chooses what the workers run. The URL (with the password) goes to the
+        # API and the workers in their environment, never to the terminal.
+        redis = launcher.start_redis(persist=True, password=secrets.token_urlsafe(32))
         env["ONNXPLAIN_REDIS_URL"] = redis.url
-        print(f"started an embedded Redis at {redis.url}")
+        print(f"started an embedded Redis on {redis.address}")
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     dev = _dev_key(env)
@@ -307,6 +310,13 @@ def _render_predictions(answer: dict[str, Any]) -> None:
     model = answer["model"]
     title = f"{model['name']} v{model['version']} ({model['variant']})"
     output.table(rows, [("row", "row"), ("label", "label"), ("value", "value"), ("scores", "scores")], title=title)
+
+
+def cmd_unquarantine(args: argparse.Namespace) -> int:
+    """Clear a model's quarantine (every version, or ``--version``): an operator's call, scope admin."""
+    cleared = _api(args).clear_quarantine(args.name, args.version)
+    versions = ", ".join(str(c["version"]) for c in cleared["cleared"]) or "none was quarantined"
+    return _show(args, cleared, lambda c: print(f"cleared {c['name']}: {versions}"))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -672,6 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name")
         p.add_argument("--version", type=int)
         p.set_defaults(func=func)
+
+    unquarantine = sub.add_parser("unquarantine", parents=[common], help="let a quarantined model serve again (admin)")
+    unquarantine.add_argument("name")
+    unquarantine.add_argument("--version", type=int)
+    unquarantine.set_defaults(func=cmd_unquarantine)
 
     for name, func in (("predict", cmd_predict), ("explain", cmd_explain)):
         p = sub.add_parser(name, parents=[common], help=f"{name} rows, images or texts")

@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 
 def free_port() -> int:
@@ -49,11 +50,19 @@ class EmbeddedRedis:
     process: subprocess.Popen[bytes]
     port: int
     directory: Path
+    password: str | None = None
 
     @property
     def url(self) -> str:
-        """The ``redis://`` URL of the server."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The ``redis://`` URL of the server, with its password when it has one (give it to processes, never
+        print it: :attr:`address` is for people)."""
+        secret = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{secret}127.0.0.1:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        """Where it listens, for messages: no password."""
+        return f"127.0.0.1:{self.port}" + (" (password-protected)" if self.password else "")
 
     def stop(self) -> None:
         """Stop the server and remove its directory."""
@@ -71,6 +80,7 @@ def start_redis(
     persist: bool = False,
     extra_args: tuple[str, ...] = (),
     directory: Path | None = None,
+    password: str | None = None,
 ) -> EmbeddedRedis:
     """Start a real Redis server on 127.0.0.1 and wait until it answers.
 
@@ -79,13 +89,22 @@ def start_redis(
         persist: Keep an append-only file (in its temporary directory).
         extra_args: More ``redis-server`` options (tests: ``--enable-debug-command yes``).
         directory: Data directory to reuse (a restart reads its append-only file); a new one when omitted.
+        password: Require it of every client (``requirepass``). It goes in a config file readable by this user
+            only, never on the command line, where ``ps`` would show it to everyone.
 
     Raises:
         RuntimeError: The server did not start within 10 s.
     """
     port = port or free_port()
     directory = directory or Path(tempfile.mkdtemp(prefix="onnxplain-redis-"))
-    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory)]
+    args = [redis_binary()]
+    if password:
+        config = directory / "redis.conf"
+        config.touch(mode=0o600)
+        config.chmod(0o600)
+        config.write_text(f"requirepass {password}\n")
+        args.append(str(config))  # the config file comes first; options after it
+    args += ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory)]
     args += ["--appendonly", "yes" if persist else "no", "--daemonize", "no", "--loglevel", "warning", *extra_args]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -93,8 +112,9 @@ def start_redis(
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
                 sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return EmbeddedRedis(process, port, directory)
+                # NOAUTH: up, and refusing clients without the password, as it should.
+                if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
+                    return EmbeddedRedis(process, port, directory, password)
         except OSError:
             time.sleep(0.05)
     process.kill()
@@ -109,7 +129,10 @@ def start_api(
     config = Path(__file__).resolve().parents[1] / "gunicorn.conf.py"
     if config.exists():  # the checkout's settings (memory cap per worker), wherever the command runs
         args += ["--config", str(config)]
-    args += ["--workers", str(workers), "--threads", "4", "--timeout", "120", "--access-logfile", "-"]
+    # More threads than the requests that may wait for their job (ONNXPLAIN_MAX_WAITING_REQUESTS, 4 by default),
+    # so predict and health always find one.
+    threads = env.get("ONNXPLAIN_API_THREADS", "8")
+    args += ["--workers", str(workers), "--threads", threads, "--timeout", "120", "--access-logfile", "-"]
     return subprocess.Popen(args, env=env)
 
 

@@ -79,6 +79,8 @@ class MetaKey(StrEnum):
     """The :class:`JobError` of a failed job, as a dict."""
     TENANT = "tenant"
     """The tenant that submitted the job: only it may read or cancel it."""
+    ATTEMPT = "attempt"
+    """Runs of the job begun so far (1 on its first, 2 on its retry after a dead worker or lost Redis)."""
 
 
 def uses_key(model: str, version: int) -> str:

@@ -117,6 +117,12 @@ class Settings:
     rate_limit: str = "600/minute"
     """Requests each API key may make across all routes (flask-limiter syntax, counted in Redis); empty: none."""
 
+    rate_limit_timeout_s: float = 0.1
+    """Seconds the rate limiter waits on Redis (connect or command; a counter takes well under 1 ms). Past it the
+    limiter fails open to counting in each API process's memory until Redis answers again, so a stalled Redis
+    never holds a request: predict goes on, what needs Redis answers 503 itself. Its first failure costs a request
+    two of these (the command, then flask-limiter's recovery check), hence short."""
+
     interactive_queue_cap: int = 1000
     """Most jobs waiting on the interactive queue; past it, submissions are 503 ``queue_full`` with Retry-After."""
 
@@ -135,6 +141,15 @@ class Settings:
 
     max_wait_s: float = 60.0
     """Cap on the ``wait`` a request may ask for."""
+
+    max_waiting_requests: int = 4
+    """Requests per API process that may hold a thread waiting for their job (``wait``); past it a request answers
+    202 with its job at once. Keep it below the process's threads (``ONNXPLAIN_API_THREADS``, 8): the rest stay
+    free for predict and health, however many clients wait."""
+
+    max_concurrent_uploads: int = 2
+    """Uploads per API process whose trial run (up to ``probe_timeout_s``) may hold a thread at once; past it an
+    upload is 503 ``uploads_busy`` with ``Retry-After``."""
 
     ort_threads: int = 1
     """onnxruntime intra-op threads per session (1 is best for single rows)."""

@@ -13,6 +13,7 @@ from flask import Flask, g, request
 
 from engine.errors import Forbidden, Unauthorized
 from engine.keys import ADMIN, EXPLAIN, READ, SCOPES, KeyRing, Principal
+from engine.models.quarantine import check_runnable
 from engine.models.store import ModelVersion
 from engine.settings import Settings
 from service.extensions import Services
@@ -31,6 +32,7 @@ RULES: dict[str, str] = {
     "models.list_models": READ,
     "models.get_model": READ,
     "models.delete_model": ADMIN,
+    "models.clear_quarantine": ADMIN,
     "models.predict": EXPLAIN,
     "explain.explain": EXPLAIN,
     "explain.get_job": READ,
@@ -86,6 +88,17 @@ def visible_model(svc: Services, name: str, version: int | None = None) -> Model
     """Return a model version the caller's tenant may see (another tenant's private model is 404)."""
     svc.access.check_readable(name, tenant())
     return svc.registry.get(name, version)
+
+
+def runnable_model(svc: Services, name: str, version: int | None = None, *, manage: bool = False) -> ModelVersion:
+    """Return a model version the caller may run (``manage``: and change) that is not quarantined.
+
+    Raises:
+        Conflict: ``model_quarantined`` (409), besides what :func:`visible_model` and :func:`managed_model` raise.
+    """
+    model = managed_model(svc, name, version) if manage else visible_model(svc, name, version)
+    check_runnable(model)
+    return model
 
 
 def managed_model(svc: Services, name: str, version: int | None = None) -> ModelVersion:

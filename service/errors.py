@@ -90,7 +90,8 @@ def status_for(record: JobError) -> int:
 # tree in its messages) and where its Redis or other services listen.
 _SECRETS = [
     (re.compile(r"\b(?:rediss?|unix|https?|tcp)://\S+"), "<address>"),
-    (re.compile(r"(?<![\w.:/])(?!/v[12]/)(?:/[\w.@+~-]+){2,}/?"), "<path>"),
+    # A colon may come first: onnxruntime writes "failed:/onnxruntime_src/...". URLs ("://") are gone by then.
+    (re.compile(r"(?<![\w./])(?!/v[12]/)(?:/[\w.@+~-]+){2,}/?"), "<path>"),
     (re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b"), "<address>"),
     (re.compile(r"\[[0-9A-Fa-f:]*:[0-9A-Fa-f:]*\](?::\d{1,5})?"), "<address>"),
     (re.compile(r"\b(?:localhost|[A-Za-z][\w-]*(?:\.[\w-]+)+|[A-Za-z][\w-]*):\d{2,5}\b"), "<address>"),

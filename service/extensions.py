@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from flask import Flask, current_app
@@ -20,6 +22,10 @@ from engine.settings import Settings
 from service.gateways.jobs import JobGateway
 
 KEY = "onnxplain"
+WAIT = "wait"
+"""Slots of requests waiting for their job (``settings.max_waiting_requests``)."""
+UPLOAD = "upload"
+"""Slots of uploads in their trial run (``settings.max_concurrent_uploads``)."""
 # redis-py retries a timed-out command 3 times with backoff by default: a stall would hold a request thread for
 # four timeouts. The API answers 503 after one; the client retries (Retry-After).
 _NO_RETRY = Retry(NoBackoff(), 0)
@@ -37,6 +43,26 @@ class Services:
     _redis: Redis | None = None
     _waiting: Redis | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _slots: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._slots[WAIT] = threading.BoundedSemaphore(max(0, self.settings.max_waiting_requests))
+        self._slots[UPLOAD] = threading.BoundedSemaphore(max(0, self.settings.max_concurrent_uploads))
+
+    @contextmanager
+    def slot(self, kind: str) -> Iterator[bool]:
+        """Take one of this process's ``kind`` slots (:data:`WAIT`, :data:`UPLOAD`) without waiting for it.
+
+        Yields:
+            Whether a slot was free; the caller that got none must not hold its thread (it answers at once).
+        """
+        semaphore = self._slots[kind]
+        got = semaphore.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                semaphore.release()
 
     def redis(self) -> Redis:
         """Return the Redis connection (created on first use).

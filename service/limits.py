@@ -4,14 +4,22 @@ One limit (``ONNXPLAIN_RATE_LIMIT``, e.g. ``600/minute``) applies to each API ke
 and docs routes are exempt. Past it: 429 ``too_many_requests`` with ``Retry-After`` and the ``RateLimit-Limit``,
 ``RateLimit-Remaining`` and ``RateLimit-Reset`` headers (the IETF draft's names; ``Reset`` in seconds), which
 every limited response carries.
+
+When Redis cannot be reached or stalls, the limiter **fails open to per-process counting**: after one command
+past ``rate_limit_timeout_s`` it counts each key in the API process's memory (the same limit, per process) and
+tries Redis again at growing intervals (1, 2, 4, ... 32 s). A 503 for every request would stop predictions,
+which need no Redis; no limit at all would let one key flood the API while Redis is away.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 from flask_limiter import HeaderNames, Limiter
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from engine.settings import Settings
 from service.auth import PUBLIC, RULES
@@ -28,6 +36,16 @@ def _key() -> str:
 
 def _exempt() -> bool:
     return request.endpoint is None or RULES.get(request.endpoint) == PUBLIC
+
+
+def _storage_options(settings: Settings) -> dict[str, Any]:
+    """Options of the limiter's Redis client: the service's, with the limiter's own short timeouts, no retry."""
+    timeout = settings.rate_limit_timeout_s
+    # Any: flask-limiter types these as str | int, yet hands them all to redis.from_url (floats, a Retry).
+    options: dict[str, Any] = settings.redis_options(read_timeout_s=timeout)
+    # redis-py retries a timed-out command 3 times by default: four timeouts before the fallback takes over.
+    options.update(socket_connect_timeout=min(timeout, settings.redis_connect_timeout_s), retry=Retry(NoBackoff(), 0))
+    return options
 
 
 def init_limits(app: Flask, settings: Settings) -> Limiter | None:
@@ -53,7 +71,7 @@ def init_limits(app: Flask, settings: Settings) -> Limiter | None:
         app=app,
         application_limits=[settings.rate_limit],
         storage_uri=settings.redis_url or "memory://",
-        storage_options={"socket_connect_timeout": 2},
+        storage_options=_storage_options(settings),
         strategy="fixed-window",
         key_prefix="onnxplain:ratelimit",
         headers_enabled=True,
@@ -64,6 +82,8 @@ def init_limits(app: Flask, settings: Settings) -> Limiter | None:
             HeaderNames.RETRY_AFTER: _RETRY_AFTER,
         },
         application_limits_exempt_when=_exempt,
-        # A Redis outage must not turn every request into a 500: the routes that need Redis answer 503 themselves.
+        # A Redis outage must not turn every request into a 500 or a wait: count in memory until Redis is back;
+        # the routes that need Redis answer 503 themselves.
+        in_memory_fallback_enabled=True,
         swallow_errors=True,
     )

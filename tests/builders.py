@@ -117,6 +117,17 @@ def affine_regressor(weights: list[float], bias: float = 0.5) -> onnx.ModelProto
     )
 
 
+def external_tensor(name: str, dtype: int = TensorProto.FLOAT, dims: tuple[int, ...] = (1,)) -> onnx.TensorProto:
+    """A tensor whose data is 'in another file' (a path out of the store): what screening must refuse."""
+    tensor = helper.make_tensor(name, dtype, list(dims), [0] * max(1, dims[0] if dims else 1))
+    tensor.data_location = TensorProto.EXTERNAL
+    for data_field in ("float_data", "int64_data"):
+        tensor.ClearField(data_field)
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "../../etc/shadow"
+    return tensor
+
+
 def to_parquet(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)

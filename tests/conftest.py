@@ -158,6 +158,39 @@ def upload(
     return client.post("/v1/models", data=data, content_type="multipart/form-data")
 
 
+def wait_live(base: str, proc: Any, timeout: float = 60.0) -> None:
+    """Wait until the gunicorn ``proc`` answers ``/livez`` at ``base``; fail if it exits or takes too long."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
+        time.sleep(0.2)
+
+
+def upload_http(base: str, built: builders.BuiltModel, headers: dict[str, str]) -> None:
+    """Register a built model (with its background) on the live server at ``base``; fail unless 201."""
+    import io
+
+    import httpx
+
+    files = {
+        "model": ("m.onnx", io.BytesIO(built.onnx_bytes)),
+        "background": ("b.csv", io.BytesIO(built.background_csv())),
+    }
+    response = httpx.post(
+        f"{base}/v1/models", files=files, data={"card": built.card_json()}, timeout=60, headers=headers
+    )
+    assert response.status_code == 201, response.text
+
+
 def with_db(url: str, db: int) -> str:
     """The same Redis server, another database number."""
     base, _, last = url.rpartition("/")

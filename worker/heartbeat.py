@@ -13,16 +13,19 @@ elsewhere without anyone reading the API.
 
 from __future__ import annotations
 
+import signal
 import threading
 from typing import Any
 
 from rq import SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
+from rq.timeouts import UnixSignalDeathPenalty
 from rq.worker import WorkerStatus
 
 from engine.errors import JobRefused
-from engine.jobs import FUNCTIONS
+from engine.jobs import FUNCTIONS, MetaKey
+from worker.failures import record_failure
 from worker.webhooks import Courier, run_courier
 
 _MISSED_BEATS = 3  # a job is abandoned after this many intervals without a beat
@@ -36,7 +39,29 @@ class ContractJob(Job):
         # func_name is the stored string; self.func would import it, which is what must not happen.
         if self.func_name not in FUNCTIONS:
             raise JobRefused(f"{self.func_name!r} is not a job of onnxplain; nothing was run", code="job_refused")
+        # Counted in the job's own meta, which outlives its worker: a re-run after a dead worker reads 2.
+        job: Job = self  # typed as RQ's Job, whose save_meta mypy's rq exclusion covers
+        job.meta[MetaKey.ATTEMPT] = int(job.get_meta().get(MetaKey.ATTEMPT) or 0) + 1
+        job.save_meta()
         return super()._execute()
+
+
+class PersistentDeathPenalty(UnixSignalDeathPenalty):
+    """RQ's SIGALRM job timeout, raised again every second until the job ends.
+
+    RQ arms a single ``alarm``: when the timeout exception lands where a library swallows it (a bare ``except``,
+    a finalizer), the job runs on unbounded. Re-raising each second past the limit keeps the hard limit hard.
+    """
+
+    def setup_death_penalty(self) -> None:
+        """Arm the timer: first at the job's limit, then every second."""
+        signal.signal(signal.SIGALRM, self.handle_death_penalty)
+        signal.setitimer(signal.ITIMER_REAL, float(self._timeout), 1.0)
+
+    def cancel_death_penalty(self) -> None:
+        """Disarm the timer and restore the default handler."""
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 class HeartbeatWorker(SimpleWorker):
@@ -48,6 +73,8 @@ class HeartbeatWorker(SimpleWorker):
         courier_interval: Seconds between looks at the webhook outbox.
         *args, **kwargs: As for :class:`rq.SimpleWorker`; ``job_class`` defaults to :class:`ContractJob`.
     """
+
+    death_penalty_class = PersistentDeathPenalty
 
     def __init__(
         self,
@@ -82,11 +109,12 @@ class HeartbeatWorker(SimpleWorker):
                 thread.join(timeout=self.sweep_interval + self.courier_interval + 5)
 
     def sweep(self) -> None:
-        """Retry (or fail) jobs of every queue whose worker died, unless another worker just did."""
+        """Retry (or fail, quarantining its model) jobs of every queue whose worker died, unless another worker
+        just did."""
         if not self.connection.set(_SWEEP_LOCK, self.name, nx=True, px=max(1, int(self.sweep_interval * 900))):
             return
         for queue in self.queues:
-            queue.started_job_registry.cleanup()
+            queue.started_job_registry.cleanup(exception_handlers=[record_failure])
 
     def _sweep_loop(self) -> None:
         while not self._stop_sweeping.wait(self.sweep_interval):

@@ -78,6 +78,10 @@ class _Operations(Generic[J, T]):
         """Delete every version of a model, or ``version``."""
         return self._json(build.delete(name, version))
 
+    def clear_quarantine(self, name: str, version: int | None = None) -> J:
+        """Let a quarantined model (every version, or ``version``) serve again; answers the records cleared."""
+        return self._json(build.clear_quarantine(name, version))
+
     def predict(self, name: str, instances: list[Any], *, version: int | None = None, variant: str | None = None) -> J:
         """Predict rows (arrays in feature order, objects keyed by feature name, base64 images or texts)."""
         return self._json(build.predict(name, instances, version=version, variant=variant))

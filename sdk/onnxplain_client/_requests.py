@@ -165,6 +165,12 @@ def delete(name: str, version: int | None = None) -> Request:
     return Request("DELETE", f"/v1/models/{_segment(name)}", params={"version": version})
 
 
+@operation("clearQuarantine")
+def clear_quarantine(name: str, version: int | None = None) -> Request:
+    """Let a quarantined model (every version, or ``version``) serve again (scope admin)."""
+    return Request("DELETE", f"/v1/models/{_segment(name)}/quarantine", params={"version": version})
+
+
 @operation("predict")
 def predict(name: str, instances: list[Any], *, version: int | None = None, variant: str | None = None) -> Request:
     """Predict rows (arrays in feature order, objects keyed by feature, base64 images or texts)."""

@@ -433,6 +433,7 @@ class JobGateway:
             "kind": meta.get(MetaKey.KIND, "job"),
             "status": public,
             "progress": 1.0 if public == "succeeded" else meta.get(MetaKey.PROGRESS),
+            "attempt": int(meta.get(MetaKey.ATTEMPT) or 0),
             "created_at": _iso(job.created_at),
             "started_at": _iso(job.started_at),
             "ended_at": _iso(job.ended_at),

@@ -18,7 +18,7 @@ from engine.audits.store import Audit
 from engine.audits.study import rows_path
 from engine.errors import InvalidRequest, NotFound, UnknownField
 from engine.webhooks import accept_callback
-from service.auth import tenant, visible_model
+from service.auth import runnable_model, tenant
 from service.bodies import check_object, check_parts, json_object, json_part, optional_int
 from service.errors import problem_of, respond
 from service.extensions import services
@@ -46,7 +46,7 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
     name = body.get("model")
     if not isinstance(name, str):
         raise InvalidRequest("model must be a model name", code="invalid_parameter", field="model")
-    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
+    model = runnable_model(svc, name, optional_int(body.get("version"), "version"))
     variant = body.get("variant", "fp32")
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")

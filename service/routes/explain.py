@@ -8,10 +8,10 @@ from engine.errors import InvalidRequest
 from engine.explain.plan import build_request
 from engine.jobs import JOBS
 from engine.webhooks import accept_callback
-from service.auth import tenant, visible_model
+from service.auth import runnable_model, tenant
 from service.bodies import json_object, optional_int
 from service.errors import respond
-from service.extensions import services
+from service.extensions import WAIT, services
 from service.gateways.jobs import Submission, check_idempotency_key
 
 bp = Blueprint("explain", __name__)
@@ -30,7 +30,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     """
     svc = services()
     body = json_object(_FIELDS, required={"instances"})
-    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
+    model = runnable_model(svc, name, optional_int(body.get("version"), "version"))
     wait = read_wait(body.get("wait", svc.settings.default_wait_s))
     variant = body.get("variant", "fp32")
     if not isinstance(variant, str):
@@ -70,7 +70,11 @@ def answer(submission: Submission, wait: float) -> tuple[Response, int, dict[str
     svc = services()
     gateway = svc.jobs()
     job = submission.job
-    gateway.wait(job, min(wait, svc.settings.max_wait_s))
+    with svc.slot(WAIT) as may_wait:
+        # Past the process's waiters the request answers 202 now: waiting must not take the threads that
+        # predict and health need.
+        if may_wait:
+            gateway.wait(job, min(wait, svc.settings.max_wait_s))
     location = url_for("explain.get_job", job_id=job.id)
     view = {**gateway.describe(job, location=location), "cache": submission.cache}
     headers = {"X-Job-Id": job.id, "X-Cache": submission.cache}

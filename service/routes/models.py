@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from engine.errors import Conflict, InvalidRequest, NotFound, OnnxplainError, UnknownField
+from engine.errors import Conflict, InvalidRequest, NotFound, OnnxplainError, QueueFull, UnknownField
 from engine.explain.plan import methods_for
+from engine.models import quarantine
 from engine.models.access import VISIBILITIES
 from engine.models.card import ModelCard
 from engine.models.rows import parse_inputs
 from engine.models.store import ModelVersion
 from engine.variants import state as variants
-from service.auth import managed_model, tenant, visible_model
+from service.auth import managed_model, runnable_model, tenant, visible_model
 from service.bodies import check_parts, json_object, json_part, optional_int
-from service.extensions import services
+from service.extensions import UPLOAD, services
 from service.routes.variants import request_card_variants
 
 bp = Blueprint("models", __name__)
+log = logging.getLogger(__name__)
 
 _UPLOAD_PARTS = {"model", "card", "background", "tokenizer", "visibility"}
 
@@ -30,6 +33,8 @@ def model_resource(model: ModelVersion) -> dict[str, Any]:
     body["variants"] = [v.to_dict() for v in variants.list_variants(model)]
     body["methods"] = methods_for(model)
     body["visibility"] = services().access.of(model.name).visibility
+    found = quarantine.read(model.path)
+    body["quarantine"] = found.to_dict() if found is not None else None
     return body
 
 
@@ -66,13 +71,20 @@ def register_model() -> tuple[Response, int, dict[str, str]]:
             f"visibility must be one of {list(VISIBILITIES)}", code="invalid_parameter", field="visibility"
         )
     svc = services()
-    claimed = svc.access.claim(card.name, tenant(), visibility)
-    try:
-        model = svc.registry.register(model_file.read(), card, background_bytes, fmt, tokenizer_bytes)
-    except OnnxplainError:
-        if claimed:
-            svc.access.release(card.name)
-        raise
+    with svc.slot(UPLOAD) as may_run:
+        if not may_run:  # the trial run holds its thread up to probe_timeout_s: a bounded number at once
+            raise QueueFull(
+                "too many uploads are in their trial run on this server; retry later",
+                code="uploads_busy",
+                retry_after_s=svc.settings.queue_full_retry_after_s,
+            )
+        claimed = svc.access.claim(card.name, tenant(), visibility)
+        try:
+            model = svc.registry.register(model_file.read(), card, background_bytes, fmt, tokenizer_bytes)
+        except OnnxplainError:
+            if claimed:
+                svc.access.release(card.name)
+            raise
     if card.variants:
         request_card_variants(svc, model, tenant())
     location = url_for("models.get_model", name=model.name, version=model.version)
@@ -126,12 +138,31 @@ def delete_model(name: str) -> Response:
     return jsonify({"name": name, "deleted_versions": deleted})
 
 
+@bp.delete("/v1/models/<model_name:name>/quarantine")
+def clear_quarantine(name: str) -> Response:
+    """Lift the quarantine of a model's versions, or of ``?version=`` (an operator's call, scope admin).
+
+    Answers the versions cleared with the records they had (empty when none was quarantined). Errors: 404.
+    """
+    version = optional_int(request.args.get("version"), "version", text=True)
+    svc = services()
+    managed_model(svc, name, version)
+    targets = [version] if version is not None else svc.registry.versions(name)
+    cleared = []
+    for number in targets:
+        record = quarantine.clear(svc.registry.get(name, number).path)
+        if record is not None:
+            log.warning("model %s version %d: quarantine (%s, job %s) cleared", name, number, record.code, record.job)
+            cleared.append({"version": number, **record.to_dict()})
+    return jsonify({"name": name, "cleared": cleared})
+
+
 @bp.post("/v1/models/<model_name:name>:predict")
 def predict(name: str) -> Response:
     """Predict rows. Errors: 404 model/version/variant; 415; 422 bad rows."""
     body = json_object({"instances", "version", "variant"}, required={"instances"})
     svc = services()
-    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
+    model = runnable_model(svc, name, optional_int(body.get("version"), "version"))
     variant = body.get("variant", "fp32")
     if not isinstance(variant, str):
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")

@@ -8,7 +8,7 @@ from engine.errors import InvalidRequest, UnknownField
 from engine.jobs import JOBS
 from engine.recourse.counterfactual import build_counterfactual
 from engine.recourse.surrogate import DEFAULT_DEPTH, MAX_DEPTH, MIN_ROWS, read_surrogate
-from service.auth import tenant, visible_model
+from service.auth import runnable_model, tenant, visible_model
 from service.bodies import json_object, optional_int
 from service.extensions import services
 from service.gateways.jobs import check_idempotency_key
@@ -28,7 +28,7 @@ def counterfactual(name: str) -> tuple[Response, int, dict[str, str]]:
     """
     svc = services()
     body = json_object(_FIELDS, required={"instances"})
-    model = visible_model(svc, name, optional_int(body.get("version"), "version"))
+    model = runnable_model(svc, name, optional_int(body.get("version"), "version"))
     wait = read_wait(body.get("wait", svc.settings.default_wait_s))
     variant = body.get("variant", "fp32")
     if not isinstance(variant, str):
@@ -59,7 +59,8 @@ def surrogate(name: str) -> tuple[Response, int, dict[str, str]]:
     for key in request.args:
         if key not in ("version", "max_depth", "wait"):
             raise UnknownField(f"unknown query parameter {key!r}", field=key)
-    model = visible_model(svc, name, optional_int(request.args.get("version"), "version", text=True))
+    version = optional_int(request.args.get("version"), "version", text=True)
+    model = visible_model(svc, name, version)
     depth = optional_int(request.args.get("max_depth"), "max_depth", maximum=MAX_DEPTH, text=True) or DEFAULT_DEPTH
     raw_wait = request.args.get("wait")
     try:
@@ -69,6 +70,7 @@ def surrogate(name: str) -> tuple[Response, int, dict[str, str]]:
     kept = read_surrogate(model, depth)
     if kept is not None:
         return jsonify(kept), 200, {}
+    model = runnable_model(svc, name, version)  # computing it runs the model: not while it is quarantined
     if model.background_rows < MIN_ROWS:
         raise InvalidRequest(
             f"a surrogate is fitted on the background, which needs at least {MIN_ROWS} rows; "

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 from engine.errors import InvalidRequest
 from engine.models.screening import Port
 from engine.models.store import ModelVersion
-from service.auth import visible_model
+from service.auth import runnable_model, visible_model
 from service.bodies import ROW_FIELDS, body_bytes, check_object, parse_int
 from service.extensions import services
 from service.json_text import read_json
@@ -53,8 +53,10 @@ def _port_json(port: Port) -> dict[str, Any]:
     }
 
 
-def _model(name: str, version: str | None) -> ModelVersion:
-    return visible_model(services(), name, None if version is None else parse_int(version, "version"))
+def _model(name: str, version: str | None, *, run: bool = False) -> ModelVersion:
+    """The named version; ``run``: one that may run (a quarantined version is 409)."""
+    number = None if version is None else parse_int(version, "version")
+    return runnable_model(services(), name, number) if run else visible_model(services(), name, number)
 
 
 @bp.get("/v2/health/live")
@@ -95,8 +97,8 @@ def model_metadata(name: str, version: str | None = None) -> Response:
 @bp.get("/v2/models/<model_name:name>/ready")
 @bp.get("/v2/models/<model_name:name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None) -> Response:
-    """Model readiness (200 when it exists and loads)."""
-    model = _model(name, version)
+    """Model readiness (200 when it exists, loads and is not quarantined)."""
+    model = _model(name, version, run=True)
     services().predictor.session(model)
     return jsonify({"name": model.name, "ready": True})
 
@@ -105,7 +107,7 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @bp.post("/v2/models/<model_name:name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
     """Run the model on V2 tensors (JSON data or the binary extension)."""
-    model = _model(name, version)
+    model = _model(name, version, run=True)
     raw = body_bytes()
     header_length = request.headers.get(_HEADER)
     split = len(raw) if header_length is None else parse_int(header_length, _HEADER, minimum=0, maximum=len(raw))

@@ -14,7 +14,7 @@ from engine.variants.build import check_buildable
 from engine.variants.prune import check_sparsity
 from engine.variants.state import State
 from engine.webhooks import accept_callback
-from service.auth import managed_model, principal
+from service.auth import principal, runnable_model
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
 from service.gateways.jobs import check_idempotency_key
@@ -76,7 +76,7 @@ def create_variant(name: str) -> tuple[Response, int, dict[str, str]]:
     """
     svc = services()
     body = json_object({"kind", "version", "sparsity", "callback_url"}, required={"kind"})
-    model = managed_model(svc, name, optional_int(body.get("version"), "version"))
+    model = runnable_model(svc, name, optional_int(body.get("version"), "version"), manage=True)
     kind = variants.check_kind(body["kind"])
     sparsity = body.get("sparsity")
     idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))

@@ -152,3 +152,32 @@ def test_sdk_builds_a_pruned_variant_and_serves_it(live_url, live_key):
     with pytest.raises(ApiError) as error:
         api.build_variant("sdk-pruned", "prune_magnitude", sparsity=1.0)
     assert error.value.status == 422 and error.value.field == "sparsity"
+
+
+def test_sdk_and_cli_clear_a_quarantine(live_url, live_settings, capsys):
+    """A quarantined version answers 409 model_quarantined to the SDK; `clear_quarantine` and `onnxplain
+    unquarantine` let it serve again (the crash that quarantines is tests/worker/test_worker_loss.py's)."""
+    from engine.models import quarantine
+    from engine.models.store import ModelRegistry
+
+    api = Client(live_url)
+    card = json.loads((DEMO / "card.json").read_text())
+    card["name"] = "quarantined-credit"
+    api.register(DEMO / "credit.onnx", card, background=DEMO / "background.csv")
+    row = json.loads((DEMO / "example.json").read_text())
+    directory = ModelRegistry(live_settings).get("quarantined-credit").path
+    record = quarantine.Quarantine(code="worker_lost", job="explain-0", since="2026-01-01T00:00:00Z")
+    for clear in (
+        lambda: api.clear_quarantine("quarantined-credit", 1),
+        lambda: main(["--url", live_url, "--json", "unquarantine", "quarantined-credit"]),
+    ):
+        assert quarantine.place(directory, record)
+        assert api.model("quarantined-credit")["quarantine"]["code"] == "worker_lost"
+        with pytest.raises(ApiError) as refused:
+            api.predict("quarantined-credit", [row])
+        assert refused.value.status == 409 and refused.value.code == "model_quarantined"
+        capsys.readouterr()
+        answer = clear()
+        cleared = answer if isinstance(answer, dict) else json.loads(capsys.readouterr().out)
+        assert cleared["cleared"] == [{"version": 1, **record.to_dict()}]
+        assert api.predict("quarantined-credit", [row])["predictions"]

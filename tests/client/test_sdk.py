@@ -87,6 +87,7 @@ def drive_every_operation(
     assert len(page["models"]) == 1
     assert any(m["name"] == name for m in run(api.models()))
     assert run(api.model(name))["name"] == name
+    assert run(api.clear_quarantine(name)) == {"name": name, "cleared": []}
     row = model.X[0].tolist()
     assert run(api.predict(name, [row]))["predictions"][0]["label"] in model.card["class_names"]
     queued = run(api.submit_explain(name, [row], method="linear", wait=0))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import pytest
+import redis
 
 from client.launcher import free_port
 
@@ -48,6 +50,11 @@ def test_up_starts_everything_and_the_printed_commands_work(tmp_path):
             time.sleep(0.5)
             text = (tmp_path / "up.log").read_text()
         assert "Press Ctrl-C" in text, text[-2000:]
+        # The embedded Redis: loopback, a password it was given in a file, shown to nobody.
+        (redis_port,) = re.findall(r"started an embedded Redis on 127\.0\.0\.1:(\d+) \(password-protected\)", text)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=int(redis_port), socket_timeout=5).ping()
+        assert "redis://" not in text and "requirepass" not in text
         pattern = r"curl -s (\S+) -H 'Authorization: Bearer (\S+)' -H 'Content-Type: application/json' \\\n\s+-d '(.+)'"
         commands = re.findall(pattern, text)
         assert [url.rsplit(":", 1)[-1] for url, _, _ in commands] == ["predict", "explain"]

@@ -140,6 +140,7 @@ def test_async_job_then_poll(live_client, binary_model):
     assert response.json["status"] in ("queued", "running", "succeeded")
     job = poll(live_client, response.headers["Location"])
     assert job["status"] == "succeeded" and job["progress"] == 1.0
+    assert job["attempt"] == 1  # its one run
     assert len(job["result"]["explanations"]) == 3
     assert job["created_at"] and job["ended_at"]
 

@@ -6,13 +6,10 @@ parsing by gunicorn, chunked bodies, headers, and the contract as a client sees 
 
 from __future__ import annotations
 
-import io
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from client.launcher import free_port, start_api, stop_processes
-from tests.conftest import server_keys, with_db
+from tests.conftest import server_keys, upload_http, wait_live, with_db
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADERS: dict[str, str] = {}  # the live server's key, set by the fixture
@@ -53,23 +50,8 @@ def live_api(tmp_path, redis_url, binary_model) -> Iterator[str]:
     proc = start_api(env, port=port, workers=1)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
-            time.sleep(0.2)
-        files = {
-            "model": ("m.onnx", io.BytesIO(binary_model.onnx_bytes)),
-            "background": ("b.csv", io.BytesIO(binary_model.background_csv())),
-        }
-        response = httpx.post(
-            f"{base}/v1/models", files=files, data={"card": binary_model.card_json()}, timeout=60, headers=HEADERS
-        )
-        assert response.status_code == 201, response.text
+        wait_live(base, proc)
+        upload_http(base, binary_model, HEADERS)
         yield base
     finally:
         stop_processes([proc])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -14,6 +14,7 @@ from engine.models.store import ModelRegistry
 from service.gateways.jobs import JobGateway
 from worker import context as worker_context
 from worker.failures import record_failure
+from worker.heartbeat import HeartbeatWorker
 
 
 @pytest.fixture
@@ -27,10 +28,12 @@ def gateway(redis_conn, settings, monkeypatch) -> JobGateway:
 
 
 def run_burst(connection) -> None:
+    """Run the queued jobs in this process with the worker class `python -m worker` runs (no sweeper)."""
     queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in ("interactive", "batch")]
-    SimpleWorker(queues, connection=connection, serializer=JSONSerializer, exception_handlers=[record_failure]).work(
-        burst=True
+    worker = HeartbeatWorker(
+        queues, connection=connection, serializer=JSONSerializer, exception_handlers=[record_failure], sweep_interval=0
     )
+    worker.work(burst=True)
 
 
 def registered(settings, built):
@@ -99,3 +102,46 @@ def test_identical_requests_share_a_job(gateway, settings, binary_model):
     assert Queue("interactive", connection=gateway.connection).count == 1
     other = gateway.submit(JOBS["explain"], payload, timeout=60, tenant="other").job
     assert other.id != first.id
+
+
+def test_a_swallowed_timeout_is_raised_again():
+    """The hard limit holds when code swallows the first timeout (RQ's single alarm would let the job run on)."""
+    import time
+
+    from rq.timeouts import JobTimeoutException
+
+    from worker.heartbeat import PersistentDeathPenalty
+
+    # With RQ's single alarm the second sleep would run out and nothing would be raised.
+    with pytest.raises(JobTimeoutException), PersistentDeathPenalty(1, JobTimeoutException):
+        try:
+            time.sleep(30)  # the first alarm lands here...
+        except JobTimeoutException:
+            pass  # ...and a careless library swallows it
+        time.sleep(30)
+
+
+def test_the_last_crash_of_a_model_running_job_quarantines_its_model(gateway, settings, binary_model, monkeypatch):
+    """An audit chunk names its model through its audit; its merge, and a deterministic error, quarantine nothing."""
+    import pandas as pd
+
+    from engine.audits.store import AuditStore
+    from engine.jobs import WORKER_LOST, job_error
+    from engine.models import quarantine
+    from worker.failures import quarantine_after
+
+    monkeypatch.setenv("ONNXPLAIN_AUDIT_DIR", str(settings.model_dir.parent / "audits"))
+    worker_context.context.cache_clear()
+    model = registered(settings, binary_model)
+    audit = AuditStore(settings.model_dir.parent / "audits").create(
+        {"model": {"name": model.name, "version": model.version}}, pd.DataFrame({"a": [1]}), row_group_rows=1
+    )
+
+    def job(kind: str) -> Job:
+        return Job.create(JOBS[kind].function, args=[{"audit": audit.id}], connection=gateway.connection)
+
+    assert not quarantine_after(job("audit_merge"), job_error(WORKER_LOST))
+    assert not quarantine_after(job("audit_chunk"), job_error(RuntimeError("a bug")))
+    assert quarantine.read(model.path) is None
+    assert quarantine_after(job("audit_chunk"), job_error(WORKER_LOST))
+    assert quarantine.read(model.path).code == WORKER_LOST
