@@ -109,7 +109,7 @@ def start_api(
     config = Path(__file__).resolve().parents[1] / "gunicorn.conf.py"
     if config.exists():  # the checkout's settings (memory cap per worker), wherever the command runs
         args += ["--config", str(config)]
-    args += ["--workers", str(workers), "--threads", "4", "--timeout", "120", "--access-logfile", "-"]
+    args += ["--workers", str(workers), "--threads", "4", "--timeout", "120"]
     return subprocess.Popen(args, env=env)
 
 

@@ -77,6 +77,8 @@ class MetaKey(StrEnum):
     """The :class:`JobError` of a failed job, as a dict."""
     TENANT = "tenant"
     """The tenant that submitted the job: only it may read or cancel it."""
+    REQUEST_ID = "request_id"
+    """The ``X-Request-ID`` of the request that submitted the job: the worker's log lines for it carry it."""
 
 
 def uses_key(model: str, version: int) -> str:

@@ -150,7 +150,13 @@ def with_db(url: str, db: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory of the :func:`worker_env` workers' logs (``worker-<i>.log``, their stdout and stderr)."""
+    return tmp_path_factory.mktemp("worker-logs")
+
+
+@pytest.fixture(scope="session")
+def worker_env(redis_url: str, worker_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Two real worker processes (``python -m worker``) over a session store and Redis DB 1."""
     import subprocess
     import sys
@@ -165,7 +171,7 @@ def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "ONNXPLAIN_AUDIT_DIR": str(tmp_path_factory.mktemp("audits")),
         "PYTHONPATH": str(root),
     }
-    logs = tmp_path_factory.mktemp("worker-logs")
+    logs = worker_logs
     # Logs go to files: an unread pipe would fill up and block the workers.
     procs = [
         subprocess.Popen(

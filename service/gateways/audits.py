@@ -115,6 +115,7 @@ class AuditGateway:
                     MetaKey.AUDIT: audit.id,
                     MetaKey.ROWS: stop - start,
                     MetaKey.TENANT: self.tenant,
+                    MetaKey.REQUEST_ID: self.jobs.request_id,
                 },
                 **common,
             )
@@ -126,7 +127,12 @@ class AuditGateway:
             ({"audit": audit.id},),
             job_id=audit.merge_job,
             depends_on=Dependency(jobs=[c.job_id for c in chunks], allow_failure=True),
-            meta={MetaKey.KIND: merge.name, MetaKey.AUDIT: audit.id, MetaKey.TENANT: self.tenant},
+            meta={
+                MetaKey.KIND: merge.name,
+                MetaKey.AUDIT: audit.id,
+                MetaKey.TENANT: self.tenant,
+                MetaKey.REQUEST_ID: self.jobs.request_id,
+            },
             **common,
         )
 
