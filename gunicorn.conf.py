@@ -19,7 +19,8 @@ errorlog = "-"
 # /metrics sums them, whichever worker answers. It must be set before a worker imports prometheus_client (this
 # file runs in the master, before any fork) and must be emptied at start, else counters of an earlier run
 # would add up. An operator may point it elsewhere (a tmpfs); the default is a fresh private directory.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+_OWN_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="onnxplain-prometheus-")
 _METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
@@ -28,6 +29,12 @@ def on_starting(server: object) -> None:
     """Empty the metrics directory once, when the master starts (not on a reload)."""
     shutil.rmtree(_METRICS_DIR, ignore_errors=True)
     os.makedirs(_METRICS_DIR, exist_ok=True)
+
+
+def on_exit(server: object) -> None:
+    """Remove the metrics directory this file made (an operator's own directory stays)."""
+    if _OWN_DIR:
+        shutil.rmtree(_METRICS_DIR, ignore_errors=True)
 
 
 def child_exit(server: object, worker: object) -> None:
