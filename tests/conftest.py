@@ -80,6 +80,23 @@ def server_keys(directory: Path) -> tuple[dict[str, str], dict[str, str]]:
     return env, {"Authorization": f"Bearer {key}"}
 
 
+def wait_until_live(base: str, proc: Any, *, timeout: float = 60.0) -> None:
+    """Poll ``<base>/livez`` until it answers 200; fail when the server process ``proc`` exits or time runs out."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+        time.sleep(0.2)
+
+
 def authorize(client: Any, key: str) -> Any:
     """Make every request of a Flask test client carry ``Authorization: Bearer <key>``."""
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"

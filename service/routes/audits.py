@@ -16,6 +16,7 @@ from service.bodies import check_object, check_parts, json_object, json_part, op
 from service.errors import problem_of, respond
 from service.extensions import services
 from service.gateways.audits import AuditGateway
+from service.observe import AUDITS_SUBMITTED
 
 bp = Blueprint("audits", __name__)
 
@@ -47,6 +48,7 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
     if checked.bad_rows and spec.on_bad_rows == "reject":
         return _bad_rows(checked)
     audit = gateway.submit(spec, checked, model)
+    AUDITS_SUBMITTED.inc()
     view = gateway.describe(audit)
     return jsonify(view), 202, {"Location": view["location"]}
 

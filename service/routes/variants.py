@@ -17,6 +17,7 @@ from service.auth import managed_model, principal
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
 from service.gateways.jobs import check_idempotency_key
+from service.observe import VARIANTS_REQUESTED
 
 bp = Blueprint("variants", __name__)
 
@@ -50,6 +51,7 @@ def submit_variant(
         uses=(model.name, model.version),
     )
     job = submission.job
+    VARIANTS_REQUESTED.labels(kind).inc()
     if current is None or current.rebuildable:
         variants.write_state(model, kind, State.BUILDING, error=None, job=job.id)
     return {**gateway.describe(job, location=url_for("explain.get_job", job_id=job.id)), "cache": submission.cache}

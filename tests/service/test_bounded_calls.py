@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from client.launcher import free_port, start_api, stop_processes
 from tests import builders
-from tests.conftest import server_keys, with_db
+from tests.conftest import server_keys, wait_until_live, with_db
 
 ROOT = Path(__file__).resolve().parents[2]
 CAP = 4 * 1024**3
@@ -50,15 +49,7 @@ def capped_api(tmp_path, redis_url) -> Iterator[tuple[str, int, int]]:
     proc = start_api(env, port=port, workers=1)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
-            time.sleep(0.2)
+        wait_until_live(base, proc)
         (worker,) = _children(proc.pid)
         yield base, worker, proc.pid
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from client.launcher import free_port, start_api, stop_processes
-from tests.conftest import server_keys, with_db
+from tests.conftest import server_keys, wait_until_live, with_db
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADERS: dict[str, str] = {}  # the live server's key, set by the fixture
@@ -53,15 +52,7 @@ def live_api(tmp_path, redis_url, binary_model) -> Iterator[str]:
     proc = start_api(env, port=port, workers=1)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
-            time.sleep(0.2)
+        wait_until_live(base, proc)
         files = {
             "model": ("m.onnx", io.BytesIO(binary_model.onnx_bytes)),
             "background": ("b.csv", io.BytesIO(binary_model.background_csv())),

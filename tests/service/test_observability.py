@@ -9,13 +9,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from client.launcher import free_port, start_api, stop_processes
-from tests.conftest import server_keys
+from tests.conftest import server_keys, wait_until_live
+from tests.service.test_variants_api import mlp  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADERS: dict[str, str] = {}  # the server's key, set by the fixture
@@ -41,15 +43,7 @@ def gunicorn_api(tmp_path, worker_env, binary_model) -> Iterator[str]:
     proc = start_api(env, port=port, workers=2)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
-            time.sleep(0.2)
+        wait_until_live(base, proc, timeout=90.0)
         files = {
             "model": ("m.onnx", io.BytesIO(binary_model.onnx_bytes)),
             "background": ("b.csv", io.BytesIO(binary_model.background_csv())),
@@ -63,19 +57,34 @@ def gunicorn_api(tmp_path, worker_env, binary_model) -> Iterator[str]:
         HEADERS.clear()
 
 
-def scrape(base: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def scrape(base: str) -> Samples:
     """GET /metrics on a new connection (any gunicorn worker may answer) and parse it with Prometheus's parser."""
     response = httpx.get(f"{base}/metrics", headers={"Connection": "close"}, timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(response.text):
+    return parse(response.text)
+
+
+def scrape_client(client: Any) -> Samples:
+    """GET /metrics through a Flask test client and parse it."""
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    return parse(response.get_data(as_text=True))
+
+
+def parse(text: str) -> Samples:
+    """Samples by name, then by sorted label pairs, as Prometheus's text parser reads them."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return samples
 
 
-def value(samples: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     """The sum of the samples of ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for key, v in samples.get(name, {}).items() if wanted <= set(key))
@@ -185,3 +194,25 @@ def test_one_json_line_per_request(client, caplog):
     assert mine[0]["logger"] == "onnxplain.request" and mine[0]["status"] == 404
     assert mine[0]["route"] == "/v1/models/{name}" and mine[0]["tenant"] == "acme"
     assert mine[0]["path"] == "/v1/models/none-such"
+
+
+def test_variant_and_audit_submissions_are_counted(client, binary_model, mlp):  # noqa: F811 (the fixture)
+    """/metrics (in-process registry here) counts accepted variant builds by kind and accepted audits."""
+    from tests.conftest import upload
+    from tests.service.test_variants_api import _register
+
+    def counts() -> tuple[float, float]:
+        samples = scrape_client(client)
+        return (
+            value(samples, "onnxplain_variants_requested_total", kind="int8_dynamic"),
+            value(samples, "onnxplain_audits_submitted_total"),
+        )
+
+    before = counts()
+    _register(client, mlp, "obs-variant")
+    assert client.post("/v1/models/obs-variant/variants", json={"kind": "int8_dynamic"}).status_code == 202
+    assert upload(client, binary_model, name="obs-audit").status_code == 201
+    rows = [dict(zip(binary_model.card["features"], map(float, x), strict=True)) for x in binary_model.X[:5]]
+    assert client.post("/v1/audits", json={"model": "obs-audit", "method": "linear", "rows": rows}).status_code == 202
+    after = counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (1.0, 1.0)
