@@ -48,6 +48,7 @@ def live_api(tmp_path, redis_url, binary_model) -> Iterator[str]:
         "ONNXPLAIN_MAX_WAIT_S": "0",
         "ONNXPLAIN_MAX_MODEL_BYTES": str(256 * 1024),
         "ONNXPLAIN_API_WORKERS": "1",
+        "ONNXPLAIN_READY_REQUIRES_WORKERS": "false",  # no workers here: /readyz would be a (correct) 503
     }
     proc = start_api(env, port=port, workers=1)
     base = f"http://127.0.0.1:{port}"
