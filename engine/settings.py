@@ -168,6 +168,11 @@ class Settings:
     """``/readyz`` is 503 while a queue has no live worker (``checks`` names it). Turn off where the API's
     readiness must not follow the workers (predictions need none; explain jobs would wait in the queue)."""
 
+    worker_ttl_s: int = 60
+    """A worker counts as live (``/readyz``, ``onnxplain_workers_live``) while its last heartbeat is younger than
+    this. Workers beat every ``worker_ttl_s - 15`` s when idle and every ``--job-monitoring-interval`` while busy;
+    give API and workers the same value."""
+
     def redis_options(self, *, read_timeout_s: float | None = None) -> dict[str, Any]:
         """Keyword arguments for ``redis.Redis.from_url``: the one place Redis timeouts are decided.
 

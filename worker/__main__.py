@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
             # Abandoned jobs of dead workers are swept every minute, not every ten.
             maintenance_interval=60,
             job_monitoring_interval=args.job_monitoring_interval,
+            # Idle workers beat every worker_ttl - 15 s and busy ones every job_monitoring_interval: /readyz
+            # and onnxplain_workers_live count a worker whose last beat is younger than worker_ttl_s.
+            worker_ttl=max(settings.worker_ttl_s, args.job_monitoring_interval + 15),
             sweep_interval=args.sweep_interval,
         )
         try:

@@ -1,9 +1,9 @@
 """What the queues look like right now: depth, age of the oldest waiting job, live workers; and the workers' tallies.
 
 Read by ``/readyz`` and ``/metrics`` in two pipelined round trips over a connection with short timeouts, so a
-stalled Redis costs them a bounded wait. A worker counts as live while RQ's worker key exists: RQ refreshes it at
-every heartbeat (idle workers about every ``worker_ttl`` = 420 s, busy ones at every job beat), deletes it when
-the worker stops, and lets it expire when the worker dies.
+stalled Redis costs them a bounded wait. A worker counts as live while its RQ record exists (deleted when it stops)
+and its ``last_heartbeat`` is younger than ``worker_ttl_s`` (idle workers beat every ``worker_ttl_s - 15`` s,
+busy ones every job beat). RQ keeps a dead worker's record ``worker_ttl + 60`` s: the age is what tells sooner.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue
 from rq.job import Job
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
@@ -47,8 +47,12 @@ def _age(enqueued_at: str | None, now: float) -> float:
         return 0.0
 
 
-def queue_states(connection: Redis) -> list[QueueState]:
+def queue_states(connection: Redis, *, worker_ttl_s: float) -> list[QueueState]:
     """Return the state of every queue in :data:`engine.jobs.QUEUES`.
+
+    Args:
+        connection: A connection with short timeouts.
+        worker_ttl_s: A worker whose last heartbeat is older than this is not live.
 
     Raises:
         redis.exceptions.RedisError: Redis cannot answer (within the connection's timeouts).
@@ -64,18 +68,20 @@ def queue_states(connection: Redis) -> list[QueueState]:
     with connection.pipeline(transaction=False) as second:
         for _, oldest, workers in per_queue:
             second.hget(Job.redis_job_namespace_prefix + (_text(oldest) or ""), "enqueued_at")
-            second.exists(*[_text(w) or "" for w in workers] or [Worker.redis_worker_namespace_prefix])
-        details = second.execute()
+            for key in workers:
+                second.hget(_text(key) or "", "last_heartbeat")
+        details = iter(second.execute())
     now = time.time()
     states = []
-    for i, (name, (depth, oldest, workers)) in enumerate(zip(QUEUES, per_queue, strict=True)):
-        enqueued_at, live = details[2 * i], details[2 * i + 1]
+    for name, (depth, oldest, workers) in zip(QUEUES, per_queue, strict=True):
+        enqueued_at = next(details)
+        beats = [_text(next(details)) for _ in workers]
         states.append(
             QueueState(
                 name=name,
                 depth=int(depth),
                 oldest_age_s=_age(_text(enqueued_at), now) if oldest is not None else 0.0,
-                live_workers=int(live) if workers else 0,
+                live_workers=sum(1 for beat in beats if beat and _age(beat, now) < worker_ttl_s),
             )
         )
     return states

@@ -40,7 +40,7 @@ def readiness() -> tuple[dict[str, str], dict[str, dict[str, float]]]:
         connection = svc.probe_redis()
         connection.ping()
         checks["redis"] = "ok"
-        states = queue_states(connection)
+        states = queue_states(connection, worker_ttl_s=svc.settings.worker_ttl_s)
     except (RedisError, Unavailable, OSError) as exc:
         checks["redis"] = scrub(f"unavailable: {exc}")
         states = []

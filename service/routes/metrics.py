@@ -76,8 +76,9 @@ def _redis_families() -> list[Metric]:
     """Queue depths and ages, live workers and the workers' tallies; ``onnxplain_redis_up 0`` when unreachable."""
     up = GaugeMetricFamily("onnxplain_redis_up", "1 when /metrics could read Redis at this scrape, else 0.")
     try:
-        connection = services().probe_redis()
-        states = queue_states(connection)
+        svc = services()
+        connection = svc.probe_redis()
+        states = queue_states(connection, worker_ttl_s=svc.settings.worker_ttl_s)
         tallies = worker_tallies(connection)
     except (RedisError, Unavailable, OSError):
         up.add_metric([], 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -191,3 +192,51 @@ def test_the_contract_has_a_bearer_scheme_for_the_docs_page():
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert spec["security"] == [{"bearer": []}]
     assert spec["paths"]["/docs"]["get"]["security"] == []
+
+
+@pytest.mark.slow
+def test_readyz_follows_a_killed_workers_heartbeat(tmp_path, redis_url):
+    """A worker killed without stopping (SIGKILL) stops counting once its last beat is older than worker_ttl_s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import with_db
+
+    url = with_db(redis_url, 7)
+    Redis.from_url(url).flushdb()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "ONNXPLAIN_REDIS_URL": url, "ONNXPLAIN_MODEL_DIR": str(tmp_path / "models")}
+    env["ONNXPLAIN_WORKER_TTL_S"] = "17"  # an idle beat every 2 s
+    env["PYTHONPATH"] = str(root)
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker", "--sweep-interval", "0", "--job-monitoring-interval", "1"],
+        env=env,
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        settings = Settings(redis_url=url, model_dir=tmp_path / "models", worker_ttl_s=17)
+        client = create_app(settings).test_client()
+        assert _poll_ready(client, "ok (1 live)", 60), "the worker never registered"
+        worker.send_signal(signal.SIGKILL)  # no chance to unregister: only the beats' age tells
+        worker.wait(timeout=10)
+        assert _poll_ready(client, "no live worker", 30), "the dead worker still counts as live"
+        assert client.get("/readyz").status_code == 503
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        Redis.from_url(url).flushdb()
+
+
+def _poll_ready(client: Any, interactive: str, timeout: float) -> bool:
+    """Poll /readyz until its interactive queue's worker check reads ``interactive``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").json["checks"].get("workers:interactive") == interactive:
+            return True
+        time.sleep(0.2)
+    return False
