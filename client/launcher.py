@@ -132,7 +132,7 @@ def start_api(
     # More threads than the requests that may wait for their job (ONNXPLAIN_MAX_WAITING_REQUESTS, 4 by default),
     # so predict and health always find one.
     threads = env.get("ONNXPLAIN_API_THREADS", "8")
-    args += ["--workers", str(workers), "--threads", threads, "--timeout", "120", "--access-logfile", "-"]
+    args += ["--workers", str(workers), "--threads", threads, "--timeout", "120"]
     return subprocess.Popen(args, env=env)
 
 

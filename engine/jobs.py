@@ -81,6 +81,8 @@ class MetaKey(StrEnum):
     """The tenant that submitted the job: only it may read or cancel it."""
     ATTEMPT = "attempt"
     """Runs of the job begun so far (1 on its first, 2 on its retry after a dead worker or lost Redis)."""
+    REQUEST_ID = "request_id"
+    """The ``X-Request-ID`` of the request that submitted the job: the worker's log lines for it carry it."""
 
 
 def uses_key(model: str, version: int) -> str:

@@ -200,6 +200,23 @@ class Settings:
     webhook_timeout_s: float = 10.0
     """Seconds one delivery (connect, send, answer) may take."""
 
+    log_format: str = "json"
+    """``json``: one JSON object per log line (``ts``, ``level``, ``logger``, ``message``, ``request_id``, and the
+    fields of request and job lines); ``text``: the classic ``asctime level name message`` lines."""
+
+    metrics_redis_timeout_s: float = 0.5
+    """Connect and read timeout of the Redis calls ``/metrics`` makes (queue depths, worker tallies): a stalled
+    Redis costs a scrape at most about this long, and the scrape still answers (``onnxplain_redis_up 0``)."""
+
+    ready_requires_workers: bool = True
+    """``/readyz`` is 503 while a queue has no live worker (``checks`` names it). Turn off where the API's
+    readiness must not follow the workers (predictions need none; explain jobs would wait in the queue)."""
+
+    worker_ttl_s: int = 60
+    """A worker counts as live (``/readyz``, ``onnxplain_workers_live``) while its last heartbeat is younger than
+    this. Workers beat every ``worker_ttl_s - 15`` s when idle and every ``--job-monitoring-interval`` while busy;
+    give API and workers the same value."""
+
     def redis_options(self, *, read_timeout_s: float | None = None) -> dict[str, Any]:
         """Keyword arguments for ``redis.Redis.from_url``: the one place Redis timeouts are decided.
 
@@ -221,6 +238,12 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, Path) and not value.is_absolute():
                 object.__setattr__(self, f.name, value.expanduser().absolute())
+        if self.log_format not in ("json", "text"):
+            raise InvalidRequest(
+                f"{PREFIX}LOG_FORMAT must be 'json' or 'text', not {self.log_format!r}",
+                code="invalid_setting",
+                field=PREFIX + "LOG_FORMAT",
+            )
         if self.auth not in ("on", "off"):
             raise InvalidRequest(
                 f"{PREFIX}AUTH must be 'on' or 'off', not {self.auth!r}", code="invalid_setting", field=PREFIX + "AUTH"

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask, request
 from werkzeug.routing import BaseConverter
 
+from engine.logs import configure_logging
 from engine.settings import Settings
 from service.auth import init_auth
 from service.errors import register_error_handlers
 from service.extensions import init_app
 from service.limits import init_limits
+from service.observe import init_observe
 from service.routes import register_blueprints
 
 
@@ -32,13 +32,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         are created lazily in each (forked) worker process.
     """
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_format)
     app = Flask(__name__, static_folder=None)  # no static route: every route is in the contract and RULES
     app.url_map.converters["model_name"] = ModelNameConverter
     app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max(settings.max_model_bytes, settings.max_body_bytes)
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_model_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    init_observe(app)  # first: every request, refused ones included, gets an id, a log line and a count
     services = init_app(app, settings)
     init_auth(app, settings, services.keys)
     init_limits(app, settings)  # after the auth check: limits count per key

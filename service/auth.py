@@ -21,13 +21,17 @@ from service.extensions import Services
 log = logging.getLogger(__name__)
 
 PUBLIC = "public"
-"""No key needed: health, the contract and its docs page."""
+"""No key needed: health, metrics, the contract and its docs page."""
 
 RULES: dict[str, str] = {
     "health.livez": PUBLIC,
     "health.readyz": PUBLIC,
     "docs.openapi_yaml": PUBLIC,
     "docs.docs": PUBLIC,
+    "docs.docs_asset": PUBLIC,
+    # Scraped without a key, as Prometheus does; it names routes, queues and counts, never models, tenants or
+    # rows. Keep it off the public side: the README's proxy example answers /metrics only inside.
+    "metrics.metrics": PUBLIC,
     "models.register_model": ADMIN,
     "models.list_models": READ,
     "models.get_model": READ,

@@ -20,6 +20,7 @@ from engine.models.store import ModelRegistry
 from engine.serving import Predictor
 from engine.settings import Settings
 from service.gateways.jobs import JobGateway
+from service.observe import current_request_id
 
 KEY = "onnxplain"
 WAIT = "wait"
@@ -42,6 +43,7 @@ class Services:
     keys: KeyRing
     _redis: Redis | None = None
     _waiting: Redis | None = None
+    _probe: Redis | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _slots: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
 
@@ -88,8 +90,20 @@ class Services:
                 self._waiting = Redis.from_url(self.settings.redis_url, retry=_NO_RETRY, **options)
             return self._waiting
 
+    def probe_redis(self) -> Redis:
+        """Return the connection of ``/readyz`` and ``/metrics``: timeouts of ``metrics_redis_timeout_s``, so a
+        stalled Redis costs a probe or a scrape a fraction of a second per round trip."""
+        self.redis()  # raises when no Redis is configured
+        with self._lock:
+            if self._probe is None:
+                assert self.settings.redis_url is not None
+                t = self.settings.metrics_redis_timeout_s
+                options = {**self.settings.redis_options(read_timeout_s=t), "socket_connect_timeout": t}
+                self._probe = Redis.from_url(self.settings.redis_url, retry=_NO_RETRY, **options)
+            return self._probe
+
     def jobs(self) -> JobGateway:
-        """Return the job gateway over this process's Redis connections."""
+        """Return the job gateway over this process's Redis connections (jobs it enqueues carry the request id)."""
         s = self.settings
         return JobGateway(
             self.redis(),
@@ -100,6 +114,7 @@ class Services:
             # A job that started just before its queued TTL keeps its whole run time; results then get result_ttl.
             queued_ttl={INTERACTIVE: s.interactive_queued_ttl_s + s.job_timeout_s},
             retry_after_s=s.queue_full_retry_after_s,
+            request_id=current_request_id(),
         )
 
 

@@ -86,6 +86,23 @@ def server_keys(directory: Path) -> tuple[dict[str, str], dict[str, str]]:
     return env, {"Authorization": f"Bearer {key}"}
 
 
+def wait_until_live(base: str, proc: Any, *, timeout: float = 60.0) -> None:
+    """Poll ``<base>/livez`` until it answers 200; fail when the server process ``proc`` exits or time runs out."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+        time.sleep(0.2)
+
+
 def authorize(client: Any, key: str) -> Any:
     """Make every request of a Flask test client carry ``Authorization: Bearer <key>``."""
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
@@ -158,23 +175,6 @@ def upload(
     return client.post("/v1/models", data=data, content_type="multipart/form-data")
 
 
-def wait_live(base: str, proc: Any, timeout: float = 60.0) -> None:
-    """Wait until the gunicorn ``proc`` answers ``/livez`` at ``base``; fail if it exits or takes too long."""
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline and proc.poll() is None, "gunicorn did not start"
-        time.sleep(0.2)
-
-
 def upload_http(base: str, built: builders.BuiltModel, headers: dict[str, str]) -> None:
     """Register a built model (with its background) on the live server at ``base``; fail unless 201."""
     import io
@@ -198,7 +198,13 @@ def with_db(url: str, db: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory of the :func:`worker_env` workers' logs (``worker-<i>.log``, their stdout and stderr)."""
+    return tmp_path_factory.mktemp("worker-logs")
+
+
+@pytest.fixture(scope="session")
+def worker_env(redis_url: str, worker_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Two real worker processes (``python -m worker``) over a session store and Redis DB 1."""
     import subprocess
     import sys
@@ -217,7 +223,7 @@ def worker_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "ONNXPLAIN_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
         "ONNXPLAIN_WEBHOOK_BACKOFF_S": "0.2",
     }
-    logs = tmp_path_factory.mktemp("worker-logs")
+    logs = worker_logs
     # Logs go to files: an unread pipe would fill up and block the workers.
     procs = [
         subprocess.Popen(

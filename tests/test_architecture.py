@@ -65,7 +65,16 @@ PACKAGES = ("engine", "service", "worker", "client")
 # A name is a module or a folder (everything under it). New wings go in here when they are made.
 WINGS: dict[str, list[tuple[str, ...]]] = {
     "engine": [
-        ("engine.errors", "engine.arrays", "engine.timestamps", "engine.files", "engine.settings", "engine.jobs"),
+        (
+            "engine.errors",
+            "engine.arrays",
+            "engine.timestamps",
+            "engine.files",
+            "engine.settings",
+            "engine.jobs",
+            "engine.telemetry",
+            "engine.logs",
+        ),
         ("engine.keys", "engine.webhooks"),
         ("engine.models",),
         ("engine.runtime",),
@@ -77,14 +86,14 @@ WINGS: dict[str, list[tuple[str, ...]]] = {
         ("engine.audits",),
     ],
     "service": [
-        ("service.errors", "service.json_text", "service.bodies"),
+        ("service.errors", "service.json_text", "service.bodies", "service.observe"),
         ("service.gateways", "service.extensions"),
         ("service.auth", "service.limits"),
         ("service.routes",),
         ("service.app",),
     ],
     "worker": [
-        ("worker.context", "worker.cancel", "worker.failures"),
+        ("worker.context", "worker.cancel", "worker.failures", "worker.observe"),
         ("worker.jobs", "worker.webhooks", "worker.heartbeat"),
         ("worker.__main__",),
     ],

@@ -14,10 +14,13 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from engine.jobs import QUEUES
+from engine.logs import configure_logging
 from engine.runtime.limits import cap_address_space
 from engine.settings import Settings
+from engine.telemetry import set_sink
 from worker.failures import record_failure
 from worker.heartbeat import HeartbeatWorker
+from worker.observe import TALLY
 from worker.webhooks import Courier
 
 log = logging.getLogger("worker")
@@ -41,10 +44,11 @@ def main(argv: list[str] | None = None) -> None:
         help="seconds between sweeps that retry (or fail) the jobs of dead workers; 0 turns it off (default 5)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    configure_logging(settings.log_format)
     # shap logs every intermediate array at INFO.
     logging.getLogger("shap").setLevel(logging.WARNING)
-    settings = Settings.from_env()
+    set_sink(TALLY)  # session-cache lookups and model loads, written to Redis after each job
     if not settings.redis_url:
         raise SystemExit("ONNXPLAIN_REDIS_URL is not set")
     cap_address_space(settings.process_memory_bytes)
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
             # Abandoned jobs of dead workers are swept every minute, not every ten.
             maintenance_interval=60,
             job_monitoring_interval=args.job_monitoring_interval,
+            # Idle workers beat every worker_ttl - 15 s and busy ones every job_monitoring_interval: /readyz
+            # and onnxplain_workers_live count a worker whose last beat is younger than worker_ttl_s.
+            worker_ttl=max(settings.worker_ttl_s, args.job_monitoring_interval + 15),
             sweep_interval=args.sweep_interval,
             # Every worker delivers webhooks (the outbox's claims keep two from sending one at once).
             courier=Courier(connection, settings) if settings.webhook_secret else None,

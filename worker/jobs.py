@@ -26,8 +26,10 @@ from engine.timestamps import utc_now
 from engine.variants.build import build
 from worker.cancel import cancel_flag
 from worker.context import context
+from worker.observe import METHOD, observed
 
 
+@observed
 def explain(payload: dict[str, Any]) -> dict[str, Any]:
     """Explain rows of a stored model; return the attribution JSON (the typed result becomes JSON here)."""
     ctx = context()
@@ -41,6 +43,7 @@ def explain(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@observed
 def counterfactual(payload: dict[str, Any]) -> dict[str, Any]:
     """Search counterfactuals of rows of a stored model; return the answer JSON, progress in ``job.meta``."""
     ctx = context()
@@ -57,12 +60,14 @@ def counterfactual(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@observed
 def surrogate(payload: dict[str, Any]) -> dict[str, Any]:
     """Fit a model version's global surrogate over its background, keep it beside the version, return it."""
     ctx = context()
     return compute_surrogate(payload, ctx.registry, ctx.predictor)
 
 
+@observed
 def build_variant(payload: dict[str, Any]) -> dict[str, Any]:
     """Build, measure and gate a quantized or pruned variant; return its state document."""
     ctx = context()
@@ -73,10 +78,12 @@ def build_variant(payload: dict[str, Any]) -> dict[str, Any]:
     return build(model, payload["kind"], background, ctx.settings, payload.get("sparsity")).to_dict()
 
 
+@observed
 def audit_chunk(payload: dict[str, Any]) -> dict[str, Any]:
     """Explain rows ``start..stop-1`` of an audit into its chunk file; report rows done in ``job.meta``."""
     ctx = context()
     audit = AuditStore(ctx.settings.audit_dir).open(payload["audit"])
+    METHOD.set(str(audit.spec.request.get("method", "auto")))
     audit.mark_started(utc_now())
     job = get_current_job()
 
@@ -97,6 +104,7 @@ def audit_chunk(payload: dict[str, Any]) -> dict[str, Any]:
     return {"audit": audit.id, "start": payload["start"], "stop": payload["stop"], "rows": rows}
 
 
+@observed
 def audit_merge(payload: dict[str, Any]) -> dict[str, Any]:
     """Merge the chunks into rows, summary and report; a chunk without results is reported failed."""
     ctx = context()

@@ -23,6 +23,7 @@ from engine.models.card import ModelCard
 from engine.models.rows import Inputs, encode_feeds
 from engine.models.screening import Signature
 from engine.runtime.limits import WATCHDOG, limit_error
+from engine.telemetry import MODEL_LOAD, SESSION_CACHE, observe, timed
 
 if TYPE_CHECKING:
     from engine.models.text import TokenIds
@@ -162,11 +163,14 @@ class SessionCache:
             found = self._sessions.get(cache_key)
             if found is not None:
                 self._sessions.move_to_end(cache_key)
+                observe(SESSION_CACHE, ("hit",), 1)
                 return found
+        observe(SESSION_CACHE, ("miss",), 1)
         try:
-            session = ort.InferenceSession(
-                str(path), sess_options=session_options(self.threads), providers=self.providers
-            )
+            with timed(MODEL_LOAD):
+                session = ort.InferenceSession(
+                    str(path), sess_options=session_options(self.threads), providers=self.providers
+                )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ExplanationFailed(f"onnxruntime cannot load the model: {exc}", code="model_error") from exc
         encoder = None

@@ -171,6 +171,7 @@ class AuditGateway:
                     MetaKey.AUDIT: audit.id,
                     MetaKey.ROWS: stop - start,
                     MetaKey.TENANT: self.tenant,
+                    MetaKey.REQUEST_ID: self.jobs.request_id,
                 },
                 **common,
             )
@@ -182,7 +183,12 @@ class AuditGateway:
             ({"audit": audit.id},),
             job_id=audit.merge_job,
             depends_on=Dependency(jobs=[c.job_id for c in chunks], allow_failure=True),
-            meta={MetaKey.KIND: merge.name, MetaKey.AUDIT: audit.id, MetaKey.TENANT: self.tenant},
+            meta={
+                MetaKey.KIND: merge.name,
+                MetaKey.AUDIT: audit.id,
+                MetaKey.TENANT: self.tenant,
+                MetaKey.REQUEST_ID: self.jobs.request_id,
+            },
             **common,
         )
 

@@ -173,6 +173,7 @@ class JobGateway:
         caps: Most jobs waiting per queue (none: unbounded); past it a submission is 503 ``queue_full``.
         queued_ttl: Seconds a job of a queue may exist unrun before RQ drops it (default: ``result_ttl``).
         retry_after_s: The ``Retry-After`` of ``queue_full``.
+        request_id: The submitting request's id, kept in the meta of the jobs it enqueues.
     """
 
     def __init__(
@@ -185,8 +186,10 @@ class JobGateway:
         queued_ttl: Mapping[str, int] | None = None,
         retry_after_s: int = 5,
         waiting: Redis | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.connection = connection
+        self.request_id = request_id
         self.waiting = waiting or connection
         self.result_ttl = result_ttl
         self.failure_ttl = failure_ttl
@@ -360,7 +363,12 @@ class JobGateway:
             failure_ttl=self.failure_ttl,
             ttl=self.queued_ttl.get(kind.queue, self.result_ttl),
             retry=Retry(max=1),
-            meta={MetaKey.KIND: kind.name, MetaKey.PROGRESS: 0.0, MetaKey.TENANT: tenant},
+            meta={
+                MetaKey.KIND: kind.name,
+                MetaKey.PROGRESS: 0.0,
+                MetaKey.TENANT: tenant,
+                MetaKey.REQUEST_ID: self.request_id,
+            },
         )
 
     def fetch(self, job_id: str, tenant: str | None) -> Job:

@@ -24,6 +24,7 @@ from service.errors import problem_of, respond
 from service.extensions import services
 from service.gateways.audits import AuditGateway
 from service.gateways.jobs import check_idempotency_key
+from service.observe import AUDITS_SUBMITTED
 
 bp = Blueprint("audits", __name__)
 
@@ -64,6 +65,7 @@ def submit_audit() -> tuple[Response, int, dict[str, str]] | Response:
     if checked.bad_rows and spec.on_bad_rows == "reject":
         return _bad_rows(checked)
     audit = gateway.submit(spec, checked, model, idempotency=idempotency, digest=digest, callback=callback)
+    AUDITS_SUBMITTED.inc()
     view = gateway.describe(audit)
     return jsonify(view), 202, {"Location": view["location"]}
 

@@ -1,26 +1,49 @@
-"""The contract and a readable page for it (``/openapi.yaml``, ``/docs``)."""
+"""The contract and an interactive page for it (``/openapi.yaml``, ``/docs``, ``/docs/assets/<file>``).
+
+The page is Swagger UI 5 from the ``swagger-ui-py`` package's own copy (``swagger_ui/static``): nothing is fetched
+from elsewhere. It loads ``/openapi.yaml`` from this server, so "Try it out" calls this server; "Authorize" takes
+an API key for the ``bearer`` scheme and keeps it across reloads (``persistAuthorization``, browser storage).
+"""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, abort, send_from_directory
 
 bp = Blueprint("docs", __name__)
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 
-# A self-contained page: the service must not fetch scripts from elsewhere,
-# so it renders the spec's paths and descriptions itself.
+ASSETS = Path(str(files("swagger_ui") / "static"))
+"""Swagger UI's files as shipped by ``swagger-ui-py``."""
+
+ASSET_NAMES = frozenset(
+    {"swagger-ui.css", "index.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "favicon-32x32.png"}
+)
+"""The files the page uses; no other file of the package is served."""
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>onnxplain API</title>
-<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}
-pre{background:#f6f8fa;padding:1rem;overflow:auto;font-size:.85rem}</style></head>
-<body><h1>onnxplain API</h1>
-<p>The machine-readable contract is at <a href="/openapi.yaml">/openapi.yaml</a> (OpenAPI 3.1).</p>
-<pre id="spec"></pre>
-<script>fetch('/openapi.yaml').then(r=>r.text()).then(t=>{document.getElementById('spec').textContent=t;});</script>
-</body></html>"""
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+<link rel="stylesheet" href="/docs/assets/index.css">
+<link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png">
+</head><body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/docs/assets/swagger-ui-standalone-preset.js"></script>
+<script>
+window.ui = SwaggerUIBundle({
+  url: "/openapi.yaml",
+  dom_id: "#swagger-ui",
+  deepLinking: true,
+  persistAuthorization: true,
+  tryItOutEnabled: false,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+  layout: "StandaloneLayout"
+});
+</script></body></html>"""
 
 
 @bp.get("/openapi.yaml")
@@ -31,5 +54,13 @@ def openapi_yaml() -> Response:
 
 @bp.get("/docs")
 def docs() -> Response:
-    """Serve a page that shows the contract."""
+    """Serve the interactive Swagger UI page over ``/openapi.yaml``."""
     return Response(_PAGE, mimetype="text/html")
+
+
+@bp.get("/docs/assets/<name>")
+def docs_asset(name: str) -> Response:
+    """Serve one of the page's Swagger UI files (cached a day: they change only with the package)."""
+    if name not in ASSET_NAMES:
+        abort(404)
+    return send_from_directory(ASSETS, name, max_age=86400)

@@ -18,6 +18,7 @@ from service.auth import principal, runnable_model
 from service.bodies import json_object, optional_int
 from service.extensions import Services, services
 from service.gateways.jobs import check_idempotency_key
+from service.observe import VARIANTS_REQUESTED
 
 bp = Blueprint("variants", __name__)
 
@@ -53,6 +54,7 @@ def submit_variant(
         callback=callback,
     )
     job = submission.job
+    VARIANTS_REQUESTED.labels(kind).inc()
     if current is None or current.rebuildable:
         variants.write_state(model, kind, State.BUILDING, error=None, job=job.id)
     return {**gateway.describe(job, location=url_for("explain.get_job", job_id=job.id)), "cache": submission.cache}

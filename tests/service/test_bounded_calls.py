@@ -13,7 +13,7 @@ import pytest
 
 from client.launcher import free_port, start_api, stop_processes
 from tests import builders
-from tests.conftest import server_keys, wait_live, with_db
+from tests.conftest import server_keys, wait_until_live, with_db
 
 ROOT = Path(__file__).resolve().parents[2]
 CAP = 4 * 1024**3
@@ -49,7 +49,7 @@ def capped_api(tmp_path, redis_url) -> Iterator[tuple[str, int, int]]:
     proc = start_api(env, port=port, workers=1)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_live(base, proc)
+        wait_until_live(base, proc)
         (worker,) = _children(proc.pid)
         yield base, worker, proc.pid
     finally:

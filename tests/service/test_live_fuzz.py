@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from client.launcher import free_port, start_api, stop_processes
-from tests.conftest import server_keys, upload_http, wait_live, with_db
+from tests.conftest import server_keys, upload_http, wait_until_live, with_db
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADERS: dict[str, str] = {}  # the live server's key, set by the fixture
@@ -46,11 +46,12 @@ def live_api(tmp_path, redis_url, binary_model) -> Iterator[str]:
         "ONNXPLAIN_MAX_WAIT_S": "0",
         "ONNXPLAIN_MAX_MODEL_BYTES": str(256 * 1024),
         "ONNXPLAIN_API_WORKERS": "1",
+        "ONNXPLAIN_READY_REQUIRES_WORKERS": "false",  # no workers here: /readyz would be a (correct) 503
     }
     proc = start_api(env, port=port, workers=1)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_live(base, proc)
+        wait_until_live(base, proc)
         upload_http(base, binary_model, HEADERS)
         yield base
     finally:

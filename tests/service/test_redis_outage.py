@@ -29,7 +29,11 @@ def stallable(tmp_path, binary_model) -> Iterator[tuple[str, Redis]]:
     from werkzeug.serving import make_server
 
     server = start_redis(extra_args=("--enable-debug-command", "yes"), password=PASSWORD)
-    settings = keyed(Settings(redis_url=server.url, model_dir=tmp_path / "models", default_wait_s=0.0), tmp_path)
+    # No workers here: readiness is about Redis and the stores (ONNXPLAIN_READY_REQUIRES_WORKERS=false).
+    plain = Settings(
+        redis_url=server.url, model_dir=tmp_path / "models", default_wait_s=0.0, ready_requires_workers=False
+    )
+    settings = keyed(plain, tmp_path)
     app = create_app(settings)
     app.test_client_class = ValidatingClient
     key = issue_key(settings)

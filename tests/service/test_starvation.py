@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from client.launcher import free_port, start_api, stop_processes
-from tests.conftest import server_keys, upload_http, wait_live, with_db
+from tests.conftest import server_keys, upload_http, wait_until_live, with_db
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 20  # each waiting explain holds its thread this long
@@ -41,7 +41,7 @@ def api(tmp_path, redis_url, binary_model) -> Iterator[tuple[str, dict[str, str]
     proc = start_api(env, port=port, workers=1)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_live(base, proc)
+        wait_until_live(base, proc)
         upload_http(base, binary_model, headers)
         yield base, headers
     finally:

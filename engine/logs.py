@@ -1,0 +1,90 @@
+"""Log lines as JSON, each carrying the request id of the request (API) or job (worker) it belongs to.
+
+The API sets :data:`REQUEST_ID` for the length of a request and a worker for the length of a job, so every line
+logged meanwhile, by any library, carries ``request_id``. Lines passed ``extra={"fields": {...}}`` carry those
+fields as top-level keys (the one line per request and per job do).
+
+Example of a line::
+
+    {"ts": "2026-12-02T01:02:03.456Z", "level": "INFO", "logger": "onnxplain.job", "message": "job succeeded",
+     "request_id": "3f1c...", "job_id": "explain-...", "kind": "explain", "duration_s": 0.42}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("onnxplain_request_id", default=None)
+"""The id of the request or job being handled in this thread, if any."""
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def valid_request_id(value: object) -> str | None:
+    """Return ``value`` when it is a usable request id (1-64 of ``A-Za-z0-9._:-``, alphanumeric first), else None.
+
+    Anything else (long, spaces, quotes, control characters) is never logged or echoed.
+    """
+    return value if isinstance(value, str) and _SAFE_ID.fullmatch(value) else None
+
+
+def new_request_id() -> str:
+    """Return a fresh random request id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, request id, extra ``fields``, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as one line of JSON."""
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        if request_id:
+            line["request_id"] = request_id
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class _TextWithRequestId(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        request_id = REQUEST_ID.get()
+        return f"{text} request_id={request_id}" if request_id else text
+
+
+_installed: list[logging.Handler] = []
+
+
+def configure_logging(log_format: str) -> None:
+    """Send the root logger's INFO lines to stderr as JSON (``json``) or classic text (``text``).
+
+    Calling it again replaces the handler it installed before (not others: a test runner's stay). Libraries that
+    add their own handler only when none is effective (RQ's worker log) then log through this one.
+    """
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(_TextWithRequestId("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    while _installed:
+        root.removeHandler(_installed.pop())
+    root.addHandler(handler)
+    _installed.append(handler)
+    root.setLevel(logging.INFO)
