@@ -223,8 +223,8 @@ def main() -> None:
                           f"{med['http'] - med['inproc']:+.1f}", f"{med['api']:.1f}", f"{med['queue']:.1f}",
                           f"{med['job']:.1f}", f"{med['rest']:.1f}"])  # fmt: skip
         print_table(head, table)
-        print("api: request sent → job created (body, auth, plan); queue: enqueued → worker started; "
-              "job: worker started → ended; rest: ended → response read (result store, wake-up, JSON, transfer)")  # fmt: skip
+        print("api: request sent → job created (body, auth, plan); queue: enqueued → worker started;")
+        print("job: worker started → ended; rest: ended → response read (result store, wake-up, JSON, transfer)")
 
         print(f"\npredict: requests/s, {CLIENTS} keep-alive clients, gunicorn.conf.py (2 processes × 4 threads), "
               f"median of {rounds} rounds of {seconds:.0f} s")  # fmt: skip
@@ -242,7 +242,9 @@ def main() -> None:
             profile(service, X)
     finally:
         service.close()
-    print(f"\n{date.today()}; load average at end {os.getloadavg()[0]:.2f}; total {time.perf_counter() - started:.0f} s")
+    print(
+        f"\n{date.today()}; load average at end {os.getloadavg()[0]:.2f}; total {time.perf_counter() - started:.0f} s"
+    )
 
 
 def print_table(head: list[str], table: list[list[str]]) -> None:
