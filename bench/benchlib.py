@@ -90,7 +90,7 @@ class Service:
         self.headers = {"Authorization": f"Bearer {self.key}"}
         self.env = {**os.environ, **settings_env(self.settings)}
 
-    def client(self, settings: Any = None) -> Any:
+    def client_of(self, settings: Any = None) -> Any:
         """An authorized Flask test client of the API (in this process)."""
         from service.app import create_app
 

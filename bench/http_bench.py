@@ -167,7 +167,7 @@ def throughput(url: str, path: str, body: bytes, headers: dict[str, str], second
 
 def profile(service: benchlib.Service, X: FloatArray) -> None:
     """Print where the API's time goes for ``:predict`` and a sync ``:explain`` (cProfile, in process)."""
-    client = service.client()
+    client = service.client_of()
     for label, path, count, make in (
         (":predict 64 rows", "/v1/models/bench-http:predict", 300, lambda i: {"instances": X[:64].tolist()}),
         (
@@ -201,7 +201,7 @@ def main() -> None:
     onnx, card, background, X = build()
     service = benchlib.Service(max_wait_s=120.0)
     try:
-        client = service.client()
+        client = service.client_of()
         frame = "\n".join([",".join(FEATURES)] + [",".join(map(repr, r)) for r in background.tolist()])
         data = {"model": (io.BytesIO(onnx), "m.onnx"), "card": json.dumps(card)}
         data["background"] = (io.BytesIO(frame.encode()), "b.csv")

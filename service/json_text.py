@@ -11,9 +11,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection
-from typing import Any
+from typing import Any, cast
+
+import orjson
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.sansio.response import Response as SansioResponse
 
 from engine.errors import InvalidRequest, PayloadTooLarge
+from engine.jobs import dumps_json, json_default
 
 MAX_DEPTH = 32
 """Deepest nesting of arrays and objects any request needs (rows are 2-3 levels deep)."""
@@ -177,3 +182,29 @@ def _walk(data: Any, where: str, max_depth: int, non_finite_ok: set[str] | None)
             raise InvalidRequest(
                 f"{path or 'the body'} is not a finite number", code="non_finite_number", field=path or None
             )
+
+
+class FastJSONProvider(DefaultJSONProvider):
+    """Flask's JSON responses (``jsonify``) written by orjson: the same JSON values, 10-20× faster on large
+    explanation results. Only responses change: ``dumps`` (the test client's bodies) stays Flask's, and request
+    bodies are read by :func:`read_json`.
+
+    Like Flask's provider it writes dates as HTTP dates and dataclasses as objects (both handed to Flask's
+    ``default``); unlike it, it writes non-ASCII characters as UTF-8 rather than ``\\u`` escapes, and a
+    non-finite float (which no response should hold) as ``null`` rather than the invalid ``NaN``.
+    """
+
+    def _bytes(self, obj: Any) -> bytes:
+        option = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+        return dumps_json(obj, option=option | (orjson.OPT_SORT_KEYS if self.sort_keys else 0), default=self._default)
+
+    def _default(self, value: object) -> Any:
+        return json_default(value) if isinstance(value, float | int) else self.default(value)
+
+    def response(self, *args: Any, **kwargs: Any) -> SansioResponse:
+        """The ``jsonify`` response, its body encoded once (Flask's indented debug output stays Flask's)."""
+        if (self.compact is None and self._app.debug) or self.compact is False:
+            return super().response(*args, **kwargs)
+        obj = self._prepare_response_obj(args, kwargs)
+        response_class: Any = self._app.response_class  # typed as werkzeug's sans-IO base, which takes no bytes
+        return cast(SansioResponse, response_class(self._bytes(obj) + b"\n", mimetype=self.mimetype))

@@ -6,8 +6,8 @@ A worker calls :func:`run_explanation` and returns ``.to_json()`` as the job's r
 
 from __future__ import annotations
 
-import hashlib
 import functools
+import hashlib
 import importlib.metadata
 import time
 from collections.abc import Callable
