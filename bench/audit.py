@@ -157,7 +157,7 @@ def main() -> None:
     global ROWS, CHUNK_ROWS, REPEATS
     args = benchlib.arguments(__doc__)
     if args.quick:
-        ROWS, CHUNK_ROWS, REPEATS = 100, 50, 1
+        ROWS, CHUNK_ROWS, REPEATS = 40, 20, 1  # the smoke test's mode
     begun = time.perf_counter()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print("versions: " + ", ".join(f"{p} {version(p)}" for p in ("onnxruntime", "shap", "rq", "fairlearn")))

@@ -39,6 +39,7 @@ def arguments(description: str | None, **flags: str) -> argparse.Namespace:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("engine.runtime.providers").setLevel(logging.INFO)  # the fallback's one line
     os.environ["ONNXPLAIN_PROVIDERS"] = args.device
+    print(f"device {args.device}: onnxruntime providers {providers()}", flush=True)
     return args
 
 
@@ -71,6 +72,7 @@ def settings_env(settings: Any) -> dict[str, str]:
         "ONNXPLAIN_KEYS_SECRET": settings.keys_secret,
         "ONNXPLAIN_RATE_LIMIT": settings.rate_limit,
         "ONNXPLAIN_MAX_WAIT_S": str(settings.max_wait_s),
+        "ONNXPLAIN_PROVIDERS": settings.providers,
         "PYTHONPATH": str(ROOT),
     }
 
@@ -85,7 +87,12 @@ class Service:
         self.root = Path(tempfile.mkdtemp(prefix="onnxplain-bench-"))
         self.redis = start_redis()
         self.procs: list[subprocess.Popen[bytes]] = []
-        base = Settings(redis_url=self.redis.url, model_dir=self.root / "models", audit_dir=self.root / "audits")
+        base = Settings(
+            redis_url=self.redis.url,
+            model_dir=self.root / "models",
+            audit_dir=self.root / "audits",
+            providers=os.environ.get("ONNXPLAIN_PROVIDERS", "auto"),
+        )
         self.settings, self.key = keyed(base.replace(**overrides), self.root)
         self.headers = {"Authorization": f"Bearer {self.key}"}
         self.env = {**os.environ, **settings_env(self.settings)}

@@ -55,6 +55,7 @@ from engine.methods.base import ExplainTask
 from engine.methods.exact import shapley_values
 
 ROWS, BACKGROUND, REPEATS, WARMUP_ROWS = 20, 100, 5, 2
+QUICK = [False]  # --quick, read where the groups are built
 ROOT = Path(__file__).resolve().parents[1]
 Run = Callable[[FloatArray], FloatArray]
 
@@ -272,6 +273,8 @@ def fmt(x: float | None, spec: str = ".3g") -> str:
 def groups(case: Case) -> list[list[tuple[str, Run]]]:
     """The measurements of one model: each onnxplain method first, then its baseline B."""
     budgets = [2048, 800, 200] if case.name == "mlp" else [2048, 200]  # below 2^d − 2 both sample
+    if QUICK[0]:
+        budgets = [2048, 200] if case.name == "mlp" else [200]
     out = [[("exact", engine(case, "exact", {})), ("shap.ExactExplainer", raw(case, "exact", 0))]]
     for n in budgets:
         out.append([(f"kernel_shap n={n}", engine(case, "kernel_shap", {"nsamples": n})),
@@ -288,8 +291,8 @@ def main() -> None:
     """Build the models, run every measurement and print the table."""
     global ROWS, REPEATS
     args = benchlib.arguments(__doc__)  # logging set up before create_app's INFO setup, which would unmute shap
-    if args.quick:
-        ROWS, REPEATS = 3, 1
+    if args.quick:  # the smoke test's mode: every kind of row, fewest rows and budgets
+        ROWS, REPEATS, QUICK[0] = 2, 1, True
     started = time.perf_counter()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     libs = ("numpy", "onnxruntime", "shap", "lime", "scikit-learn", "skl2onnx")

@@ -192,11 +192,10 @@ def profile(service: benchlib.Service, X: FloatArray) -> None:
 def main() -> None:
     """Start the service and the echo app, measure, print."""
     args = benchlib.arguments(__doc__, profile="cProfile of the API side of :predict and :explain")
-    count, rounds, seconds = (10, 2, 1.0) if args.quick else (60, 5, 3.0)
+    count, rounds, seconds = (4, 1, 0.5) if args.quick else (60, 5, 3.0)
     started = time.perf_counter()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print("versions: " + ", ".join(f"{p} {version(p)}" for p in ("flask", "gunicorn", "rq", "redis", "onnxruntime")))
-    print(f"device {args.device}: providers {benchlib.providers()}")
     print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     onnx, card, background, X = build()
     service = benchlib.Service(max_wait_s=120.0)
@@ -227,7 +226,7 @@ def main() -> None:
         print("job: worker started → ended; rest: ended → response read (result store, wake-up, JSON, transfer)")
 
         print(f"\npredict: requests/s, {CLIENTS} keep-alive clients, gunicorn.conf.py (2 processes × 4 threads), "
-              f"median of {rounds} rounds of {seconds:.0f} s")  # fmt: skip
+              f"median of {rounds} rounds of {seconds:g} s")  # fmt: skip
         table = []
         for rows in (1, 64):
             body = json.dumps({"instances": X[:rows].tolist()}).encode()
