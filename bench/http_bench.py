@@ -109,7 +109,8 @@ def sync_explain(service: benchlib.Service, url: str, X: FloatArray, rows: int, 
     conn = Http(url, service.headers)
     phases: dict[str, list[float]] = {k: [] for k in ("http", "inproc", "api", "queue", "job", "rest", "bytes")}
     for i in range(count + 2):  # the first two warm the worker, the API process and this one
-        body = {"instances": X[i * rows : (i + 1) * rows].tolist(), "method": "kernel_shap", "wait": 60}
+        instances = np.take(X, np.arange(i * rows, (i + 1) * rows), axis=0, mode="wrap").tolist()
+        body = {"instances": instances, "method": "kernel_shap", "wait": 60}
         body["parameters"] = {"nsamples": 2048, "seed": i}
         payload = json.dumps(body).encode()
         started = time.time()
