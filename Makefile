@@ -48,7 +48,7 @@ check: lint
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
-# `make bench BENCH_DEVICE=cuda` runs the explain, audit, kernel and HTTP tables on the CUDA provider (the CPU,
+# `make bench BENCH_DEVICE=cuda` runs the explain, audit, kernel, HTTP and image tables on the CUDA provider (the CPU,
 # with one log line, where none runs); `BENCH_ARGS=--quick` is the smoke test's short mode.
 BENCH_DEVICE ?= cpu
 BENCH_ARGS ?=
@@ -58,6 +58,7 @@ bench: setup
 	$(PY) bench/audit.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
 	$(PY) bench/kernel.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
 	$(PY) bench/http_bench.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
+	$(PY) bench/perception.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
 
 demo-model: setup
 	$(PY) demo/build_demo.py

@@ -22,6 +22,7 @@ EXPECTED = {
         "predict: requests/s",
         ":predict req/s  bare echo req/s  ratio",
     ],
+    "perception.py": ["partition 1000", "shap.Partition 1000", "occlusion", "lime 1000", "lime_image raw 1000"],
     "audit.py": ["single process (explainer only)", "audit, 1 worker", "audit, 2 workers"],
     "explain.py": [
         "HTTP kernel_shap n=2048",
