@@ -55,11 +55,17 @@ check: lint audit
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
+# `make bench BENCH_DEVICE=cuda` runs the explain, audit, kernel, HTTP and image tables on the CUDA provider (the CPU,
+# with one log line, where none runs); `BENCH_ARGS=--quick` is the smoke test's short mode.
+BENCH_DEVICE ?= cpu
+BENCH_ARGS ?=
 bench: setup
 	$(PY) bench/variants.py
-	$(PY) bench/explain.py
-	$(PY) bench/audit.py
-	$(PY) bench/kernel.py
+	$(PY) bench/explain.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
+	$(PY) bench/audit.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
+	$(PY) bench/kernel.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
+	$(PY) bench/http_bench.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
+	$(PY) bench/perception.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
 	$(PY) bench/counterfactual.py
 
 demo-model: setup

@@ -28,11 +28,7 @@ import io
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from datetime import UTC, datetime
@@ -40,6 +36,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
@@ -79,7 +76,7 @@ def single_process(onnx: bytes, background: FloatArray, X: FloatArray) -> float:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx, options, providers=benchlib.providers())
     name = session.get_inputs()[0].name
 
     def f(rows: FloatArray) -> FloatArray:
@@ -101,41 +98,19 @@ def single_process(onnx: bytes, background: FloatArray, X: FloatArray) -> float:
     return time.perf_counter() - started
 
 
-class Service:
-    """A private Redis, N workers and the API (Flask test client) over temporary stores."""
+class Service(benchlib.Service):
+    """A private Redis, N workers and the API (Flask test client, auth on) over temporary stores."""
 
     def __init__(self, workers: int, onnx: bytes, card: dict[str, Any], background: FloatArray) -> None:
-        from client.launcher import start_redis
-        from engine.settings import Settings
-        from service.app import create_app
-
-        self.root = Path(tempfile.mkdtemp(prefix="onnxplain-bench-audit-"))
-        self.redis = start_redis()
-        env = {**os.environ, "ONNXPLAIN_REDIS_URL": self.redis.url, "ONNXPLAIN_MODEL_DIR": str(self.root / "models")}
-        env |= {"ONNXPLAIN_AUDIT_DIR": str(self.root / "audits"), "PYTHONPATH": str(ROOT)}
-        self.workers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "worker", "--name", f"bench-{i}"],
-                env=env,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for i in range(workers)
-        ]
-        self.settings = Settings(
-            redis_url=self.redis.url,
-            model_dir=self.root / "models",
-            audit_dir=self.root / "audits",
-            audit_chunk_rows=CHUNK_ROWS,
-        )
-        self.client = create_app(self.settings).test_client()
+        super().__init__(audit_chunk_rows=CHUNK_ROWS)
+        self.start_workers(workers)
+        self.client = self.client_of()
         frame = pd.DataFrame(background, columns=FEATURES).to_csv(index=False).encode()
         data = {"model": (io.BytesIO(onnx), "m"), "card": json.dumps(card), "background": (io.BytesIO(frame), "b")}
         answer = self.client.post("/v1/models", data=data, content_type="multipart/form-data")
         assert answer.status_code == 201, answer.json
         # Warm every worker (imports, session, explainer) with one small chunk each.
-        warm = create_app(self.settings.replace(audit_chunk_rows=5)).test_client()
+        warm = self.client_of(self.settings.replace(audit_chunk_rows=5))
         self.audit(background[: 5 * workers], client=warm)
 
     def audit(self, X: FloatArray, client: Any = None) -> dict[str, Any]:
@@ -160,10 +135,11 @@ class Service:
         """Seconds of the explaining phase (first chunk start to merge start), of the merge, and of all chunk jobs."""
         from redis import Redis
         from rq.job import Job
-        from rq.serializers import JSONSerializer
+
+        from engine.jobs import JobSerializer
 
         def job(start: int | str) -> Job:
-            return Job.fetch(f"audit-{audit['id']}-{start}", connection=connection, serializer=JSONSerializer)
+            return Job.fetch(f"audit-{audit['id']}-{start}", connection=connection, serializer=JobSerializer)
 
         def seconds(a: datetime | None, b: datetime | None) -> float:
             assert a is not None and b is not None
@@ -175,17 +151,13 @@ class Service:
         busy = sum(seconds(j.started_at, j.ended_at) for j in map(job, range(0, ROWS, CHUNK_ROWS)))
         return seconds(first, merge.started_at), seconds(merge.started_at, merge.ended_at), busy
 
-    def close(self) -> None:
-        for proc in self.workers:
-            proc.terminate()
-        for proc in self.workers:
-            proc.wait(timeout=15)
-        self.redis.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
 
 def main() -> None:
     """Build the model, time the single process and the audits, print the table."""
+    global ROWS, CHUNK_ROWS, REPEATS
+    args = benchlib.arguments(__doc__)
+    if args.quick:
+        ROWS, CHUNK_ROWS, REPEATS = 40, 20, 1  # the smoke test's mode
     begun = time.perf_counter()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print("versions: " + ", ".join(f"{p} {version(p)}" for p in ("onnxruntime", "shap", "rq", "fairlearn")))

@@ -32,14 +32,9 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import platform
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -50,6 +45,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import numpy as np
 import onnxruntime as ort
 
@@ -59,6 +55,7 @@ from engine.methods.base import ExplainTask
 from engine.methods.exact import shapley_values
 
 ROWS, BACKGROUND, REPEATS, WARMUP_ROWS = 20, 100, 5, 2
+QUICK = [False]  # --quick, read where the groups are built
 ROOT = Path(__file__).resolve().parents[1]
 Run = Callable[[FloatArray], FloatArray]
 
@@ -71,7 +68,7 @@ class Model:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(onnx, options, providers=benchlib.providers())
         self.input = self.session.get_inputs()[0].name
         self.batches: list[int] = []
 
@@ -235,20 +232,12 @@ class HttpPath:
 
     def __init__(self, case: Case) -> None:
         self.case, self.seed = case, 0
-        self.store = Path(tempfile.mkdtemp(prefix="onnxplain-bench-"))
 
     def __enter__(self) -> HttpPath:
-        from client.launcher import start_redis
-        from engine.settings import Settings
-        from service.app import create_app
-
-        self.redis = start_redis()
-        env = {**os.environ, "ONNXPLAIN_REDIS_URL": self.redis.url, "ONNXPLAIN_MODEL_DIR": str(self.store)}
-        cmd = [sys.executable, "-m", "worker", "--name", f"bench-{os.getpid()}"]
-        self.worker = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.service = benchlib.Service(max_wait_s=120.0)
         try:
-            app = create_app(Settings(redis_url=self.redis.url, model_dir=self.store, max_wait_s=120.0))
-            self.client = app.test_client()
+            self.service.start_workers(1)
+            self.client = self.service.client_of()
             names = [f"x{j}" for j in range(self.case.X.shape[1])]
             card = {"name": "mlp", "task": "classification", "features": names, "class_names": ["0", "1", "2"]}
             csv = "\n".join([",".join(names)] + [",".join(map(repr, r)) for r in self.case.background.tolist()])
@@ -273,13 +262,7 @@ class HttpPath:
         return out
 
     def __exit__(self, *exc: object) -> None:
-        self.worker.terminate()
-        try:
-            self.worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.worker.kill()
-        self.redis.stop()
-        shutil.rmtree(self.store, ignore_errors=True)
+        self.service.close()
 
 
 def fmt(x: float | None, spec: str = ".3g") -> str:
@@ -290,6 +273,8 @@ def fmt(x: float | None, spec: str = ".3g") -> str:
 def groups(case: Case) -> list[list[tuple[str, Run]]]:
     """The measurements of one model: each onnxplain method first, then its baseline B."""
     budgets = [2048, 800, 200] if case.name == "mlp" else [2048, 200]  # below 2^d − 2 both sample
+    if QUICK[0]:
+        budgets = [2048, 200] if case.name == "mlp" else [200]
     out = [[("exact", engine(case, "exact", {})), ("shap.ExactExplainer", raw(case, "exact", 0))]]
     for n in budgets:
         out.append([(f"kernel_shap n={n}", engine(case, "kernel_shap", {"nsamples": n})),
@@ -304,7 +289,10 @@ def groups(case: Case) -> list[list[tuple[str, Run]]]:
 
 def main() -> None:
     """Build the models, run every measurement and print the table."""
-    logging.basicConfig(level=logging.WARNING)  # before create_app's INFO setup, which would unmute shap
+    global ROWS, REPEATS
+    args = benchlib.arguments(__doc__)  # logging set up before create_app's INFO setup, which would unmute shap
+    if args.quick:  # the smoke test's mode: every kind of row, fewest rows and budgets
+        ROWS, REPEATS, QUICK[0] = 2, 1, True
     started = time.perf_counter()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     libs = ("numpy", "onnxruntime", "shap", "lime", "scikit-learn", "skl2onnx")

@@ -3,7 +3,7 @@
 Run from the repository root (about ten minutes on 2 busy cores)::
 
     .venv/bin/python bench/kernel.py            # everything
-    .venv/bin/python bench/kernel.py --quick    # fewer rows and seeds, no 300-feature model
+    .venv/bin/python bench/kernel.py --quick    # smoke mode: every table, small models and budgets
 
 Models built in the run (sklearn, converted with skl2onnx, no ZipMap), each
 explained for its class-1 probability against 100 background rows:
@@ -31,11 +31,11 @@ given in ``SHAPIQ_PATH`` (see ``bench/README.md``), and skipped otherwise.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -49,6 +49,7 @@ from typing import Any
 # estimator's small solves swing from 20 ms to 1.4 s.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import benchlib  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
@@ -71,7 +72,7 @@ class Model:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(onnx, options, providers=benchlib.providers())
         self.input = self.session.get_inputs()[0].name
         self.batches: list[int] = []
 
@@ -157,6 +158,46 @@ def shap_kernel(case: Case) -> Explain:
     return run
 
 
+def shap_permutation(case: Case) -> Explain:
+    """shap.PermutationExplainer: ``evaluations / 100`` masked rows, each on the whole background."""
+    import shap
+
+    masker = shap.maskers.Independent(case.background, max_samples=len(case.background))
+    explainer = shap.PermutationExplainer(case.model, masker)
+
+    def run(x: FloatArray, evaluations: int, seed: int) -> FloatArray:
+        np.random.seed(seed)
+        out = explainer(x[None, :], max_evals=evaluations // BACKGROUND, silent=True)
+        return np.asarray(out.values, dtype=np.float64)[0, :, 1]
+
+    return run
+
+
+def engine_method(case: Case, method: str, budget: str) -> Explain:
+    """An engine method as the worker runs it (``get_explainer(method)``), ``budget`` its evaluation parameter."""
+    from engine.methods import get_explainer, validate_params
+    from engine.methods.base import ExplainTask
+
+    explainer = get_explainer(method)
+    d = case.X.shape[1]
+
+    def run(x: FloatArray, evaluations: int, seed: int) -> FloatArray:
+        params = validate_params(method, {budget: evaluations // BACKGROUND})
+        task = ExplainTask(
+            f=case.model,
+            X=x[None, :],
+            background=case.background,
+            feature_names=[f"x{j}" for j in range(d)],
+            output_names=["0", "1"],
+            targets=[[1]],
+            params=params,
+            seed=seed,
+        )
+        return np.asarray(explainer.explain(task).values, dtype=np.float64)[0, :, 1]
+
+    return run
+
+
 def shapiq_module() -> Any | None:
     """shapiq if importable (``SHAPIQ_PATH`` may name a folder holding it and its pure-Python dependencies)."""
     extra = os.environ.get("SHAPIQ_PATH")
@@ -227,6 +268,7 @@ def kernel_table(cases: list[Case], evaluations: int, seeds: int, use_shapiq: bo
         f"{'model':<10} {'method':<26} {'rel.err':>8} {'÷shap':>6} {'÷shap*':>6} {'ms/row':>8} {'÷shap':>6} "
         f"{'ort ms':>7} {'×ort':>5}",
     ]
+    growth: list[tuple[int, dict[str, float]]] = []
     for case in cases:
         d = case.X.shape[1]
         methods: list[tuple[str, Explain]] = [("shap.KernelExplainer", shap_kernel(case))]
@@ -258,7 +300,13 @@ def kernel_table(cases: list[Case], evaluations: int, seeds: int, use_shapiq: bo
                 f"{seconds / base_time:6.2f} {ort_ms:>7} {times_ort:>5}"
             )
         lines.append(f"{'':<10} ({note})")
+        growth.append((d, {label: seconds for label, (_, seconds, _) in results.items()}))
     lines.append("÷shap*: the same ratio with the reference's own error taken out (errors add in quadrature)")
+    lines.append("")
+    lines.append(f"cost by features (equal evaluations: {evaluations:,} per row; ms/row)")
+    for d, times in growth:
+        cells = "".join(f"   {label} {seconds * 1e3:8.1f}" for label, seconds in times.items() if "shapiq" not in label)
+        lines.append(f"  d={d:<4}{cells}")
     return lines
 
 
@@ -280,6 +328,10 @@ def curves(cases: list[Case], grid: list[int], seeds: int, use_shapiq: bool, png
         ]
         if use_shapiq:
             methods.append(("shapiq LeverageSHAP", shapiq_regression(case, True), d * BACKGROUND))
+        methods.append(("shap.PermutationExplainer", shap_permutation(case), (2 * d + 1) * BACKGROUND))
+        methods.append(
+            ("ours permutation", engine_method(case, "permutation", "max_evals"), 2 * (2 * d + 1) * BACKGROUND)
+        )
         table: dict[str, list[tuple[int, float, float]]] = {}
         for label, explain, least in methods:
             points = []
@@ -305,7 +357,7 @@ def curves(cases: list[Case], grid: list[int], seeds: int, use_shapiq: bool, png
         lines += _equal_error(table, f"ours r={SUBSAMPLE}")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    lines.append(f"curve written to {png.relative_to(ROOT)}")
+    lines.append(f"curve written to {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}")
     return lines
 
 
@@ -327,7 +379,7 @@ def _equal_error(table: dict[str, list[tuple[int, float, float]]], ours_label: s
     return out
 
 
-def background_scaling(d: int, rows: int) -> list[str]:
+def background_scaling(d: int, rows: int, sizes: tuple[int, ...]) -> list[str]:
     """Time per row of ours (r=10 and whole) at 2048 coalitions' cost as the background grows."""
     lines = [f"cost by background rows (mlp{d}, nsamples 2048, ms/row)"]
     from skl2onnx import to_onnx
@@ -339,7 +391,7 @@ def background_scaling(d: int, rows: int) -> list[str]:
         warnings.simplefilter("ignore")
         est = MLPClassifier((32,), max_iter=200, random_state=0).fit(X[:600], X[:600, 0] > 0)
     model = Model(to_onnx(est, X[:1].astype(np.float32), options={"zipmap": False}).SerializeToString())
-    for m in (50, 100, 500):
+    for m in sizes:
         background = X[600 : 600 + m]
         cells = []
         for r in (None, SUBSAMPLE):
@@ -428,11 +480,12 @@ def tree_table(repeats: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rows and seeds, no 300-feature model")
-    args = parser.parse_args()
+    args = benchlib.arguments(__doc__)
     start = time.time()
-    rows, seeds = (2, 1) if args.quick else (3, 2)
+    global REFERENCE_BUDGET
+    rows, seeds = (1, 1) if args.quick else (3, 2)
+    if args.quick:  # the smoke test's mode: every table printed, on small budgets; no figure to record
+        REFERENCE_BUDGET = 5_000
     module = shapiq_module()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     libs = ["numpy", "onnxruntime", "shap", "scikit-learn", "skl2onnx"]
@@ -440,21 +493,23 @@ def main() -> None:
     print(f", shapiq {_shapiq_version() if module else 'absent (skipped)'}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {date.today()}")
     print()
-    specs = [("mlp10", 10), ("mlp30", 30), ("mlp100", 100)] + ([] if args.quick else [("logreg300", 300)])
+    specs = [("mlp10", 10), ("mlp30", 30)] if args.quick else [("mlp10", 10), ("mlp30", 30), ("mlp100", 100)]
+    specs += [] if args.quick else [("logreg300", 300)]
     cases = [build(name, d, rows) for name, d in specs]
     print(f"built models and references in {time.time() - start:.0f} s")
-    for line in kernel_table(cases, 2048 * BACKGROUND, seeds, module is not None):
+    for line in kernel_table(cases, (256 if args.quick else 2048) * BACKGROUND, seeds, module is not None):
         print(line)
     print()
-    grid = [2_000, 5_000, 20_000, 50_000, 200_000] if args.quick else [1_000, 3_000, 10_000, 30_000, 100_000, 300_000]
-    curve_cases = [c for c in cases if c.name in ("mlp30", "mlp100")]
-    for line in curves(curve_cases, grid, seeds, module is not None, ROOT / "bench" / "kernel_error.png"):
+    grid = [7_000, 20_000] if args.quick else [1_000, 3_000, 10_000, 30_000, 100_000, 300_000]
+    curve_cases = [c for c in cases if c.name in (("mlp30",) if args.quick else ("mlp30", "mlp100"))]
+    png = Path(tempfile.gettempdir()) / "kernel_error_quick.png" if args.quick else ROOT / "bench" / "kernel_error.png"
+    for line in curves(curve_cases, grid, seeds, module is not None, png):
         print(line)
     print()
-    for line in background_scaling(30, rows):
+    for line in background_scaling(30, rows, (50, 100) if args.quick else (50, 100, 500)):
         print(line)
     print()
-    for line in tree_table(20 if args.quick else 50):
+    for line in tree_table(3 if args.quick else 50):
         print(line)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; total {time.time() - start:.0f} s")
 

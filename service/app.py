@@ -10,6 +10,7 @@ from engine.settings import Settings
 from service.auth import init_auth
 from service.errors import register_error_handlers
 from service.extensions import init_app
+from service.json_text import FastJSONProvider
 from service.limits import init_limits
 from service.observe import init_observe
 from service.routes import register_blueprints
@@ -38,7 +39,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max(settings.max_model_bytes, settings.max_body_bytes)
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_model_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = FastJSONProvider(app)  # orjson: large explanation results encode 10-20× faster
+    app.json.sort_keys = False
     init_observe(app)  # first: every request, refused ones included, gets an id, a log line and a count
     services = init_app(app, settings)
     init_auth(app, settings, services.keys)

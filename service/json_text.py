@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Collection
-from typing import Any
+from typing import Any, cast
+
+import orjson
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.sansio.response import Response as SansioResponse
 
 from engine.errors import InvalidRequest, PayloadTooLarge
+from engine.jobs import dumps_json, json_default
 
 MAX_DEPTH = 32
 """Deepest nesting of arrays and objects any request needs (rows are 2-3 levels deep)."""
@@ -23,8 +27,16 @@ MAX_INT = 2**63 - 1
 """Largest integer magnitude accepted anywhere: every integer fits int64."""
 
 
-_EXPONENT = re.compile(rb"[0-9.][eE]")
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# The body's shape for the two scans below, in C (bytes.translate, then substring search; a regex over a
+# 6 kB body took 100-250 µs): every digit becomes 0, e and E become e, signs stay, everything else a space.
+_SHAPE = bytes(
+    ord("0") if chr(b).isdigit() and b < 128 else ord("e") if b in b"eE" else b if b in b"+-" else ord(" ")
+    for b in range(256)
+)
+_LONG_DIGITS = b"0" * 19
+"""19 digits in a row: the only way to an integer past int64 (and one way to a float past 1.8e308)."""
+_LONG_EXPONENTS = (b"e000", b"e+000", b"e-000")
+"""An exponent of three or more digits: the other way to overflow a float."""
 
 
 class _HugeInt(int):
@@ -90,11 +102,14 @@ def read_json(
         seen["special"] = True
         return _HugeInt(0)
 
-    # Only an exponent can overflow a float to infinity; most bodies have none and skip the per-float hook.
+    # A float overflows to infinity only past 1.8e308: with an exponent of 100 or more, or with 19 or more
+    # digits in a row (below both, |x| < 1e19 × 1e99). Most bodies (tolist()'s "1.2e-05" included) have neither
+    # and skip the per-float hook.
     text = raw if isinstance(raw, bytes) else raw.encode(errors="replace")
-    exponent = _EXPONENT.search(text) is not None
+    shape = text.translate(_SHAPE)
     # Likewise only a run of 19 digits can be an integer past int64.
-    long_digits = _LONG_DIGITS.search(text) is not None
+    long_digits = _LONG_DIGITS in shape
+    exponent = long_digits or any(e in shape for e in _LONG_EXPONENTS)
     try:
         data = json.loads(
             raw or b"null",
@@ -117,6 +132,24 @@ def read_json(
     return data
 
 
+def _shallow(data: Any, max_depth: int) -> bool:
+    """Whether no array or object of ``data`` lies ``max_depth`` or more levels deep (the parser's exact types)."""
+    stack: list[tuple[Any, int]] = [(data, 0)] if type(data) in _CONTAINERS else []
+    while stack:
+        value, depth = stack.pop()
+        if depth >= max_depth:
+            return False
+        stack.extend(
+            (item, depth + 1)
+            for item in (value.values() if type(value) is dict else value)
+            if type(item) in _CONTAINERS
+        )
+    return True
+
+
+_CONTAINERS = (dict, list)
+
+
 def _walk(data: Any, where: str, max_depth: int, non_finite_ok: set[str] | None) -> None:
     """Check the nesting depth everywhere and, when the parser saw a special number, where it is.
 
@@ -124,6 +157,8 @@ def _walk(data: Any, where: str, max_depth: int, non_finite_ok: set[str] | None)
     integers are refused everywhere and non-finite floats outside the fields it names.
     """
     specials = non_finite_ok is not None
+    if not specials and _shallow(data, max_depth):
+        return  # the common case, without building a path per container (64 rows: 180 → 40 µs)
     stack: list[tuple[Any, int, str, bool]] = [(data, 0, where, specials)]
     while stack:
         value, depth, path, finite = stack.pop()
@@ -147,3 +182,29 @@ def _walk(data: Any, where: str, max_depth: int, non_finite_ok: set[str] | None)
             raise InvalidRequest(
                 f"{path or 'the body'} is not a finite number", code="non_finite_number", field=path or None
             )
+
+
+class FastJSONProvider(DefaultJSONProvider):
+    """Flask's JSON responses (``jsonify``) written by orjson: the same JSON values, 10-20× faster on large
+    explanation results. Only responses change: ``dumps`` (the test client's bodies) stays Flask's, and request
+    bodies are read by :func:`read_json`.
+
+    Like Flask's provider it writes dates as HTTP dates and dataclasses as objects (both handed to Flask's
+    ``default``); unlike it, it writes non-ASCII characters as UTF-8 rather than ``\\u`` escapes, and a
+    non-finite float (which no response should hold) as ``null`` rather than the invalid ``NaN``.
+    """
+
+    def _bytes(self, obj: Any) -> bytes:
+        option = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+        return dumps_json(obj, option=option | (orjson.OPT_SORT_KEYS if self.sort_keys else 0), default=self._default)
+
+    def _default(self, value: object) -> Any:
+        return json_default(value) if isinstance(value, float | int) else self.default(value)
+
+    def response(self, *args: Any, **kwargs: Any) -> SansioResponse:
+        """The ``jsonify`` response, its body encoded once (Flask's indented debug output stays Flask's)."""
+        if (self.compact is None and self._app.debug) or self.compact is False:
+            return super().response(*args, **kwargs)
+        obj = self._prepare_response_obj(args, kwargs)
+        response_class: Any = self._app.response_class  # typed as werkzeug's sans-IO base, which takes no bytes
+        return cast(SansioResponse, response_class(self._bytes(obj) + b"\n", mimetype=self.mimetype))

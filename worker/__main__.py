@@ -11,9 +11,8 @@ import time
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.serializers import JSONSerializer
 
-from engine.jobs import QUEUES
+from engine.jobs import QUEUES, JobSerializer
 from engine.logs import configure_logging
 from engine.runtime.limits import cap_address_space
 from engine.settings import Settings
@@ -57,11 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
     backoff = 1.0
     while True:
-        queues = [Queue(q, connection=connection, serializer=JSONSerializer) for q in QUEUES]
+        queues = [Queue(q, connection=connection, serializer=JobSerializer) for q in QUEUES]
         worker = HeartbeatWorker(
             queues,
             connection=connection,
-            serializer=JSONSerializer,
+            serializer=JobSerializer,
             exception_handlers=[record_failure],
             name=name,
             # Abandoned jobs of dead workers are swept every minute, not every ten.

@@ -12,14 +12,13 @@ from typing import Any
 from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
 
 from engine.audits.chunks import explain_chunk, finish_audit
 from engine.audits.store import AuditStore
 from engine.errors import InvalidRequest
 from engine.explain.plan import ExplainRequest
 from engine.explain.run import run_explanation
-from engine.jobs import CANCELED, CHUNK_LOST, JobError, MetaKey, cancel_key, job_error, read_job_error
+from engine.jobs import CANCELED, CHUNK_LOST, JobError, JobSerializer, MetaKey, cancel_key, job_error, read_job_error
 from engine.recourse.counterfactual import run_counterfactual
 from engine.recourse.surrogate import compute_surrogate
 from engine.timestamps import utc_now
@@ -130,7 +129,7 @@ def audit_merge(payload: dict[str, Any]) -> dict[str, Any]:
 def _chunk_error(merge_job: Job, job_id: str) -> JobError:
     """Why a chunk left no results: its recorded error, its cancellation, or its absence."""
     try:
-        job = Job.fetch(job_id, connection=merge_job.connection, serializer=JSONSerializer)
+        job = Job.fetch(job_id, connection=merge_job.connection, serializer=JobSerializer)
     except NoSuchJobError:
         return job_error(CHUNK_LOST, message=f"job {job_id} no longer exists")
     status = job.get_status()

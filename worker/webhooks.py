@@ -24,11 +24,10 @@ import httpx
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
 
 from engine.audits.store import AuditStore
 from engine.errors import InvalidRequest, NotFound
-from engine.jobs import MetaKey, cancel_key, read_job_error
+from engine.jobs import JobSerializer, MetaKey, cancel_key, read_job_error
 from engine.settings import Settings
 from engine.timestamps import format_utc
 from engine.webhooks import (
@@ -183,7 +182,7 @@ class Courier:
 
     def _job(self, job_id: str) -> dict[str, Any] | None:
         try:
-            job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+            job = Job.fetch(job_id, connection=self.connection, serializer=JobSerializer)
             status = job.get_status()
         except NoSuchJobError:
             raise NotFound(f"job {job_id} expired before its webhook was sent", code="job_not_found") from None

@@ -53,6 +53,9 @@ def parse_instances(instances: object, card: ModelCard, *, max_rows: int, where:
             f"{len(instances)} rows is more than the limit of {max_rows}", code="too_many_rows", field=where
         )
     names = card.feature_names
+    fast = _plain_numbers(instances, card)
+    if fast is not None:
+        return fast
     out = np.empty((len(instances), len(names)), dtype=np.float64)
     for i, row in enumerate(instances):
         if isinstance(row, dict):
@@ -82,6 +85,27 @@ def parse_instances(instances: object, card: ModelCard, *, max_rows: int, where:
         for j, value in enumerate(values):
             out[i, j] = _encode_value(value, card, j, f"{where}[{i}].{names[j]}")
     return out
+
+
+_NUMBERS = (float, int)
+
+
+def _plain_numbers(instances: list[Any], card: ModelCard) -> FloatArray | None:
+    """The matrix of rows that are all arrays of finite JSON numbers of the right length, else ``None``.
+
+    The common request (numeric features, array rows) in one numpy conversion instead of a check per cell
+    (measured: 350 → 40 µs for 64 rows of 10 features). Anything else, or any row that would be refused,
+    returns ``None`` and goes through the cell-by-cell path, which names the first fault exactly as before.
+    """
+    width = len(card.features)
+    if any(f.type == "categorical" for f in card.features):
+        return None
+    for row in instances:
+        # type() and not isinstance(): JSON's true and false are bools, which are refused as not_numeric.
+        if type(row) is not list or len(row) != width or not all(type(v) in _NUMBERS for v in row):
+            return None
+    out = np.array(instances, dtype=np.float64)
+    return out if np.isfinite(out).all() else None
 
 
 def _encode_value(value: object, card: ModelCard, j: int, field: str) -> float:

@@ -7,9 +7,14 @@ silently falls back to the CPU at session creation, so availability alone
 proves nothing: each GPU provider is probed once per process by creating a
 tiny session with it and checking that the session kept it.
 
+Short names stand for the usual lists: ``cpu`` (the CPU alone), ``cuda`` (CUDA, then the CPU) and
+``tensorrt`` (TensorRT, CUDA, then the CPU). A GPU provider asked for by name that does not run here is
+skipped with one log line saying the sessions fall back to the CPU.
+
 Example::
 
     resolve_providers("auto")  # ['CPUExecutionProvider'] on a machine without a GPU
+    resolve_providers("cuda")  # ['CUDAExecutionProvider', 'CPUExecutionProvider'] where CUDA runs
     resolve_providers("CUDAExecutionProvider,CPUExecutionProvider")
 """
 
@@ -30,13 +35,20 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU)
 SETTING = "ONNXPLAIN_PROVIDERS"
+ALIASES = {
+    "cpu": (CPU,),
+    "cuda": ("CUDAExecutionProvider", CPU),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU),
+}
+"""Short names of ``ONNXPLAIN_PROVIDERS`` (case-insensitive), each a provider list in preference order."""
 
 
 def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list[str]:
     """Resolve a provider setting to the providers to pass to onnxruntime.
 
     Args:
-        spec: ``"auto"`` or a comma-separated list of onnxruntime provider
+        spec: ``"auto"``, a short name of :data:`ALIASES` (``cpu``, ``cuda``,
+            ``tensorrt``) or a comma-separated list of onnxruntime provider
             names, in preference order.
         available: The providers onnxruntime offers; defaults to
             ``onnxruntime.get_available_providers()`` (tests pass their own).
@@ -56,7 +68,7 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
             log.info("no usable GPU execution provider (onnxruntime offers %s); using the CPU", offered)
         return chosen if CPU in chosen else [*chosen, CPU]
 
-    wanted = [name.strip() for name in text.split(",") if name.strip()]
+    wanted = list(ALIASES.get(text.lower(), [name.strip() for name in text.split(",") if name.strip()]))
     if not wanted:
         raise InvalidRequest(f"{SETTING} is empty; use 'auto' or provider names", code="invalid_setting", field=SETTING)
     known = set(ort.get_all_providers())
@@ -68,13 +80,24 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
             field=SETTING,
         )
     chosen = []
+    skipped = []
     for name in dict.fromkeys(wanted):  # dedupe, keep order
         if name == CPU:
             continue
         if name in offered and _usable(name):
             chosen.append(name)
         else:
-            log.info("execution provider %s is not usable here; skipping it", name)
+            skipped.append(name)
+    if skipped:
+        # One line per resolution (once per process: the session cache resolves once), naming what runs instead.
+        log.warning(
+            "%s=%s: %s not usable here (onnxruntime offers %s); running on %s",
+            SETTING,
+            spec,
+            ", ".join(skipped),
+            offered,
+            ", ".join([*chosen, CPU]) if chosen else "the CPU",
+        )
     return [*chosen, CPU]
 
 

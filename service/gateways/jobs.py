@@ -1,8 +1,8 @@
 """The one place where the API enqueues, reads, waits for and cancels jobs.
 
 Jobs are enqueued by the dotted paths of the queue contract (:data:`engine.jobs.JOBS`),
-so the API never imports ``worker``. Payloads and results are plain JSON (RQ's JSON
-serializer, never pickle).
+so the API never imports ``worker``. Payloads and results are plain JSON (:class:`engine.jobs.JobSerializer`,
+orjson; never pickle).
 
 Job ids are random (``explain-`` + 128 random bits): knowing a payload tells nothing of its id. Identical
 requests still share one computation through the result cache, keyed apart from the id: per tenant, by kind
@@ -28,10 +28,21 @@ from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
+from rq.results import Result
+from rq.utils import as_text
 
 from engine.errors import Conflict, InvalidRequest, NotFound, QueueFull, Unavailable
-from engine.jobs import CANCELED, JobError, JobKind, MetaKey, cancel_key, job_error, read_job_error, uses_key
+from engine.jobs import (
+    CANCELED,
+    JobError,
+    JobKind,
+    JobSerializer,
+    MetaKey,
+    cancel_key,
+    job_error,
+    read_job_error,
+    uses_key,
+)
 from engine.timestamps import format_utc
 from engine.webhooks import Delivery
 from service.errors import problem_of
@@ -213,7 +224,7 @@ class JobGateway:
 
     def queue(self, name: str) -> Queue:
         """Return the RQ queue ``name`` with the JSON serializer."""
-        return Queue(name, connection=self.connection, serializer=JSONSerializer)
+        return Queue(name, connection=self.connection, serializer=JobSerializer)
 
     def submit(
         self,
@@ -255,8 +266,10 @@ class JobGateway:
         """Record that job ``job_id`` uses a model version (see :meth:`users_of`)."""
         try:
             key = uses_key(model, version)
-            self.connection.zadd(key, {job_id: time.time()})
-            self.connection.expire(key, self.result_ttl)
+            with self.connection.pipeline(transaction=False) as pipe:  # one round trip, not two
+                pipe.zadd(key, {job_id: time.time()})
+                pipe.expire(key, self.result_ttl)
+                pipe.execute()
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
 
@@ -273,7 +286,7 @@ class JobGateway:
                 for raw in self.connection.zrange(key, 0, -1):
                     job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
                     try:
-                        status = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer).get_status()
+                        status = Job.fetch(job_id, connection=self.connection, serializer=JobSerializer).get_status()
                     except NoSuchJobError:
                         status = None
                     if status in _ACTIVE and not self._canceled(job_id):
@@ -316,7 +329,7 @@ class JobGateway:
         if job_id is None:
             return None
         try:
-            return Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+            return Job.fetch(job_id, connection=self.connection, serializer=JobSerializer)
         except NoSuchJobError:
             return None  # expired with its job: submit afresh
 
@@ -343,7 +356,7 @@ class JobGateway:
         """The cached job, when it can still answer (queued, running or succeeded, and not canceled)."""
         try:
             cached_id = cached.decode() if isinstance(cached, bytes) else str(cached)
-            existing = Job.fetch(cached_id, connection=self.connection, serializer=JSONSerializer)
+            existing = Job.fetch(cached_id, connection=self.connection, serializer=JobSerializer)
         except NoSuchJobError:
             return None
         try:
@@ -387,7 +400,7 @@ class JobGateway:
         if not JOB_ID.match(job_id):
             raise missing
         try:
-            job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+            job = Job.fetch(job_id, connection=self.connection, serializer=JobSerializer)
         except NoSuchJobError:
             raise missing from None
         except RedisError as exc:
@@ -403,7 +416,7 @@ class JobGateway:
                 return
             # The blocking read goes over the waiting connection: the command connection's short read
             # timeout would cut it off.
-            blocking = Job(job.id, connection=self.waiting, serializer=JSONSerializer)
+            blocking = Job(job.id, connection=self.waiting, serializer=JobSerializer)
             blocking.latest_result(timeout=max(1, math.ceil(seconds)))
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
@@ -429,12 +442,32 @@ class JobGateway:
     def _canceled(self, job_id: str) -> bool:
         return bool(self.connection.exists(cancel_key(job_id)))
 
+    def _snapshot(self, job: Job) -> tuple[JobStatus, dict[str, Any], bool, Result | None]:
+        """A job's status, meta, cancel flag and latest result, read in one round trip instead of four.
+
+        Read-only and untransacted: RQ writes a job's final status and its result in one transaction, so a
+        status that has ended comes with its result.
+        """
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.hget(job.key, "status")
+            pipe.hget(job.key, "meta")
+            pipe.exists(cancel_key(job.id))
+            pipe.xrevrange(Result.get_key(job.id), "+", "-", count=1)
+            status, meta, canceled, latest = pipe.execute()
+        if not status:  # as Job.get_status: the key expired since the job was fetched
+            raise NotFound(f"no job {job.id!r} (unknown or expired)", code="job_not_found", field="id")
+        job.meta = job.serializer.loads(meta) if meta else {}
+        result = None
+        if latest:
+            result_id, payload = latest[0]
+            result = Result.restore(job.id, result_id.decode(), payload, self.connection, job.serializer)
+        return JobStatus(as_text(status)), job.meta, bool(canceled), result
+
     def describe(self, job: Job, *, location: str) -> dict[str, Any]:
         """Return the public JSON of a job: status, progress, times, result or error."""
-        status = _status_of(job)
-        meta = job.get_meta()
-        public = _STATUS.get(status, "queued") if status is not None else "queued"
-        if self._canceled(job.id) and public in ("queued", "running", "failed"):
+        status, meta, canceled, result = self._snapshot(job)
+        public = _STATUS.get(status, "queued")
+        if canceled and public in ("queued", "running", "failed"):
             public = "canceled"
         body: dict[str, Any] = {
             "id": job.id,
@@ -448,7 +481,9 @@ class JobGateway:
             "location": location,
         }
         if public == "succeeded":
-            body["result"] = job.return_value()
+            body["result"] = (
+                result.return_value if result is not None and result.type == Result.Type.SUCCESSFUL else None
+            )
         elif public in ("failed", "canceled"):
             body["error"] = self.error_of(job, canceled=public == "canceled")
         return body

@@ -22,12 +22,13 @@ VALUES: list[Any] = [
 
 @pytest.mark.parametrize("value", VALUES)
 def test_job_serializer_round_trips_and_reads_rq_json(value: Any) -> None:
-    assert JobSerializer.loads(JobSerializer.dumps(value)) == json.loads(json.dumps(value))
-    assert JobSerializer.loads(JSONSerializer.dumps(value)) == json.loads(json.dumps(value))
-    assert JSONSerializer.loads(JobSerializer.dumps(value)) == json.loads(json.dumps(value))
+    expected = json.loads(json.dumps(value))
+    assert JobSerializer.loads(JobSerializer.dumps(value)) == expected
+    assert JobSerializer.loads(JSONSerializer.dumps(value)) == expected
+    assert JSONSerializer.loads(JobSerializer.dumps(value)) == expected
 
 
-def test_numpy_scalars_tuples_and_int_keys_encode_as_json_would() -> None:
+def test_numpy_scalars_tuples_and_int_keys_encode_as_numbers_lists_and_strings() -> None:
     value = {"a": np.float64(0.25), "b": (np.int64(3), 1), 7: "seven", "c": np.float32(0.5)}
     assert json.loads(dumps_json(value)) == {"a": 0.25, "b": [3, 1], "7": "seven", "c": 0.5}
 
