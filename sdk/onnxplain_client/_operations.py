@@ -37,6 +37,10 @@ class _Operations(Generic[J, T]):
         """Readiness of Redis, the stores and the workers (not ready raises ``Unavailable``)."""
         return self._json(build.readyz())
 
+    def metrics(self) -> T:
+        """The server's Prometheus metrics (text format)."""
+        return self._text(build.metrics())
+
     def openapi(self) -> T:
         """The server's OpenAPI document (YAML)."""
         return self._text(build.openapi())

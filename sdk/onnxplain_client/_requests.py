@@ -112,6 +112,18 @@ def readyz() -> Request:
     return Request("GET", "/readyz")
 
 
+@operation("metrics")
+def metrics() -> Request:
+    """The Prometheus metrics (text format)."""
+    return Request("GET", "/metrics", expect="text")
+
+
+@operation("docsAsset")
+def docs_asset(name: str) -> Request:
+    """One Swagger UI file of the docs page (CSS, JavaScript or PNG)."""
+    return Request("GET", f"/docs/assets/{_segment(name)}", expect="bytes")
+
+
 @operation("openapi")
 def openapi() -> Request:
     """The OpenAPI document (YAML text)."""

@@ -172,6 +172,10 @@ class AsyncClient(_Operations[Awaitable[dict[str, Any]], Awaitable[str]]):
         """
         return await self._download(build.audit_rows(audit_id, format=format, variant=variant), out)
 
+    async def docs_asset(self, name: str, *, out: str | Path | None = None) -> bytes | Path:
+        """Download one Swagger UI file of the docs page (``swagger-ui.css``, ...), to ``out`` if given."""
+        return await self._download(build.docs_asset(name), out)
+
     async def audit_map(self, audit_id: str, row: int, *, out: str | Path | None = None) -> bytes | Path:
         """Download the heatmap PNG an image audit kept for upload row ``row``, to ``out`` if given."""
         return await self._download(build.audit_map(audit_id, row), out)

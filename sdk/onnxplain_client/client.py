@@ -204,6 +204,10 @@ class Client(_Operations[dict[str, Any], str]):
         """
         return self._download(build.audit_rows(audit_id, format=format, variant=variant), out)
 
+    def docs_asset(self, name: str, *, out: str | Path | None = None) -> bytes | Path:
+        """Download one Swagger UI file of the docs page (``swagger-ui.css``, ...), to ``out`` if given."""
+        return self._download(build.docs_asset(name), out)
+
     def audit_map(self, audit_id: str, row: int, *, out: str | Path | None = None) -> bytes | Path:
         """Download the heatmap PNG an image audit kept for upload row ``row``, to ``out`` if given."""
         return self._download(build.audit_map(audit_id, row), out)

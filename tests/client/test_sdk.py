@@ -81,6 +81,8 @@ def drive_every_operation(
     assert "status" in run(api.readyz())
     assert run(api.openapi()).startswith("openapi:")
     assert "<html" in run(api.docs()).lower()
+    assert "onnxplain_" in run(api.metrics())
+    assert run(api.docs_asset("swagger-ui.css"))
     registered = run(api.register(model.onnx_bytes, {**model.card, "name": name}, background=model.background_csv()))
     assert registered["version"] == 1
     page = run(api.list_models(limit=1))

@@ -22,6 +22,7 @@ def fuzzed_app(tmp_path, redis_url, redis_conn, binary_model):  # returns (app, 
             default_wait_s=0.0,
             max_wait_s=0.0,
             max_model_bytes=256 * 1024,
+            ready_requires_workers=False,  # no workers here: /readyz is about Redis and the stores
         ),
         tmp_path,
     )
