@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from engine.errors import InvalidRequest
 from engine.explain.plan import build_request
 from engine.jobs import JOBS
+from engine.models.store import ModelVersion
 from engine.webhooks import accept_callback
 from service.auth import runnable_model, tenant
 from service.bodies import json_object, optional_int
 from service.errors import respond
-from service.extensions import WAIT, services
+from service.extensions import WAIT, Services, services
 from service.gateways.jobs import Submission, check_idempotency_key
 
 bp = Blueprint("explain", __name__)
@@ -30,12 +33,7 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
     """
     svc = services()
     body = json_object(_FIELDS, required={"instances"})
-    model = runnable_model(svc, name, optional_int(body.get("version"), "version"))
-    wait = read_wait(body.get("wait", svc.settings.default_wait_s))
-    variant = body.get("variant", "fp32")
-    if not isinstance(variant, str):
-        raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
-    variant, _ = svc.predictor.resolve(model, variant)
+    model, variant, wait = read_target(svc, name, body)
     idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
     callback = accept_callback(svc.settings, body.pop("callback_url", None))
     explain_request = build_request(body, model, svc.settings, variant)
@@ -49,6 +47,23 @@ def explain(name: str) -> tuple[Response, int, dict[str, str]]:
         callback=callback,
     )
     return answer(submission, wait)
+
+
+def read_target(svc: Services, name: str, body: dict[str, Any]) -> tuple[ModelVersion, str, float]:
+    """The model version a job request names (runnable: not quarantined), its resolved variant and its ``wait``.
+
+    Raises:
+        NotFound: No such model, version or variant.
+        Conflict: The version is quarantined.
+        InvalidRequest: A bad ``version``, ``variant`` or ``wait``.
+    """
+    model = runnable_model(svc, name, optional_int(body.get("version"), "version"))
+    wait = read_wait(body.get("wait", svc.settings.default_wait_s))
+    variant = body.get("variant", "fp32")
+    if not isinstance(variant, str):
+        raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
+    resolved, _ = svc.predictor.resolve(model, variant)
+    return model, resolved, wait
 
 
 def read_wait(wait: object) -> float:

@@ -12,7 +12,7 @@ from service.auth import runnable_model, tenant, visible_model
 from service.bodies import json_object, optional_int
 from service.extensions import services
 from service.gateways.jobs import check_idempotency_key
-from service.routes.explain import answer, read_wait
+from service.routes.explain import answer, read_target, read_wait
 
 bp = Blueprint("recourse", __name__)
 
@@ -28,12 +28,7 @@ def counterfactual(name: str) -> tuple[Response, int, dict[str, str]]:
     """
     svc = services()
     body = json_object(_FIELDS, required={"instances"})
-    model = runnable_model(svc, name, optional_int(body.get("version"), "version"))
-    wait = read_wait(body.get("wait", svc.settings.default_wait_s))
-    variant = body.get("variant", "fp32")
-    if not isinstance(variant, str):
-        raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
-    variant, _ = svc.predictor.resolve(model, variant)
+    model, variant, wait = read_target(svc, name, body)
     idempotency = check_idempotency_key(request.headers.get("Idempotency-Key"))
     payload = build_counterfactual(body, model, svc.settings, variant)
     submission = svc.jobs().submit(
