@@ -159,10 +159,11 @@ def prepare_perception_audit(
     for key in body:
         if key not in SPEC_FIELDS:
             raise UnknownField(f"unknown field {key!r}", field=key)
-    if body.get("variants") is not None:
-        # The compression study compares per-feature attributions; maps and words have no such columns yet.
-        msg = f"a compression study (variants) is for tabular models, not {model.card.input_kind} ones"
-        raise InvalidRequest(msg, code="invalid_parameter", field="variants")
+    for key, what in (("variants", "a compression study"), ("recourse", "recourse")):
+        # Both work on feature columns (per-feature attributions, counterfactual moves); maps and words have none.
+        if body.get(key) not in (None, False):
+            msg = f"{what} ({key}) is for tabular models, not {model.card.input_kind} ones"
+            raise InvalidRequest(msg, code="invalid_parameter", field=key)
     if len(frame) > settings.max_audit_rows:
         msg = f"{len(frame)} rows is more than the limit of {settings.max_audit_rows}"
         raise InvalidRequest(msg, code="too_many_rows", field=where)

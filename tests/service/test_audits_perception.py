@@ -154,11 +154,12 @@ def test_hostile_zips_are_refused_with_codes(settings, redis_conn, api_key, cnn,
     assert response.status_code == status and response.json["code"] == code, response.json
 
 
-def test_a_compression_study_of_an_image_audit_is_refused(client, cnn):
+@pytest.mark.parametrize("option", [{"variants": ["int8_static"]}, {"recourse": True}])
+def test_a_compression_study_or_recourse_of_an_image_audit_is_refused(client, cnn, option):
     assert register(client, cnn.onnx_bytes, DIGITS_CARD).status_code == 201
     data = image_zip(cnn.images[:4], cnn.labels[:4])
-    response = submit(client, data, {"model": "digits", "label": "digit", "variants": ["int8_static"]})
-    assert response.status_code == 422 and response.json["field"] == "variants", response.json
+    response = submit(client, data, {"model": "digits", "label": "digit", **option})
+    assert response.status_code == 422 and response.json["field"] == next(iter(option)), response.json
 
 
 def test_a_corrupt_zip_is_422(client, cnn):
