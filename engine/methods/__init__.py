@@ -57,6 +57,13 @@ class ParamSpec:
     pattern: str | None = None
 
 
+_TIME_BUDGET = ParamSpec(
+    ("integer",),
+    None,
+    "Lower nsamples to what a timed model call says fits in this many milliseconds; the estimate comes with its error.",
+    1,
+    3_600_000,
+)
 _SEED = ParamSpec(("integer",), 0, "Seed for every random choice; same seed, same answer.", 0, 2**32 - 1)
 _TIME_BUDGET = ParamSpec(
     ("integer",),
@@ -178,14 +185,7 @@ METHODS: dict[str, Method] = {
                     1e-12,
                     1e6,
                 ),
-                "time_budget_ms": ParamSpec(
-                    ("integer",),
-                    None,
-                    "Lower nsamples to what a timed model call says fits in this many milliseconds; "
-                    "the estimate comes with its error.",
-                    1,
-                    3_600_000,
-                ),
+                "time_budget_ms": _TIME_BUDGET,
                 "seed": _SEED,
             },
             lambda params, d, background: int(params["nsamples"]) * background,
@@ -208,14 +208,7 @@ METHODS: dict[str, Method] = {
                     choices=(False, "aic", "bic"),
                     pattern=r"num_features\([1-9][0-9]*\)",
                 ),
-                "time_budget_ms": ParamSpec(
-                    ("integer",),
-                    None,
-                    "Lower nsamples to what a timed model call says fits in this many milliseconds; "
-                    "the estimate comes with its error.",
-                    1,
-                    3_600_000,
-                ),
+                "time_budget_ms": _TIME_BUDGET,
                 "seed": _SEED,
             },
             lambda params, d, background: int(params["nsamples"]) * background,

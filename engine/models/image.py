@@ -30,7 +30,8 @@ import numpy.typing as npt
 from PIL import Image
 
 from engine.arrays import FloatArray
-from engine.errors import InvalidRequest, UnknownField
+from engine.errors import InvalidRequest
+from engine.models.fields import card_int, card_object
 
 LAYOUTS = ("NCHW", "NHWC")
 CHANNEL_ORDERS = ("L", "RGB", "BGR")
@@ -132,13 +133,9 @@ class ImageSpec:
             InvalidRequest: ``invalid_card`` naming the field at fault.
             UnknownField: A field this version does not know.
         """
-        if not isinstance(data, dict):
-            raise InvalidRequest(f"{where} must be an object", code="invalid_card", field=where)
-        for key in data:
-            if key not in _FIELDS:
-                raise UnknownField(f"unknown field {key!r} in {where}", field=f"{where}.{key}")
-        height = _positive_int(data.get("height"), f"{where}.height", 16384)
-        width = _positive_int(data.get("width"), f"{where}.width", 16384)
+        data = card_object(data, _FIELDS, where)
+        height = card_int(data.get("height"), f"{where}.height", 16384)
+        width = card_int(data.get("width"), f"{where}.width", 16384)
         channels = _choice(data.get("channels", "RGB"), CHANNEL_ORDERS, f"{where}.channels")
         layout = _choice(data.get("layout", "NCHW"), LAYOUTS, f"{where}.layout")
         scale = _choice(data.get("scale", "unit"), SCALES, f"{where}.scale")
@@ -148,8 +145,8 @@ class ImageSpec:
         resize = data.get("resize", True)
         if not isinstance(resize, bool):
             raise InvalidRequest("resize must be true or false", code="invalid_card", field=f"{where}.resize")
-        max_pixels = _positive_int(data.get("max_pixels", DEFAULT_MAX_PIXELS), f"{where}.max_pixels", HARD_MAX_PIXELS)
-        max_bytes = _positive_int(data.get("max_bytes", DEFAULT_MAX_BYTES), f"{where}.max_bytes", 64 * 1024 * 1024)
+        max_pixels = card_int(data.get("max_pixels", DEFAULT_MAX_PIXELS), f"{where}.max_pixels", HARD_MAX_PIXELS)
+        max_bytes = card_int(data.get("max_bytes", DEFAULT_MAX_BYTES), f"{where}.max_bytes", 64 * 1024 * 1024)
         if height * width > max_pixels:
             raise InvalidRequest(
                 f"the model's image ({height}×{width}) has more pixels than max_pixels ({max_pixels})",
@@ -325,12 +322,6 @@ def encode_png(image: FloatArray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode=mode).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _positive_int(value: object, field: str, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidRequest(f"must be an integer in [1, {maximum}]", code="invalid_card", field=field)
-    return value
 
 
 def _choice(value: object, choices: tuple[str, ...], field: str) -> str:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import InvalidRequest, UnknownField
+from engine.errors import InvalidRequest
+from engine.models.fields import card_int, card_object
 
 WORD = re.compile(r"\w+")
 DEFAULT_MAX_CHARS = 10_000
@@ -87,14 +88,10 @@ class TextSpec:
             InvalidRequest: ``invalid_card`` naming the field at fault.
             UnknownField: A field this version does not know.
         """
-        if not isinstance(data, dict):
-            raise InvalidRequest(f"{where} must be an object", code="invalid_card", field=where)
-        for key in data:
-            if key not in _FIELDS:
-                raise UnknownField(f"unknown field {key!r} in {where}", field=f"{where}.{key}")
-        max_chars = _int(data.get("max_chars", DEFAULT_MAX_CHARS), f"{where}.max_chars", 1_000_000)
-        max_words = _int(data.get("max_words", DEFAULT_MAX_WORDS), f"{where}.max_words", 10_000)
-        max_length = _int(data.get("max_length", 128), f"{where}.max_length", 8192)
+        data = card_object(data, _FIELDS, where)
+        max_chars = card_int(data.get("max_chars", DEFAULT_MAX_CHARS), f"{where}.max_chars", 1_000_000)
+        max_words = card_int(data.get("max_words", DEFAULT_MAX_WORDS), f"{where}.max_words", 10_000)
+        max_length = card_int(data.get("max_length", 128), f"{where}.max_length", 8192)
         tokenizer = data.get("tokenizer")
         # The name becomes a path inside the model's directory: a plain file name, never a path.
         if tokenizer is not None and (not isinstance(tokenizer, str) or not _TOKENIZER_NAME.match(tokenizer)):
@@ -234,9 +231,3 @@ def screen_tokenizer(data: bytes, *, max_bytes: int) -> None:
         ) from exc
     if tokenizer.get_vocab_size() == 0:
         raise InvalidRequest("the tokenizer has an empty vocabulary", code="invalid_tokenizer", field="tokenizer")
-
-
-def _int(value: object, field: str, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidRequest(f"must be an integer in [1, {maximum}]", code="invalid_card", field=field)
-    return value
