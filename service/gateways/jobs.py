@@ -437,6 +437,11 @@ class JobGateway:
         self.connection.set(cancel_key(job_id), 1, ex=self.result_ttl)
         if status != JobStatus.STARTED and status != JobStatus.CANCELED:
             job.cancel()
+        elif status == JobStatus.STARTED and _status_of(job) == JobStatus.FINISHED:
+            # It finished before the flag went up (or before its next check saw it): its result stands, and
+            # the answer is the one a cancel arriving a moment later gets. From here on the flag wins.
+            self.connection.delete(cancel_key(job_id))
+            raise Conflict(f"job {job_id!r} already ended (succeeded)", code="job_not_cancelable")
         return job
 
     def _canceled(self, job_id: str) -> bool:
@@ -467,7 +472,9 @@ class JobGateway:
         """Return the public JSON of a job: status, progress, times, result or error."""
         status, meta, canceled, result = self._snapshot(job)
         public = _STATUS.get(status, "queued")
-        if canceled and public in ("queued", "running", "failed"):
+        # A job canceled while running may still finish before its next check of the flag; the cancel was
+        # answered "canceled", so that is what it stays.
+        if canceled and public in ("queued", "running", "failed", "succeeded"):
             public = "canceled"
         body: dict[str, Any] = {
             "id": job.id,
