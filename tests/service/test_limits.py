@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from service.app import create_app
 from tests.conftest import authorize, issue_key
 from tests.contract import ValidatingClient
@@ -38,3 +40,26 @@ def test_the_limit_is_shared_by_every_api_process(settings, redis_conn):
     assert second.get("/v1/models").status_code == 200
     assert first.get("/v1/models").status_code == 429
     assert redis_conn.keys("*onnxplain:ratelimit*")  # one counter, in Redis
+
+
+def test_the_headers_come_from_the_hit_itself_not_from_two_more_reads(settings, redis_conn):
+    """The storage answers the window's count and end from its hit's script; other reads still go to Redis."""
+    from limits import RateLimitItemPerMinute
+    from limits.storage import storage_from_string
+    from limits.strategies import FixedWindowRateLimiter
+
+    from service.limits import OneTripRedisStorage
+
+    storage = storage_from_string(f"onnxplain+{settings.redis_url}", key_prefix="onnxplain:test-one-trip")
+    assert isinstance(storage, OneTripRedisStorage)
+    limiter, item = FixedWindowRateLimiter(storage), RateLimitItemPerMinute(5)
+    key = item.key_for("k")
+    redis_conn.delete(storage.prefixed_key(key))
+    assert limiter.hit(item, "k") and limiter.hit(item, "k")
+    redis_conn.set(storage.prefixed_key(key), 4, keepttl=True)  # another process's hits, after this one's
+    stats = limiter.get_window_stats(item, "k")
+    assert stats.remaining == 3  # as this request left the window: 2 of 5 used
+    assert 0 < stats.reset_time - time.time() <= 60
+    assert limiter.get_window_stats(item, "k").remaining == 1  # read again: from Redis, the 4 it holds
+    assert storage.get(key) == 4 and storage.get_expiry(key) > time.time()
+    redis_conn.delete(storage.prefixed_key(key))
