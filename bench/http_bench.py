@@ -205,11 +205,15 @@ def main() -> None:
         frame = "\n".join([",".join(FEATURES)] + [",".join(map(repr, r)) for r in background.tolist()])
         data = {"model": (io.BytesIO(onnx), "m.onnx"), "card": json.dumps(card)}
         data["background"] = (io.BytesIO(frame.encode()), "b.csv")
+        data["visibility"] = "shared"  # the auth-off server's caller is another tenant
         answer = client.post("/v1/models", data=data, content_type="multipart/form-data")
         assert answer.status_code == 201, answer.get_data(as_text=True)
         service.start_workers(1)
         api = service.start_gunicorn()
         echo = service.start_gunicorn("bench.echo_app:create_app()")
+        # The same API with its guards taken off one by one: what each costs a :predict.
+        unlimited = service.start_gunicorn(ONNXPLAIN_RATE_LIMIT="")
+        open_api = service.start_gunicorn(ONNXPLAIN_RATE_LIMIT="", ONNXPLAIN_AUTH="off")
 
         print(f"\nsync explain: kernel_shap nsamples 2048 (every coalition of 10 features), 100 background rows, "
               f"{count} requests, a new seed each; ms")  # fmt: skip
@@ -229,15 +233,22 @@ def main() -> None:
         print(f"\npredict: requests/s, {CLIENTS} keep-alive clients, gunicorn.conf.py (2 processes × 4 threads), "
               f"median of {rounds} rounds of {seconds:g} s")  # fmt: skip
         table = []
+        path = "/v1/models/bench-http:predict"
         for rows in (1, 64):
             body = json.dumps({"instances": X[:rows].tolist()}).encode()
-            pred, bare = [], []
+            runs: dict[str, list[float]] = {"echo": [], "api": [], "no limit": [], "no auth": []}
             for _ in range(rounds):
-                bare.append(throughput(echo, "/echo", body, service.headers, seconds))
-                pred.append(throughput(api, "/v1/models/bench-http:predict", body, service.headers, seconds))
-            p, e = statistics.median(pred), statistics.median(bare)
-            table.append([str(rows), f"{p:,.0f}", f"{e:,.0f}", f"{p / e:.2f}"])
-        print_table(["rows", ":predict req/s", "bare echo req/s", "ratio"], table)
+                runs["echo"].append(throughput(echo, "/echo", body, service.headers, seconds))
+                runs["api"].append(throughput(api, path, body, service.headers, seconds))
+                runs["no limit"].append(throughput(unlimited, path, body, service.headers, seconds))
+                runs["no auth"].append(throughput(open_api, path, body, service.headers, seconds))
+            m = {k: statistics.median(v) for k, v in runs.items()}
+            e = m["echo"]
+            table.append([str(rows), f"{m['api']:,.0f}", f"{e:,.0f}", f"{m['api'] / e:.2f}",
+                          f"{m['no limit'] / e:.2f}", f"{m['no auth'] / e:.2f}"])  # fmt: skip
+        print_table(["rows", ":predict req/s", "bare echo req/s", "ratio", "no limit", "no limit, no auth"], table)
+        print("ratio: :predict / echo as served (auth and the rate limit on); no limit: ONNXPLAIN_RATE_LIMIT='';")
+        print("no limit, no auth: and ONNXPLAIN_AUTH=off (request log, metrics and the model lookup remain)")
         if args.profile:
             profile(service, X)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import socket
@@ -23,6 +24,25 @@ from worker.observe import TALLY
 from worker.webhooks import Courier
 
 log = logging.getLogger("worker")
+
+
+def warm_up() -> None:
+    """Import the job functions and every method that needs no torch now, before the first job.
+
+    Imported on first use instead, the first Kernel SHAP job of a worker also paid for SciPy's statistics
+    (2 s here) and the first audit for pandas. The gradient methods stay lazy: torch costs memory in every
+    worker, also in those that never see a differentiable model.
+    """
+    from engine.methods import METHODS
+
+    importlib.import_module("worker.jobs")
+    for method in METHODS.values():
+        if not method.gradients:
+            for target in {method.target, *method.kind_targets.values()}:
+                try:
+                    importlib.import_module(target.split(":")[0])
+                except ImportError as exc:  # its jobs fail with their own error; the others run
+                    log.warning("method %s cannot be imported: %s", method.name, exc)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     if not settings.redis_url:
         raise SystemExit("ONNXPLAIN_REDIS_URL is not set")
     cap_address_space(settings.process_memory_bytes)
+    warm_up()
     # RQ raises the read timeout above its dequeue timeout itself; the connect timeout stays short.
     connection = Redis.from_url(settings.redis_url, **settings.redis_options())
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"

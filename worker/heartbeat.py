@@ -41,7 +41,8 @@ class ContractJob(Job):
             raise JobRefused(f"{self.func_name!r} is not a job of onnxplain; nothing was run", code="job_refused")
         # Counted in the job's own meta, which outlives its worker: a re-run after a dead worker reads 2.
         job: Job = self  # typed as RQ's Job, whose save_meta mypy's rq exclusion covers
-        job.meta[MetaKey.ATTEMPT] = int(job.get_meta().get(MetaKey.ATTEMPT) or 0) + 1
+        # job.meta is as the dequeue just fetched it (HGETALL): a second read would cost a round trip per job.
+        job.meta[MetaKey.ATTEMPT] = int(job.meta.get(MetaKey.ATTEMPT) or 0) + 1
         job.save_meta()
         return super()._execute()
 
@@ -122,6 +123,19 @@ class HeartbeatWorker(SimpleWorker):
                 self.sweep()
             except Exception:  # a failed sweep is tried again at the next interval
                 self.log.warning("sweeping abandoned jobs failed", exc_info=True)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's worker heartbeat, its three commands sent as one pipeline when the caller gave none.
+
+        RQ beats around every job (after the dequeue, after the job, before the next wait): nine round trips
+        per job, three of them between the dequeue and the job's start, where an explanation waits for them.
+        """
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        with self.connection.pipeline() as own:
+            super().heartbeat(timeout, pipeline=own)
+            own.execute()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Seconds until the running job counts as abandoned, unless beaten again."""
