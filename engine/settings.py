@@ -270,6 +270,9 @@ class Settings:
         values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(PREFIX + f.name.upper())
+            if raw == "" and f.name in _EMPTY_IS_A_VALUE:
+                values[f.name] = ""
+                continue
             if raw is None or raw == "":
                 continue
             kind = Path if f.name.endswith(("_dir", "_file")) else type(getattr(_DEFAULTS, f.name))
@@ -288,4 +291,6 @@ class Settings:
 
 
 _DEFAULTS = Settings(redis_url="")
+_EMPTY_IS_A_VALUE = frozenset({"rate_limit"})
+"""Fields an empty variable sets (``ONNXPLAIN_RATE_LIMIT=`` turns the limit off); elsewhere empty means unset."""
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

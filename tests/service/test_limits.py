@@ -63,3 +63,15 @@ def test_the_headers_come_from_the_hit_itself_not_from_two_more_reads(settings, 
     assert limiter.get_window_stats(item, "k").remaining == 1  # read again: from Redis, the 4 it holds
     assert storage.get(key) == 4 and storage.get_expiry(key) > time.time()
     redis_conn.delete(storage.prefixed_key(key))
+
+
+def test_an_empty_rate_limit_variable_turns_the_limit_off(settings):
+    """``ONNXPLAIN_RATE_LIMIT=`` (as the README says) means no limit, not the default 600/minute."""
+    from engine.settings import Settings
+
+    assert Settings.from_env({"ONNXPLAIN_RATE_LIMIT": ""}).rate_limit == ""
+    assert Settings.from_env({}).rate_limit == "600/minute"
+    unlimited = settings.replace(rate_limit=Settings.from_env({"ONNXPLAIN_RATE_LIMIT": ""}).rate_limit)
+    client = authorize(create_app(unlimited).test_client(), issue_key(unlimited))
+    answer = client.get("/v1/models")
+    assert answer.status_code == 200 and "RateLimit-Limit" not in answer.headers
