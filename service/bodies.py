@@ -95,13 +95,16 @@ def parse_int(value: object, field: str, *, minimum: int = 1, maximum: int = MAX
         InvalidRequest: ``invalid_parameter`` naming ``field``.
     """
     if isinstance(value, str):
-        if not _DIGITS.fullmatch(value):
+        if value.isascii() and value.isdigit() and len(value) > 18:
+            value = maximum + 1  # digits, but past any accepted value: the range message below says so
+        elif not _DIGITS.fullmatch(value):
             raise InvalidRequest(
                 f"{field} must be written in ASCII digits 0-9, got {value[:40]!r}",
                 code="invalid_parameter",
                 field=field,
             )
-        value = int(value)
+        else:
+            value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise InvalidRequest(
             f"{field} must be an integer from {minimum} to {maximum}", code="invalid_parameter", field=field

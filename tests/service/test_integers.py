@@ -71,3 +71,21 @@ def test_v2_binary_header_length_is_checked(client, registered, length):
     )
     assert response.status_code == 422, response.json
     assert "Inference-Header-Content-Length" in response.json["error"]
+
+
+def test_a_long_digit_version_is_out_of_range_and_the_contract_says_so(client, registered):
+    """33 digits are digits: the answer names the range; the spec's version parameters bound it too (the live
+    fuzz once sent one to the surrogate route, whose spec allowed any integer)."""
+    import yaml
+
+    from tests.contract import SPEC_PATH
+
+    for path in ("/v1/models/credit", "/v1/models/credit/surrogate"):
+        answer = client.get(path, query_string={"version": "674189677761087968088792942772224", "wait": "0"})
+        assert answer.status_code == 422 and answer.json["field"] == "version", answer.json
+        assert "must be an integer from 1 to" in answer.json["detail"]
+    spec = yaml.safe_load(SPEC_PATH.read_text())
+    surrogate = spec["paths"]["/v1/models/{name}/surrogate"]["get"]["parameters"]
+    assert {"$ref": "#/components/parameters/Version"} in surrogate
+    for name in ("PredictRequest", "ExplainRequest", "CounterfactualRequest", "AuditSpec"):
+        assert spec["components"]["schemas"][name]["properties"]["version"]["maximum"] == 2**53
