@@ -145,3 +145,52 @@ def test_the_last_crash_of_a_model_running_job_quarantines_its_model(gateway, se
     assert quarantine.read(model.path) is None
     assert quarantine_after(job("audit_chunk"), job_error(WORKER_LOST))
     assert quarantine.read(model.path).code == WORKER_LOST
+
+
+def _finished_job_seen_running(gateway, settings, binary_model) -> Job:
+    """A job a real worker finished, its status put back to started: the moment before it finishes."""
+    model = registered(settings, binary_model)
+    request = build_request({"instances": binary_model.X[:1].tolist(), "method": "exact"}, model, settings, "fp32")
+    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=60, tenant="acme").job
+    run_burst(gateway.connection)
+    job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FINISHED
+    job.set_status(JobStatus.STARTED)
+    return job
+
+
+def test_a_running_job_that_finishes_as_the_cancel_flag_goes_up_keeps_its_result(
+    gateway, settings, binary_model, monkeypatch
+):
+    """Cancel reads the status again after raising the flag: a job that finished in between answers 409."""
+    from engine.errors import Conflict
+    from engine.jobs import cancel_key
+
+    job = _finished_job_seen_running(gateway, settings, binary_model)
+    connection = gateway.connection
+    real_set = connection.set
+
+    def set_then_finish(name, *args, **kwargs):
+        # The worker finishes the job right after the flag is written, before cancel looks again.
+        answer = real_set(name, *args, **kwargs)
+        if name == cancel_key(job.id):
+            job.set_status(JobStatus.FINISHED)
+        return answer
+
+    monkeypatch.setattr(connection, "set", set_then_finish)
+    with pytest.raises(Conflict) as raised:
+        gateway.cancel(job.id, "acme")
+    monkeypatch.undo()
+    assert raised.value.code == "job_not_cancelable"
+    assert not connection.exists(cancel_key(job.id))  # the flag went down again
+    public = gateway.describe(job, location="/x")
+    assert public["status"] == "succeeded" and len(public["result"]["explanations"]) == 1
+
+
+def test_a_running_job_canceled_then_finishing_stays_canceled(gateway, settings, binary_model):
+    """A cancel answered for a running job wins over a result that lands before the job's next flag check."""
+    job = _finished_job_seen_running(gateway, settings, binary_model)
+    answered = gateway.cancel(job.id, "acme")  # still started at both reads: the flag stays up
+    assert answered.id == job.id
+    job.set_status(JobStatus.FINISHED)  # then the job ends before it looks at the flag
+    assert gateway.describe(job, location="/x")["status"] == "canceled"
