@@ -208,14 +208,14 @@ class JobGateway:
         self.queued_ttl = dict(queued_ttl or {})
         self.retry_after_s = retry_after_s
 
-    def check_capacity(self, queue: str, adding: int = 1) -> None:
-        """Refuse new work when ``queue`` already holds its cap of waiting jobs.
+    def check_capacity(self, queue: str, adding: int = 1, waiting: int | None = None) -> None:
+        """Refuse new work when ``queue`` already holds its cap of waiting jobs (``waiting``, when already read).
 
         Raises:
             QueueFull: ``queue_full`` (503 with Retry-After), rather than queueing forever.
         """
         cap = self.caps.get(queue)
-        if cap is not None and self.queue(queue).count + adding > cap:
+        if cap is not None and (self.queue(queue).count if waiting is None else waiting) + adding > cap:
             raise QueueFull(
                 f"the {queue} queue is full ({cap} jobs waiting); retry later",
                 code="queue_full",
@@ -255,8 +255,10 @@ class JobGateway:
             Unavailable: Redis cannot be reached.
         """
         keyed = payload if callback is None else {**payload, "callback_url": callback}
-        submission = self._submit(kind, payload, keyed, timeout=timeout, tenant=tenant, idempotency=idempotency)
-        if uses is not None:
+        submission = self._submit(
+            kind, payload, keyed, timeout=timeout, tenant=tenant, idempotency=idempotency, uses=uses
+        )
+        if uses is not None and submission.cache == "hit":  # a new job was marked in its enqueue's transaction
             self.mark_use(*uses, submission.job.id)
         if callback is not None and submission.cache == "miss":  # a hit's job already posts to this URL
             webhooks.schedule(self.connection, Delivery.new("job", submission.job.id, tenant, callback))
@@ -306,6 +308,7 @@ class JobGateway:
         timeout: int,
         tenant: str,
         idempotency: str | None,
+        uses: tuple[str, int] | None,
     ) -> Submission:
         digest = request_digest(tenant, kind.name, keyed)
         records = IdempotencyRecords(self.connection, self.result_ttl)
@@ -314,7 +317,7 @@ class JobGateway:
                 remembered = self._job_or_none(records.recall(tenant, idempotency, digest))
                 if remembered is not None:
                     return Submission(remembered, "hit")
-            submission = self._cached_or_new(kind, payload, digest, timeout=timeout, tenant=tenant)
+            submission = self._cached_or_new(kind, payload, digest, timeout=timeout, tenant=tenant, uses=uses)
             if idempotency is not None:
                 first = records.remember(tenant, idempotency, digest, submission.job.id)
                 # A concurrent retry with the same key got there first: answer with its job.
@@ -334,23 +337,36 @@ class JobGateway:
             return None  # expired with its job: submit afresh
 
     def _cached_or_new(
-        self, kind: JobKind, payload: dict[str, Any], digest: str, *, timeout: int, tenant: str
+        self,
+        kind: JobKind,
+        payload: dict[str, Any],
+        digest: str,
+        *,
+        timeout: int,
+        tenant: str,
+        uses: tuple[str, int] | None,
     ) -> Submission:
         key = cache_key(digest)
         job_id = new_job_id(kind.name)
+        queue = self.queue(kind.queue)
         for _ in range(3):
-            cached = self.connection.get(key)
+            with self.connection.pipeline(transaction=False) as pipe:  # the cache and the queue's length at once
+                pipe.get(key)
+                pipe.llen(queue.key)
+                cached, waiting = pipe.execute()
             if cached is not None:
                 existing = self._reusable(cached)
                 if existing is not None:
                     return Submission(existing, "hit")
                 # The cached job failed, was canceled or expired: this request computes afresh.
                 self.connection.delete(key)
-            self.check_capacity(kind.queue)  # only new work needs room; a hit costs nothing
+            self.check_capacity(kind.queue, waiting=waiting)  # only new work needs room; a hit costs nothing
             if self.connection.set(key, job_id, nx=True, ex=self.result_ttl):
-                return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant), "miss")
+                return Submission(
+                    self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant, uses=uses), "miss"
+                )
         self.connection.set(key, job_id, ex=self.result_ttl)
-        return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant), "miss")
+        return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant, uses=uses), "miss")
 
     def _reusable(self, cached: bytes | str) -> Job | None:
         """The cached job, when it can still answer (queued, running or succeeded, and not canceled)."""
@@ -366,23 +382,44 @@ class JobGateway:
             return None  # expired a moment ago
         return existing
 
-    def _enqueue(self, kind: JobKind, payload: dict[str, Any], job_id: str, *, timeout: int, tenant: str) -> Job:
-        return self.queue(kind.queue).enqueue(
-            kind.function,
-            payload,
-            job_id=job_id,
-            job_timeout=timeout,
-            result_ttl=self.result_ttl,
-            failure_ttl=self.failure_ttl,
-            ttl=self.queued_ttl.get(kind.queue, self.result_ttl),
-            retry=Retry(max=1),
-            meta={
-                MetaKey.KIND: kind.name,
-                MetaKey.PROGRESS: 0.0,
-                MetaKey.TENANT: tenant,
-                MetaKey.REQUEST_ID: self.request_id,
-            },
-        )
+    def _enqueue(
+        self,
+        kind: JobKind,
+        payload: dict[str, Any],
+        job_id: str,
+        *,
+        timeout: int,
+        tenant: str,
+        uses: tuple[str, int] | None = None,
+    ) -> Job:
+        """Create and enqueue the job, and mark the model version it uses, in one transaction (one round trip:
+        RQ alone makes two, the mark a third)."""
+        with self.connection.pipeline() as pipe:
+            job = self.queue(kind.queue).enqueue(
+                kind.function,
+                payload,
+                pipeline=pipe,
+                # RQ's default description is the repr of the whole payload (every row), built for nothing.
+                description=f"onnxplain {kind.name} job",
+                job_id=job_id,
+                job_timeout=timeout,
+                result_ttl=self.result_ttl,
+                failure_ttl=self.failure_ttl,
+                ttl=self.queued_ttl.get(kind.queue, self.result_ttl),
+                retry=Retry(max=1),
+                meta={
+                    MetaKey.KIND: kind.name,
+                    MetaKey.PROGRESS: 0.0,
+                    MetaKey.TENANT: tenant,
+                    MetaKey.REQUEST_ID: self.request_id,
+                },
+            )
+            if uses is not None:
+                uses_of = uses_key(*uses)
+                pipe.zadd(uses_of, {job_id: time.time()})
+                pipe.expire(uses_of, self.result_ttl)
+            pipe.execute()
+        return job
 
     def fetch(self, job_id: str, tenant: str | None) -> Job:
         """Return a job by id.
@@ -409,10 +446,14 @@ class JobGateway:
             raise missing
         return job
 
-    def wait(self, job: Job, seconds: float) -> None:
-        """Block until the job ends or ``seconds`` pass (woken by RQ's result stream, no polling)."""
+    def wait(self, job: Job, seconds: float, *, fresh: bool = False) -> None:
+        """Block until the job ends or ``seconds`` pass (woken by RQ's result stream, no polling).
+
+        ``fresh``: the job was enqueued by this request, so it has not ended before now and its status need not
+        be read first (the stream is read from its start: a result that landed meanwhile wakes the read at once).
+        """
         try:
-            if seconds <= 0 or _status_of(job) in (JobStatus.FINISHED, JobStatus.FAILED):
+            if seconds <= 0 or (not fresh and _status_of(job) in (JobStatus.FINISHED, JobStatus.FAILED)):
                 return
             # The blocking read goes over the waiting connection: the command connection's short read
             # timeout would cut it off.

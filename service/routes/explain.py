@@ -89,7 +89,7 @@ def answer(submission: Submission, wait: float) -> tuple[Response, int, dict[str
         # Past the process's waiters the request answers 202 now: waiting must not take the threads that
         # predict and health need.
         if may_wait:
-            gateway.wait(job, min(wait, svc.settings.max_wait_s))
+            gateway.wait(job, min(wait, svc.settings.max_wait_s), fresh=submission.cache == "miss")
     location = url_for("explain.get_job", job_id=job.id)
     view = {**gateway.describe(job, location=location), "cache": submission.cache}
     headers = {"X-Job-Id": job.id, "X-Cache": submission.cache}
