@@ -24,7 +24,8 @@ import orjson
 from engine.errors import JobCanceled, OnnxplainError
 
 INTERACTIVE = "interactive"
-"""Single explanations: served before the batch queue."""
+"""Single explanations: served before the batch queue. Nothing depends on a job here (the worker's success
+transaction skips RQ's read of dependents for them); jobs with dependents, as audits', go on the batch queue."""
 
 BATCH = "batch"
 """Audit chunks and merges, variant builds."""

@@ -16,12 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def cancel_flag() -> Callable[[], bool]:
-    """Return a cheap check of the current job's cancel flag (at most one Redis read per 250 ms)."""
+    """Return a cheap check of the current job's cancel flag (one Redis read per 250 ms, the first after 250 ms)."""
     job = get_current_job()
     if job is None:
         return lambda: False
     key = cancel_key(job.id)
-    last = [0.0, False]
+    # The first read comes after the first interval, not at the first model call: a short job never waits on
+    # one (a cancel it did not see still wins, see JobGateway.cancel), and a queued job's cancel removed it.
+    last = [time.monotonic(), False]
 
     def should_stop() -> bool:
         now = time.monotonic()

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Any
 
-from rq import SimpleWorker
+from redis.client import Pipeline
+from rq import Queue, SimpleWorker
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.rate_limit import release_slot
 from rq.timeouts import UnixSignalDeathPenalty
+from rq.utils import now
 from rq.worker import WorkerStatus
 
 from engine.errors import JobRefused
-from engine.jobs import FUNCTIONS, MetaKey
+from engine.jobs import FUNCTIONS, INTERACTIVE, MetaKey
 from worker.failures import record_failure
 from worker.webhooks import Courier, run_courier
 
@@ -39,11 +43,6 @@ class ContractJob(Job):
         # func_name is the stored string; self.func would import it, which is what must not happen.
         if self.func_name not in FUNCTIONS:
             raise JobRefused(f"{self.func_name!r} is not a job of onnxplain; nothing was run", code="job_refused")
-        # Counted in the job's own meta, which outlives its worker: a re-run after a dead worker reads 2.
-        job: Job = self  # typed as RQ's Job, whose save_meta mypy's rq exclusion covers
-        # job.meta is as the dequeue just fetched it (HGETALL): a second read would cost a round trip per job.
-        job.meta[MetaKey.ATTEMPT] = int(job.meta.get(MetaKey.ATTEMPT) or 0) + 1
-        job.save_meta()
         return super()._execute()
 
 
@@ -91,6 +90,9 @@ class HeartbeatWorker(SimpleWorker):
         self.courier = courier
         self.courier_interval = courier_interval
         self._stop_sweeping = threading.Event()
+        self._beat_owed = False
+        self._alive_until = 0.0  # time.monotonic() when the worker's key expires, as of the last beat sent
+        self._start: Pipeline | None = None
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         """Run RQ's loop with the sweeper and the webhook courier threads beside it."""
@@ -129,10 +131,22 @@ class HeartbeatWorker(SimpleWorker):
 
         RQ beats around every job (after the dequeue, after the job, before the next wait): nine round trips
         per job, three of them between the dequeue and the job's start, where an explanation waits for them.
+        A plain beat right after the dequeue waits for the job's start (:meth:`prepare_job_execution`); one
+        less than a second after a full beat is not sent: the worker's key has its whole TTL still.
         """
+        ttl = timeout or self.worker_ttl + 60
+        clock = time.monotonic()
         if pipeline is not None:
             super().heartbeat(timeout, pipeline=pipeline)
+            self._alive_until = max(self._alive_until, clock + ttl) if timeout is None else clock + ttl
             return
+        if timeout is None:
+            if self._beat_owed:
+                self._beat_owed = False  # the job's start, a moment away, beats in its own transaction
+                return
+            if self._alive_until - clock >= ttl - 1:
+                return  # a full beat went out less than a second ago (RQ sends two or three in a row)
+        self._alive_until = clock + ttl
         with self.connection.pipeline() as own:
             super().heartbeat(timeout, pipeline=own)
             own.execute()
@@ -140,6 +154,79 @@ class HeartbeatWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Seconds until the running job counts as abandoned, unless beaten again."""
         return max(3, int(_MISSED_BEATS * self.job_monitoring_interval))
+
+    # -- fewer round trips per job -------------------------------------------------------------------------
+    # Between the dequeue and the job's first line RQ makes four round trips (a worker beat, the execution
+    # record, the job's start, our attempt count), between its last line and its result three more (a job
+    # beat, then a WATCH of its dependents and their read): each waits on Redis while the request waits on
+    # the job. Here the first four are one transaction, and an interactive job's result follows its end at
+    # once (nothing depends on one, and no callbacks run between).
+
+    def reorder_queues(self, reference_queue: Any) -> None:
+        """RQ's hook right after a successful dequeue: the beat RQ sends next goes with the job's start."""
+        self._beat_owed = True
+        super().reorder_queues(reference_queue)
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """Queue the execution record and the busy state on the pipeline the job's start then sends."""
+        pipeline = self.connection.pipeline()
+        execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name)
+        self.executions[execution.id] = execution
+        self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+        self._start = pipeline
+        return execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ's start of a job (beats, status ``started``) with the execution record and the attempt count,
+        in one transaction."""
+        pipeline, self._start = self._start or self.connection.pipeline(), None
+        with pipeline:
+            heartbeat_ttl = self.get_heartbeat_ttl(job)
+            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
+            job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
+            job.prepare_for_execution(self.name, pipeline=pipeline)
+            pipeline.persist(job.key)
+            if remove_from_intermediate_queue:
+                pipeline.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            # Counted in the job's own meta, which outlives its worker: a re-run after a dead worker reads 2.
+            # job.meta is as the dequeue just fetched it (HGETALL): no second read.
+            job.meta[MetaKey.ATTEMPT] = int(job.meta.get(MetaKey.ATTEMPT) or 0) + 1
+            pipeline.hset(job.key, "meta", job.serializer.dumps(job.meta))
+            pipeline.execute()
+
+    def handle_execution_ended(self, job: Job, queue: Any, heartbeat_ttl: int) -> None:
+        """Stamp the job's end; RQ's job beat here only covers its callbacks, which these jobs have none of."""
+        if job._success_callback_name or job._failure_callback_name:
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+        else:
+            job.ended_at = now()
+
+    def handle_job_success(self, job: Job, queue: Any, started_job_registry: Any, execution: Execution) -> None:
+        """RQ's success transaction; for an interactive job without its WATCH and read of dependents."""
+        if job.origin != INTERACTIVE or job.repeats_left:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        assert job.started_at is not None and job.ended_at is not None  # perform_job stamped both
+        taken = job.ended_at - job.started_at
+        with self.connection.pipeline() as pipeline:  # as RQ's, less the dependents, which never exist here
+            self.increment_successful_job_count(pipeline=pipeline)
+            self.increment_total_working_time(taken, pipeline)
+            result_ttl = job.get_result_ttl(self.default_result_ttl)
+            if result_ttl != 0:
+                job._handle_success(
+                    result_ttl,
+                    pipeline=pipeline,
+                    worker_name=self.name,
+                    execution_id=execution.id,
+                    execution_started_at=execution.created_at,
+                    execution_ended_at=job.ended_at,
+                )
+            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+            job._status = JobStatus.FINISHED
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            pipeline.execute()
+        release_slot(job)
+        self.log.info("Successfully completed job %s in %ss on worker %s", job.id, taken, self.name)
 
     def execute_job(self, job: Job, queue: Any) -> None:
         """Run the job in this thread while a daemon thread refreshes its heartbeat."""
@@ -152,7 +239,7 @@ class HeartbeatWorker(SimpleWorker):
         finally:
             done.set()
             beat.join()
-        self.set_state(WorkerStatus.IDLE)
+        # No set_state(IDLE) here, unlike RQ's SimpleWorker: the dequeue that follows sets it (a round trip less).
 
     def _beat(self, job: Job, execution: Execution, done: threading.Event) -> None:
         while not done.wait(self.job_monitoring_interval):
