@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -267,13 +268,16 @@ class JobGateway:
     def mark_use(self, model: str, version: int, job_id: str) -> None:
         """Record that job ``job_id`` uses a model version (see :meth:`users_of`)."""
         try:
-            key = uses_key(model, version)
             with self.connection.pipeline(transaction=False) as pipe:  # one round trip, not two
-                pipe.zadd(key, {job_id: time.time()})
-                pipe.expire(key, self.result_ttl)
+                self._queue_use(pipe, model, version, job_id)
                 pipe.execute()
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+
+    def _queue_use(self, pipe: Pipeline, model: str, version: int, job_id: str) -> None:
+        key = uses_key(model, version)
+        pipe.zadd(key, {job_id: time.time()})
+        pipe.expire(key, self.result_ttl)
 
     def users_of(self, model: str, versions: list[int]) -> list[str]:
         """Return the ids of queued or running jobs that use one of ``versions``; forget the ended ones.
@@ -415,9 +419,7 @@ class JobGateway:
                 },
             )
             if uses is not None:
-                uses_of = uses_key(*uses)
-                pipe.zadd(uses_of, {job_id: time.time()})
-                pipe.expire(uses_of, self.result_ttl)
+                self._queue_use(pipe, *uses, job_id)
             pipe.execute()
         return job
 
