@@ -290,7 +290,7 @@ def groups(case: Case) -> list[list[tuple[str, Run]]]:
 def main() -> None:
     """Build the models, run every measurement and print the table."""
     global ROWS, REPEATS
-    args = benchlib.arguments(__doc__)  # logging set up before create_app's INFO setup, which would unmute shap
+    args = benchlib.arguments(__doc__)  # before create_app, whose log setup (INFO, shap at WARNING) then joins it
     if args.quick:  # the smoke test's mode: every kind of row, fewest rows and budgets
         ROWS, REPEATS, QUICK[0] = 2, 1, True
     started = time.perf_counter()

@@ -72,7 +72,7 @@ _installed: list[logging.Handler] = []
 
 
 def configure_logging(log_format: str) -> None:
-    """Send the root logger's INFO lines to stderr as JSON (``json``) or classic text (``text``).
+    """Send the root logger's INFO lines to stderr as JSON (``json``) or classic text (``text``); shap's from WARNING.
 
     Calling it again replaces the handler it installed before (not others: a test runner's stay). Libraries that
     add their own handler only when none is effective (RQ's worker log) then log through this one.
@@ -88,3 +88,6 @@ def configure_logging(log_format: str) -> None:
     root.addHandler(handler)
     _installed.append(handler)
     root.setLevel(logging.INFO)
+    # shap logs every intermediate array at INFO (kernel_shap_reference, the benchmarks' raw shap): noise, and
+    # the arrays' repr costs time in whatever process explains.
+    logging.getLogger("shap").setLevel(logging.WARNING)

@@ -65,8 +65,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_format)
-    # shap logs every intermediate array at INFO.
-    logging.getLogger("shap").setLevel(logging.WARNING)
     set_sink(TALLY)  # session-cache lookups and model loads, written to Redis after each job
     if not settings.redis_url:
         raise SystemExit("ONNXPLAIN_REDIS_URL is not set")
