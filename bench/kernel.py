@@ -232,7 +232,9 @@ def shapiq_regression(case: Case, leverage: bool) -> Explain:
             return case.model(rows)[:, 1].reshape(len(coalitions), -1).mean(axis=1)
 
         approximator = KernelSHAP(d, pairing_trick=True, sampling_weights=weights, random_state=seed)
-        values = approximator.approximate(budget=evaluations // BACKGROUND, game=game)
+        with warnings.catch_warnings():  # "Not all budget is required due to the border-trick", every call
+            warnings.filterwarnings("ignore", message="Not all budget is required")
+            values = approximator.approximate(budget=evaluations // BACKGROUND, game=game)
         return np.asarray(values.get_n_order_values(1), dtype=np.float64)
 
     return run
