@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
+from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from engine.explain.plan import build_request
@@ -27,13 +28,14 @@ def gateway(redis_conn, settings, monkeypatch) -> JobGateway:
     worker_context.context.cache_clear()
 
 
-def run_burst(connection) -> None:
+def run_burst(connection) -> HeartbeatWorker:
     """Run the queued jobs in this process with the worker class `python -m worker` runs (no sweeper)."""
     queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in ("interactive", "batch")]
     worker = HeartbeatWorker(
         queues, connection=connection, serializer=JSONSerializer, exception_handlers=[record_failure], sweep_interval=0
     )
     worker.work(burst=True)
+    return worker
 
 
 def registered(settings, built):
@@ -52,6 +54,30 @@ def test_explain_job_returns_attribution_json(gateway, settings, binary_model):
     result = job.return_value()
     assert result["method"] == "exact" and len(result["explanations"]) == 2
     assert gateway.describe(job, location="/x")["status"] == "succeeded"
+
+
+def test_an_interactive_jobs_one_start_and_one_success_transaction_keep_rqs_bookkeeping(
+    gateway, settings, binary_model
+):
+    """The worker's shortened start and success (HeartbeatWorker) leave what RQ's own would: the job finished
+    with its result, in the finished registry only, its execution record gone, its attempt counted, the worker's
+    counters moved."""
+    model = registered(settings, binary_model)
+    request = build_request({"instances": binary_model.X[:1].tolist(), "method": "exact"}, model, settings, "fp32")
+    job = gateway.submit(JOBS["explain"], request.to_payload(), timeout=60, tenant="acme").job
+    assert job.origin == "interactive" and job.description == "onnxplain explain job"  # not the payload's repr
+    worker = run_burst(gateway.connection)
+    job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
+    queue = Queue("interactive", connection=gateway.connection, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FINISHED and job.return_value()["method"] == "exact"
+    assert job.id in FinishedJobRegistry(queue=queue).get_job_ids()
+    assert job.id not in StartedJobRegistry(queue=queue).get_job_ids()
+    assert job.get_executions() == [] and job.worker_name == worker.name
+    assert job.started_at is not None and job.ended_at is not None and job.started_at <= job.ended_at
+    assert job.get_meta()["attempt"] == 1
+    counts = gateway.connection.hmget(worker.key, "successful_job_count", "failed_job_count", "total_working_time")
+    assert int(counts[0]) == 1 and counts[1] is None and float(counts[2]) > 0  # what the worker wrote to Redis
+    assert gateway.connection.ttl(job.key) > 0  # the result's TTL, not persisted forever
 
 
 def test_deterministic_errors_fail_once_with_their_code(gateway, settings, binary_model):
