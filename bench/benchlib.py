@@ -38,6 +38,7 @@ def arguments(description: str | None, **flags: str) -> argparse.Namespace:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("engine.runtime.providers").setLevel(logging.INFO)  # the fallback's one line
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per readiness poll, once the app logs INFO
     os.environ["ONNXPLAIN_PROVIDERS"] = args.device
     print(f"device {args.device}: onnxruntime providers {providers()}", flush=True)
     return args
@@ -122,7 +123,11 @@ class Service:
         port = free_port()
         cmd = [sys.executable, "-m", "gunicorn", app, "--config", str(ROOT / "gunicorn.conf.py")]
         cmd += ["--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "--error-logfile", "/dev/null"]
-        proc = subprocess.Popen(cmd, env={**self.env, **env}, cwd=ROOT)
+        # The API's request log lines (JSON, one a request) still get written, as in production, but to a file:
+        # in the bench's output they were tens of thousands of lines around its tables.
+        log = self.root / f"gunicorn-{port}.log"
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(cmd, env={**self.env, **env}, cwd=ROOT, stdout=sink, stderr=sink)
         self.procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -132,7 +137,8 @@ class Service:
                 return url
             except httpx.HTTPError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"gunicorn {app} exited ({proc.returncode})") from None
+                    tail = log.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"gunicorn {app} exited ({proc.returncode}):\n{tail}") from None
                 time.sleep(0.2)
         raise RuntimeError(f"gunicorn {app} did not answer within 60 s")
 
