@@ -375,7 +375,7 @@ def _equal_error(table: dict[str, list[tuple[int, float, float]]], ours_label: s
                 t_needed = t0 + (t1 - t0) * (needed - e0) / (e1 - e0)
                 out.append(
                     f"  equal error {err:.4f}: shap needs {needed:,.0f} evaluations ({t_needed * 1e3:.1f} ms), "
-                    f"ours {evaluations:,} ({seconds * 1e3:.1f} ms): {t_needed / seconds:.1f}× faster"
+                    f"ours {evaluations:,} ({seconds * 1e3:.1f} ms): {t_needed / seconds:.2f}× faster"
                 )
                 break
     return out
