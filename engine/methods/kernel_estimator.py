@@ -101,8 +101,13 @@ __all__ = [
 ModelFn = Callable[[FloatArray], FloatArray]
 Sampling = Literal["leverage", "kernel"]
 
-MAX_BATCH_VALUES = 1 << 24
-"""Feature values per ``f`` call (128 MiB as float64): bounds memory, keeps onnxruntime busy."""
+MAX_BATCH_VALUES = 1 << 21
+"""Feature values per ``f`` call (16 MiB as float64, 8 MiB as float32), at least :data:`SURROGATE_ROWS` rows.
+
+Large enough that onnxruntime's per-call cost vanishes, small enough that masking a call's rows and the model
+reading them stay in cache: 0.80–0.97× the time of 2²⁴ values per call on the 100- and 300-feature models of
+``bench/kernel.py`` (A/B in ``bench/README.md``).
+"""
 
 ENUMERATE_UNITS = 20_000
 """Strata with at most this many pairs are listed and sampled by index; larger ones by rejection."""
@@ -359,7 +364,9 @@ class KernelEstimator:
         self.sampling: Sampling = sampling
         m = len(self.background)
         self.background_rows = m if background_rows is None else int(min(max(background_rows, 1), m))
-        self.rows_per_call = max(len(self.background), min(max_batch_rows, MAX_BATCH_VALUES // max(d, 1)))
+        self.rows_per_call = max(
+            len(self.background), min(max_batch_rows, max(SURROGATE_ROWS, MAX_BATCH_VALUES // max(d, 1)))
+        )
         self.background_output = np.asarray(self.f(self.background), dtype=np.float64).reshape(m, -1)
         self.base_value = self.background_output.mean(axis=0)
         self.background_mean = self.background.mean(axis=0)
@@ -579,6 +586,8 @@ class KernelEstimator:
             return KernelEstimate(values, errors, self.base_value, row.fx, 0, 0, True, rounds, _conv(tolerance, 0.0))
         # One row per sampled pair: its size-s member Z1 (the complement is 1 − Z1), both members' values.
         members: list[BoolArray] = []
+        members_by_stratum: list[list[BoolArray]] = []
+        stratum_weights: list[float] = []
         inside: list[FloatArray] = []
         outside: list[FloatArray] = []
         weights: list[FloatArray] = []
@@ -591,6 +600,8 @@ class KernelEstimator:
             # Horvitz–Thompson: the size's kernel mass (p − 1)/(s (p − s)) over the coalitions drawn of it.
             weight = (p - 1) / (st.size * (p - st.size)) / (n_h * (2 if st.half else 1))
             members += st.drawn
+            members_by_stratum.append(st.drawn)
+            stratum_weights.append(weight)
             inside += st.inside
             outside += st.outside
             weights.append(np.full(n_h, weight))
@@ -602,9 +613,7 @@ class KernelEstimator:
         w1 = np.concatenate(weights)
         y_in = np.concatenate(inside) - self.base_value
         y_out = np.concatenate(outside) - self.base_value
-        root = np.sqrt(w1)[:, None] * Z1
-        S = root.T @ root  # ZᵀWZ as one symmetric product (BLAS syrk): half the flops of Z.T @ (w Z)
-        q = Z1.T @ w1
+        S, q = _weighted_gram(members_by_stratum, stratum_weights, p)
         A = 2 * S + w1.sum() - q[:, None] - q[None, :]
         b = Z1.T @ (w1[:, None] * (y_in - y_out)) + (w1 @ y_out)[None, :]
         A_inv = _inverse(A)
@@ -632,7 +641,9 @@ class KernelEstimator:
             if twin is not None:  # e.g. two class probabilities that add up to one: same error, no second pass
                 se[:, out] = se[:, twin[0]] * abs(twin[1])
                 continue
-            T = (a - b_)[:, None] * Z1 + b_[:, None]
+            # t_j's b_j·1 part moves nothing (G 1 = 0): leaving it out keeps TᵀT's entries of one scale, so
+            # the product can run in float32 (an error estimate needs no more digits; it is 2× faster).
+            T = ((a - b_)[:, None] * Z1).astype(np.float32)
             scaled = []
             for ids, n_h, N_h in groups:
                 part = T[ids] - T[ids].mean(axis=0)
@@ -641,7 +652,7 @@ class KernelEstimator:
                 # The rows (G t_j)ᵀ, centred and scaled, summed in squares: diag(G (TᵀT) G), with TᵀT one
                 # symmetric product (syrk) instead of the (units × p) @ G one (half the flops, no U).
                 Tc = np.concatenate(scaled)
-                C = Tc.T @ Tc
+                C = (Tc.T @ Tc).astype(np.float64)
                 se[:, out] = np.sqrt(np.maximum(np.einsum("jl,lj->j", G, C @ G), 0.0))
         se *= t_widening(dof)
         errors[row.players] = se
@@ -657,6 +668,22 @@ class KernelEstimator:
             _conv(tolerance, float(se.max())),
             dof,
         )
+
+
+def _weighted_gram(members: list[list[BoolArray]], weights: list[float], p: int) -> tuple[FloatArray, FloatArray]:
+    """``Σ_h w_h Z_hᵀZ_h`` and ``Σ_h w_h Z_hᵀ1`` over the strata's 0/1 member matrices ``Z_h``.
+
+    Each stratum's ``Z_hᵀZ_h`` counts coalitions, integers that float32 holds exactly below 2²⁴: one float32
+    symmetric product per stratum, exact, at half float64's cost; the weights are applied in float64.
+    """
+    gram = np.zeros((p, p))
+    sums = np.zeros(p)
+    for drawn, weight in zip(members, weights, strict=True):
+        Z = np.concatenate(drawn)
+        Zf: FloatArray = Z.astype(np.float32 if len(Z) < 1 << 24 else np.float64)
+        gram += weight * (Zf.T @ Zf).astype(np.float64)  # a Python float times float32 stays float32
+        sums += weight * Z.sum(axis=0)
+    return gram, sums
 
 
 def _proportional(res_in: FloatArray, res_out: FloatArray, out: int) -> tuple[int, float] | None:
@@ -721,9 +748,7 @@ def _sample(rng: np.random.Generator, p: int, stratum: _Stratum, count: int) -> 
     while got < count:
         want = count - got
         draws = max(8, int(want * 1.1) + 8)
-        idx = np.argpartition(rng.random((draws, p)), s - 1, axis=1)[:, :s]
-        masks = np.zeros((draws, p), dtype=bool)
-        np.put_along_axis(masks, idx, True, axis=1)
+        masks = _random_subsets(rng, draws, p, s)
         if stratum.half:
             masks[~masks[:, 0]] ^= True  # the member holding player 0 names the pair
         keys = _keys(masks)
@@ -735,6 +760,25 @@ def _sample(rng: np.random.Generator, p: int, stratum: _Stratum, count: int) -> 
         out.append(masks[first])
         got += len(first)
     return np.concatenate(out) if out else np.zeros((0, p), dtype=bool)
+
+
+def _random_subsets(rng: np.random.Generator, n: int, p: int, s: int) -> BoolArray:
+    """``n`` uniform random ``s``-subsets of ``p`` players as masks: the ``s`` smallest of ``p`` uniform keys.
+
+    float32 keys cut at their ``s``-th smallest (a partition without indices: 2× faster than ``argpartition``
+    at 300 players); a row whose cut falls in a tie (about ``p²/2²⁵`` of them) is drawn again with float64 keys
+    and ``argpartition``. Both are uniform over the subsets, and so is the redraw of a tied row.
+    """
+    keys = rng.random((n, p), dtype=np.float32)
+    masks: BoolArray = keys <= np.partition(keys, s - 1, axis=1)[:, s - 1 : s]
+    tied = np.flatnonzero(masks.sum(axis=1) != s)
+    if len(tied):
+        idx = np.argpartition(rng.random((len(tied), p)), s - 1, axis=1)[:, :s]
+        masks[tied] = False
+        rows = masks[tied]
+        np.put_along_axis(rows, idx, True, axis=1)
+        masks[tied] = rows
+    return masks
 
 
 def _all_units(p: int, stratum: _Stratum) -> BoolArray:

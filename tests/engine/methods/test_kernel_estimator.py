@@ -15,7 +15,13 @@ from skl2onnx import to_onnx
 from sklearn.neural_network import MLPClassifier
 
 from engine.errors import InvalidRequest
-from engine.methods.kernel_estimator import KernelEstimator, allocate, t_widening
+from engine.methods.kernel_estimator import (
+    KernelEstimator,
+    _random_subsets,
+    _weighted_gram,
+    allocate,
+    t_widening,
+)
 from tests.shapley import brute_force_shapley
 
 Fn = Callable[[np.ndarray], np.ndarray]
@@ -311,6 +317,43 @@ def test_allocation_with_cheaper_sampled_pairs() -> None:
     assert allocate(small, [2, 2, 2, 2, 1], 110, sample_cost=0.1) == (small, [True, True, False, False, False])
     frozen, whole = allocate(small, [2, 2, 2, 2, 1], 1000, sample_cost=0.1, sampled=[True] * 5)
     assert frozen == small and not any(whole)
+
+
+def test_random_subsets_have_the_size_and_are_uniform() -> None:
+    rng = np.random.default_rng(3)
+    masks = _random_subsets(rng, 60_000, 6, 2)
+    assert masks.shape == (60_000, 6) and np.all(masks.sum(axis=1) == 2)
+    codes = masks.astype(int) @ (1 << np.arange(6))
+    counts = np.unique(codes, return_counts=True)[1]
+    assert len(counts) == math.comb(6, 2)
+    assert stats.chisquare(counts).pvalue > 1e-3  # seeded: a fixed draw, not a flaky one
+    assert np.all(_random_subsets(rng, 50, 300, 150).sum(axis=1) == 150)
+
+
+class _TiedKeys:
+    """A generator whose float32 keys all tie, so every row takes the float64 redraw."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def random(self, shape: tuple[int, int], dtype: type = np.float64) -> np.ndarray:
+        return np.zeros(shape, np.float32) if dtype is np.float32 else self.rng.random(shape)
+
+
+def test_random_subsets_redraw_rows_whose_cut_falls_in_a_tie() -> None:
+    masks = _random_subsets(_TiedKeys(0), 500, 8, 3)  # type: ignore[arg-type]
+    assert np.all(masks.sum(axis=1) == 3)
+    assert len(np.unique(masks, axis=0)) == math.comb(8, 3)  # fresh uniform draws, not one repeated subset
+
+
+def test_weighted_gram_of_binary_members_is_exact() -> None:
+    rng = np.random.default_rng(0)
+    members = [[rng.random((n, 40)) < 0.3, rng.random((3, 40)) < 0.5] for n in (5, 300, 2000)]
+    weights = [0.37, 1e-5, 2.5e3]
+    gram, sums = _weighted_gram(members, weights, 40)
+    Z = [np.concatenate(m).astype(np.float64) for m in members]
+    np.testing.assert_allclose(gram, sum(w * z.T @ z for w, z in zip(weights, Z, strict=True)), rtol=1e-15)
+    np.testing.assert_allclose(sums, sum(w * z.sum(axis=0) for w, z in zip(weights, Z, strict=True)), rtol=1e-15)
 
 
 @pytest.mark.parametrize("dof", [5, 8, 20, 100, 1000])
