@@ -75,3 +75,84 @@ def test_an_empty_rate_limit_variable_turns_the_limit_off(settings):
     client = authorize(create_app(unlimited).test_client(), issue_key(unlimited))
     answer = client.get("/v1/models")
     assert answer.status_code == 200 and "RateLimit-Limit" not in answer.headers
+
+
+def _storage(settings, prefix: str):
+    from limits.storage import storage_from_string
+
+    return storage_from_string(f"onnxplain+{settings.redis_url}", key_prefix=prefix)
+
+
+def test_a_busy_key_reserves_its_hits_in_leases_and_each_slot_is_counted_once(settings, redis_conn):
+    """6,400 a minute: a hit reserves 32 slots in Redis; the next 31 come from the lease; a second process's
+    hits take slots after this lease, so no two requests share a count."""
+    from limits import RateLimitItemPerMinute
+    from limits.strategies import FixedWindowRateLimiter
+
+    first, second = _storage(settings, "onnxplain:test-lease"), _storage(settings, "onnxplain:test-lease")
+    item = RateLimitItemPerMinute(6400)
+    key = item.key_for("k")
+    counts = [first.incr(key, item.get_expiry()) for _ in range(10)]
+    assert counts == list(range(1, 11))
+    assert int(redis_conn.get(first.prefixed_key(key))) == 32  # one round trip reserved 1–32
+    assert second.incr(key, item.get_expiry()) == 33 and int(redis_conn.get(first.prefixed_key(key))) == 64
+    assert [first.incr(key, item.get_expiry()) for _ in range(22)][-1] == 32  # this lease's last slot
+    assert first.incr(key, item.get_expiry()) == 65  # then a new lease, after the other process's
+    limiter = FixedWindowRateLimiter(first)
+    assert limiter.hit(item, "k") and limiter.get_window_stats(item, "k").remaining == 6400 - 66
+    first.clear(key)
+    assert redis_conn.get(first.prefixed_key(key)) is None and first.incr(key, item.get_expiry()) == 1
+
+
+def test_leases_never_admit_more_than_the_limit_and_shrink_near_it(settings, redis_conn):
+    """Two processes hitting one 200-a-minute key 300 times in turn: 200 admitted at most, and at most a few
+    slots short of it (leases are 1/64 of what is left, one slot near the end)."""
+    from limits import RateLimitItemPerMinute
+    from limits.strategies import FixedWindowRateLimiter
+
+    limiters = [FixedWindowRateLimiter(_storage(settings, "onnxplain:test-lease")) for _ in range(2)]
+    item = RateLimitItemPerMinute(200)
+    admitted = sum(limiters[i % 2].hit(item, "k") for i in range(300))
+    assert 196 <= admitted <= 200
+
+
+def test_a_lease_does_not_outlive_its_window(settings, redis_conn):
+    from limits import RateLimitItemPerSecond
+
+    storage = _storage(settings, "onnxplain:test-lease")
+    item = RateLimitItemPerSecond(6400)
+    key = item.key_for("k")
+    assert storage.incr(key, item.get_expiry()) == 1 and storage.incr(key, item.get_expiry()) == 2
+    time.sleep(1.1)  # the one-second window ends in Redis; the lease's 30 slots left must not carry over
+    assert storage.incr(key, item.get_expiry()) == 1
+    assert int(redis_conn.get(storage.prefixed_key(key))) == 32
+
+
+def test_a_key_not_shaped_like_limits_gets_no_lease(settings, redis_conn):
+    storage = _storage(settings, "onnxplain:test-lease")
+    assert [storage.incr("plain", 60) for _ in range(3)] == [1, 2, 3]
+    assert int(redis_conn.get(storage.prefixed_key("plain"))) == 3
+
+
+def test_a_busy_key_through_http_keeps_exact_headers_within_one_process(settings, redis_conn):
+    """A 6,400-a-minute limit over HTTP: the headers count down by one per request, from the lease."""
+    limited = settings.replace(rate_limit="6400/minute")
+    client = authorize(create_app(limited).test_client(), issue_key(limited))
+    remaining = [int(client.get("/v1/models").headers["RateLimit-Remaining"]) for _ in range(5)]
+    assert remaining == [6399, 6398, 6397, 6396, 6395]
+    (key,) = redis_conn.keys("*onnxplain:ratelimit*")
+    assert int(redis_conn.get(key)) == 32
+
+
+def test_threads_of_two_processes_never_share_a_slot(settings, redis_conn):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from limits import RateLimitItemPerMinute
+
+    storages = [_storage(settings, "onnxplain:test-lease") for _ in range(2)]
+    item = RateLimitItemPerMinute(100_000)
+    key = item.key_for("k")
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(lambda i: storages[i % 2].incr(key, item.get_expiry()), range(800)))
+    assert len(set(counts)) == 800  # every request its own slot of the window
+    assert max(counts) <= int(redis_conn.get(storages[0].prefixed_key(key)))
