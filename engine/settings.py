@@ -115,13 +115,15 @@ class Settings:
     """How long failed jobs and their errors stay readable."""
 
     rate_limit: str = "600/minute"
-    """Requests each API key may make across all routes (flask-limiter syntax, counted in Redis); empty: none."""
+    """Requests each API key may make across all routes, counted in Redis; empty: none.
+
+    In limits' notation: ``600/minute``, or several as ``10/second;600/minute``."""
 
     rate_limit_timeout_s: float = 0.1
     """Seconds the rate limiter waits on Redis (connect or command; a counter takes well under 1 ms). Past it the
     limiter fails open to counting in each API process's memory until Redis answers again, so a stalled Redis
     never holds a request: predict goes on, what needs Redis answers 503 itself. Its first failure costs a request
-    two of these (the command, then flask-limiter's recovery check), hence short."""
+    one of these, and each recovery check (1, 2, 4, … 32 s apart) one more, hence short."""
 
     interactive_queue_cap: int = 1000
     """Most jobs waiting on the interactive queue; past it, submissions are 503 ``queue_full`` with Retry-After."""

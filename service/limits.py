@@ -1,4 +1,4 @@
-"""Per-key rate limits (flask-limiter, counted in Redis so every API process shares them).
+"""Per-key rate limits (the ``limits`` library's fixed window, counted in Redis so every API process shares them).
 
 One limit (``ONNXPLAIN_RATE_LIMIT``, e.g. ``600/minute``) applies to each API key across all routes; health
 and docs routes are exempt. Past it: 429 ``too_many_requests`` with ``Retry-After`` and the ``RateLimit-Limit``,
@@ -13,22 +13,26 @@ which need no Redis; no limit at all would let one key flood the API while Redis
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, g, request
-from flask_limiter import HeaderNames, Limiter
-from limits.storage import RedisStorage
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage, RedisStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+from limits.util import WindowStats
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from werkzeug.exceptions import TooManyRequests
 
 from engine.settings import Settings
 from service.auth import PUBLIC, RULES
 
-_RESET = "RateLimit-Reset"
-_RETRY_AFTER = "X-Onnxplain-Limit-Retry-After"  # the limiter's value, kept apart so a 503's own Retry-After stays
+log = logging.getLogger("onnxplain.limits")
 
 
 _ONE_TRIP = "onnxplain+"
@@ -60,8 +64,8 @@ class _Lease:
 class OneTripRedisStorage(RedisStorage):
     """limits' Redis storage that reserves hits in leases and answers the window from its own hit.
 
-    flask-limiter counts a hit (``incr``), then reads the window back for the ``RateLimit-*`` headers (``get``,
-    ``get_expiry``): three round trips, 40 % of a one-row ``:predict`` in process (``bench/README.md``). Here
+    limits' strategy counts a hit (``incr``), then reads the window back for the ``RateLimit-*`` headers
+    (``get``, ``get_expiry``): three round trips, 40 % of a one-row ``:predict`` in process (``bench/README.md``). Here
     the hit's script returns the count and the key's time to live with it, and the two reads that follow on
     the same thread for the same key are answered from that, then forgotten. The headers describe the window
     as this request left it, which is what they mean; any other read goes to Redis as before.
@@ -154,49 +158,112 @@ def _exempt() -> bool:
 def _storage_options(settings: Settings) -> dict[str, Any]:
     """Options of the limiter's Redis client: the service's, with the limiter's own short timeouts, no retry."""
     timeout = settings.rate_limit_timeout_s
-    # Any: flask-limiter types these as str | int, yet hands them all to redis.from_url (floats, a Retry).
+    # Any: they all go to redis.from_url (floats, a Retry).
     options: dict[str, Any] = settings.redis_options(read_timeout_s=timeout)
     # redis-py retries a timed-out command 3 times by default: four timeouts before the fallback takes over.
     options.update(socket_connect_timeout=min(timeout, settings.redis_connect_timeout_s), retry=Retry(NoBackoff(), 0))
     return options
 
 
-def init_limits(app: Flask, settings: Settings) -> Limiter | None:
-    """Install the per-key limit on ``app`` (after the auth check); ``None`` when ``rate_limit`` is empty."""
+class KeyLimiter:
+    """The per-key limit of every request: limits' fixed window over :class:`OneTripRedisStorage`, failing open.
+
+    limits is the library flask-limiter is built on; flask-limiter's own per-request work (resolving each
+    route's decorated, blueprint and application limits, exemption scopes, meta limits, header selection) cost
+    about 200 µs of a one-row ``:predict``'s 900 µs in process, for a service with one set of limits on every
+    route but the public ones (HTTP section of ``bench/README.md``). This does that one thing.
+
+    On a storage error it counts in this process's memory (the same limits, per process) and pings Redis again
+    after 1, 2, 4, … 32 s, as flask-limiter's ``in_memory_fallback`` did.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.items = sorted(parse_many(settings.rate_limit))
+        self.storage = storage_from_string(
+            _storage_uri(settings), key_prefix="onnxplain:ratelimit", **_storage_options(settings)
+        )
+        self.shared = FixedWindowRateLimiter(self.storage)
+        self.local = FixedWindowRateLimiter(MemoryStorage())
+        self._lock = threading.Lock()
+        self._down = False
+        self._checks = 0
+        self._next_check = 0.0
+
+    def hit(self, key: str) -> tuple[bool, RateLimitItem, WindowStats]:
+        """Count one request of ``key`` under every limit; return whether all admit it, and the limit to report.
+
+        The reported limit is the first one that refuses the request, else the one with the fewest requests left.
+        """
+        limiter = self._limiter()
+        try:
+            return self._hit(limiter, key)
+        except Exception as err:  # any storage failure: a limiter must never turn requests into 500s or waits
+            if limiter is self.local:
+                raise
+            log.warning("rate limit storage unreachable (%s); counting in this process until it answers", err)
+            with self._lock:
+                self._down, self._checks, self._next_check = True, 0, time.monotonic() + 1
+            return self._hit(self.local, key)
+
+    def _hit(self, limiter: FixedWindowRateLimiter, key: str) -> tuple[bool, RateLimitItem, WindowStats]:
+        report: tuple[RateLimitItem, WindowStats] | None = None
+        for item in self.items:
+            admitted = limiter.hit(item, key)
+            stats = limiter.get_window_stats(item, key)
+            if not admitted:
+                return False, item, stats
+            if report is None or stats.remaining < report[1].remaining:
+                report = (item, stats)
+        assert report is not None  # parse_many never returns no limits
+        return True, *report
+
+    def _limiter(self) -> FixedWindowRateLimiter:
+        if not self._down:
+            return self.shared
+        with self._lock:
+            if not self._down or time.monotonic() < self._next_check:
+                return self.shared if not self._down else self.local
+            self._checks += 1
+            self._next_check = time.monotonic() + min(2**self._checks, 32)
+        if self.storage.check():
+            log.info("rate limit storage answers again")
+            with self._lock:
+                self._down = False
+            return self.shared
+        return self.local
+
+
+def init_limits(app: Flask, settings: Settings) -> KeyLimiter | None:
+    """Install the per-key limit on ``app`` (after the auth check); ``None`` when ``rate_limit`` is empty.
+
+    Raises:
+        ValueError: ``rate_limit`` is not in limits' notation (``600/minute``, ``10/second;600/minute``).
+    """
     if not settings.rate_limit:
         return None
+    limiter = KeyLimiter(settings)
 
-    # Registered before the limiter's own hook, so it runs after it (Flask runs after_request in reverse).
+    @app.before_request
+    def _check_limit() -> None:
+        if _exempt():
+            return
+        admitted, item, stats = limiter.hit(_key())
+        g.rate_limit = (item, stats)
+        if not admitted:
+            raise TooManyRequests(f"rate limit exceeded: {item} for this API key")
+
     @app.after_request
-    def _reset_as_seconds(response: Response) -> Response:
-        # flask-limiter writes the window's end as a Unix time; the draft standard wants seconds from now.
-        reset = response.headers.get(_RESET)
-        if reset is not None and reset.isdigit():
-            response.headers[_RESET] = str(max(0, int(reset) - int(time.time())))
-        # flask-limiter sends Retry-After on every response; it means something only on its own 429.
-        limiter_retry = response.headers.pop(_RETRY_AFTER, None)
-        if response.status_code == 429 and limiter_retry is not None:
-            response.headers["Retry-After"] = limiter_retry
+    def _limit_headers(response: Response) -> Response:
+        limit = g.get("rate_limit")
+        if limit is None:
+            return response
+        item, stats = limit
+        reset = max(0, math.ceil(stats.reset_time - time.time()))
+        response.headers["RateLimit-Limit"] = str(item.amount)
+        response.headers["RateLimit-Remaining"] = str(max(0, stats.remaining))
+        response.headers["RateLimit-Reset"] = str(reset)
+        if response.status_code == 429:
+            response.headers["Retry-After"] = str(max(1, reset))
         return response
 
-    return Limiter(
-        _key,
-        app=app,
-        application_limits=[settings.rate_limit],
-        storage_uri=_storage_uri(settings),
-        storage_options=_storage_options(settings),
-        strategy="fixed-window",
-        key_prefix="onnxplain:ratelimit",
-        headers_enabled=True,
-        header_name_mapping={
-            HeaderNames.LIMIT: "RateLimit-Limit",
-            HeaderNames.REMAINING: "RateLimit-Remaining",
-            HeaderNames.RESET: _RESET,
-            HeaderNames.RETRY_AFTER: _RETRY_AFTER,
-        },
-        application_limits_exempt_when=_exempt,
-        # A Redis outage must not turn every request into a 500 or a wait: count in memory until Redis is back;
-        # the routes that need Redis answer 503 themselves.
-        in_memory_fallback_enabled=True,
-        swallow_errors=True,
-    )
+    return limiter

@@ -156,3 +156,43 @@ def test_threads_of_two_processes_never_share_a_slot(settings, redis_conn):
         counts = list(pool.map(lambda i: storages[i % 2].incr(key, item.get_expiry()), range(800)))
     assert len(set(counts)) == 800  # every request its own slot of the window
     assert max(counts) <= int(redis_conn.get(storages[0].prefixed_key(key)))
+
+
+def test_the_limiter_counts_in_memory_while_redis_is_away_and_returns_to_it(tmp_path):
+    """A stopped Redis: the limit holds per process, no request fails; restarted, the count is Redis's again."""
+    from redis import Redis
+
+    from client.launcher import free_port, start_redis
+    from engine.settings import Settings
+    from service.limits import KeyLimiter
+
+    port = free_port()
+    server = start_redis(port=port)
+    try:
+        limiter = KeyLimiter(Settings(redis_url=server.url, model_dir=tmp_path, rate_limit="3/minute"))
+        counted = limiter.storage.prefixed_key(limiter.items[0].key_for("k"))
+        assert limiter.hit("k")[0] and Redis.from_url(server.url).get(counted) == b"1"
+        server.stop()
+        answers = [limiter.hit("k") for _ in range(4)]  # from memory: this process's 3 a minute
+        assert [a[0] for a in answers] == [True, True, True, False]
+        assert answers[0][2].remaining == 2 and answers[3][2].remaining == 0
+        server = start_redis(port=port)
+        time.sleep(1.1)  # the first check for the storage comes 1 s after the failure
+        assert limiter.hit("k")[0] and Redis.from_url(server.url).get(counted) == b"1"
+    finally:
+        server.stop()
+
+
+def test_several_limits_report_the_tightest_and_a_malformed_one_stops_the_start(settings, redis_conn):
+    import pytest
+
+    limited = settings.replace(rate_limit="100/hour;2/minute")
+    client = authorize(create_app(limited).test_client(), issue_key(limited))
+    first = client.get("/v1/models")
+    assert (first.headers["RateLimit-Limit"], first.headers["RateLimit-Remaining"]) == ("2", "1")
+    assert client.get("/v1/models").status_code == 200
+    refused = client.get("/v1/models")
+    assert refused.status_code == 429 and refused.headers["RateLimit-Limit"] == "2"
+    assert "2 per 1 minute" in refused.json["detail"]
+    with pytest.raises(ValueError):
+        create_app(settings.replace(rate_limit="plenty"))
