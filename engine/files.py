@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,3 +32,17 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` through a temporary file and a rename."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+SETTLED_S = 2.0
+"""A file or directory changed longer ago than this shows any later change in its ``st_mtime_ns``."""
+
+
+def settled(status: os.stat_result) -> bool:
+    """Whether what ``status`` describes may be cached against its stat (git's rule against racy timestamps).
+
+    A file system stamps changes from a coarse clock: two changes within one tick can leave the same mtime.
+    Once the last change is :data:`SETTLED_S` old, any later one lands on a later tick, so an unchanged
+    ``(st_ino, st_mtime_ns)`` means unchanged content.
+    """
+    return time.time() - status.st_mtime > SETTLED_S

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import Conflict, NotFound
-from engine.files import write_atomic
+from engine.files import settled, write_atomic
 from engine.models.card import NAME_PATTERN
 
 PRIVATE, SHARED = "private", "shared"
@@ -57,6 +57,7 @@ class ModelAccess:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._read: dict[str, tuple[tuple[int, int, int], Access]] = {}  # name → (access.json's stat, access)
 
     def _path(self, name: str) -> Path:
         return self.root / name / "access.json"
@@ -65,11 +66,23 @@ class ModelAccess:
         """Return the access of ``name`` (:data:`OPERATOR` when none was recorded)."""
         if not NAME_PATTERN.fullmatch(name):
             return OPERATOR  # not a model name: nothing to read (the store then answers model_not_found)
+        path = self._path(name)
         try:
-            data = json.loads(self._path(name).read_text())
-        except FileNotFoundError:
+            status = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
             return OPERATOR
-        return Access(tenant=data.get("tenant"), shared=bool(data.get("shared", False)))
+        stamp = (status.st_ino, status.st_mtime_ns, status.st_size)
+        known = self._read.get(name)
+        if known is not None and known[0] == stamp:
+            return known[1]  # read once per change of the file (every request asks; it is written atomically)
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            return OPERATOR
+        found = Access(tenant=data.get("tenant"), shared=bool(data.get("shared", False)))
+        if settled(status):
+            self._read[name] = (stamp, found)
+        return found
 
     def check_readable(self, name: str, tenant: str) -> None:
         """Raise ``model_not_found`` unless ``tenant`` may see ``name``: others' private models do not exist."""

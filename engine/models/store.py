@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ import pandas as pd
 
 from engine.arrays import FloatArray
 from engine.errors import InvalidRequest, NotFound, OnnxplainError
-from engine.files import write_atomic
+from engine.files import settled, write_atomic
 from engine.models.card import NAME_PATTERN, ModelCard
 from engine.models.probe import probe_model
 from engine.models.rows import frame_to_matrix, matrix_to_frame
@@ -88,6 +89,8 @@ class ModelRegistry:
         self.root = Path(settings.model_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self._cache: dict[Path, tuple[float, ModelVersion]] = {}
+        # name → (the name directory's (inode, mtime), its sealed versions, its version directories not sealed)
+        self._listings: dict[str, tuple[tuple[int, int], list[int], list[Path]]] = {}
         self._backgrounds: dict[tuple[str, str], FloatArray] = {}
 
     # -- writing -----------------------------------------------------------
@@ -273,11 +276,32 @@ class ModelRegistry:
         )
 
     def versions(self, name: str) -> list[int]:
-        """Return the version numbers of ``name``, ascending."""
-        directory = self.root / name
-        if not NAME_PATTERN.match(name) or not directory.is_dir():
+        """Return the version numbers of ``name``, ascending.
+
+        Every request resolves a model through this, so the listing is kept while the name directory's stat
+        is unchanged and settled (:func:`engine.files.settled`): adding or removing a version renames or
+        creates a directory in it, which changes its mtime; sealing writes inside the version directory, so
+        the directories not yet sealed are checked again each time (usually none).
+        """
+        if not NAME_PATTERN.match(name):
             return []
-        return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and _sealed(p))
+        directory = self.root / name
+        try:
+            status = os.stat(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        if not stat.S_ISDIR(status.st_mode):
+            return []
+        stamp = (status.st_ino, status.st_mtime_ns)
+        listed = self._listings.get(name)
+        if listed is not None and listed[0] == stamp and not any(_sealed(p) for p in listed[2]):
+            return list(listed[1])
+        numbered = [p for p in directory.iterdir() if p.name.isdigit()]
+        sealed = {p: _sealed(p) for p in numbered}
+        found = sorted(int(p.name) for p, ok in sealed.items() if ok)
+        if settled(status):
+            self._listings[name] = (stamp, found, [p for p, ok in sealed.items() if not ok])
+        return list(found)
 
     def get(self, name: str, version: int | None = None) -> ModelVersion:
         """Return one version (the latest when ``version`` is ``None``).
