@@ -486,7 +486,9 @@ def main() -> None:
     args = benchlib.arguments(__doc__)
     start = time.time()
     global REFERENCE_BUDGET
-    rows, seeds = (1, 1) if args.quick else (3, 2)
+    # The equal-evaluations table takes 6 seeds: at 2, the 30-feature ratio moved from 0.52 to 0.60 when only
+    # the random stream changed (its mean over 10 seeds is about 0.60). The curves keep 2 (many points).
+    rows, seeds, table_seeds = (1, 1, 1) if args.quick else (3, 2, 6)
     if args.quick:  # the smoke test's mode: every table printed, on small budgets; no figure to record
         REFERENCE_BUDGET = 5_000
     module = shapiq_module()
@@ -500,7 +502,7 @@ def main() -> None:
     specs += [] if args.quick else [("logreg300", 300)]
     cases = [build(name, d, rows) for name, d in specs]
     print(f"built models and references in {time.time() - start:.0f} s")
-    for line in kernel_table(cases, (256 if args.quick else 2048) * BACKGROUND, seeds, module is not None):
+    for line in kernel_table(cases, (256 if args.quick else 2048) * BACKGROUND, table_seeds, module is not None):
         print(line)
     print()
     grid = [7_000, 20_000] if args.quick else [1_000, 3_000, 10_000, 30_000, 100_000, 300_000]
