@@ -16,6 +16,13 @@ channels on 3×32×32 images, global average pooling, a linear head, softmax ove
 * **ort**: the batch sizes each method sent to the model, replayed as bare ``session.run`` calls on float32
   input prepared in advance (the limit).
 
+**Gradient methods** (second table): the engine's ``grad_cam``, ``saliency`` and ``integrated_gradients`` as the
+worker calls them, on the ONNX graph converted to torch by onnx2torch (once, checked against onnxruntime; not
+timed), against raw captum (``LayerGradCam``, ``Saliency``, ``IntegratedGradients``) on the torch module the ONNX
+file was exported from, same target, layer, baseline and steps. ``passes`` counts forward-and-backward passes per
+image. Integrated gradients' error is against the converged integral (captum, 2,048 steps): the relative L2 error
+of the map, and the completeness gap ``|Σ φ − (f(x) − f(0))| / |f(x) − f(0)|``.
+
 Partition SHAP's Owen values have no cheap exact reference on 3,072 inputs; its error column is the largest
 difference from raw shap's map on the same image (the engine runs shap's explainer, so it should be ~0). LIME's
 column is ``—`` (a surrogate's weights, not Shapley values).
@@ -42,8 +49,8 @@ FloatArray = np.ndarray
 SIZE, CLASSES = 32, 10
 
 
-def build_cnn() -> bytes:
-    """The small CNN as ONNX bytes (input ``image``: ``(n, 3, 32, 32)``, output ``probabilities``)."""
+def build_cnn() -> tuple[bytes, Any]:
+    """The small CNN as ONNX bytes (input ``image``: ``(n, 3, 32, 32)``, output ``probabilities``) and as torch."""
     import torch
 
     torch.manual_seed(0)
@@ -69,7 +76,7 @@ def build_cnn() -> bytes:
         dynamic_axes={"image": {0: "n"}, "probabilities": {0: "n"}},
         opset_version=17,
     )
-    return buffer.getvalue()
+    return buffer.getvalue(), net
 
 
 class Model:
@@ -146,6 +153,99 @@ def methods(model: Model) -> list[tuple[str, Run, Run | None, str]]:
     ]
 
 
+def gradient_methods(model: Model, onnx: bytes, net: Any) -> list[tuple[str, int, Run, Run]]:
+    """(label, passes, onnxplain run, raw captum run) per gradient method."""
+    import torch
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
+
+    from engine.methods.gradients import convert, grad_cam, integrated_gradients, saliency
+    from engine.models.image import ImageSpec
+
+    spec = ImageSpec(height=SIZE, width=SIZE, channels="RGB", layout="NCHW", scale="unit")
+    check = np.random.default_rng(2).random((8, 3, SIZE, SIZE), dtype=np.float32)
+    converted = convert(
+        onnx, "probabilities", check_inputs=check, reference=lambda x: model.session.run(None, {"image": x})[0]
+    )
+    last_conv = net[2]
+
+    def nchw(image: FloatArray) -> Any:
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0)[None], dtype=np.float32))
+
+    def ours_cam(image: FloatArray, target: int) -> FloatArray:
+        return np.asarray(grad_cam(converted, spec, model, image, [target]).maps[0])
+
+    def raw_cam(image: FloatArray, target: int) -> FloatArray:
+        attr = LayerGradCam(net, last_conv).attribute(nchw(image), target=target, relu_attributions=True)
+        up = LayerAttribution.interpolate(attr, (SIZE, SIZE), interpolate_mode="bilinear")
+        return np.asarray(up.detach().double().numpy().reshape(SIZE, SIZE))
+
+    def ours_saliency(image: FloatArray, target: int) -> FloatArray:
+        return np.asarray(saliency(converted, spec, model, image, [target]).maps[0])
+
+    def raw_saliency(image: FloatArray, target: int) -> FloatArray:
+        grad = Saliency(net).attribute(nchw(image).requires_grad_(), target=target, abs=True)
+        return np.asarray(grad.detach().double().numpy()[0].max(axis=0))
+
+    def ours_ig(image: FloatArray, target: int) -> FloatArray:
+        return np.asarray(integrated_gradients(converted, spec, model, image, [target], steps=IG_STEPS).maps[0])
+
+    def raw_ig(image: FloatArray, target: int, steps: int = IG_STEPS) -> FloatArray:
+        x = nchw(image)
+        attr = IntegratedGradients(net).attribute(
+            x, baselines=torch.zeros_like(x), target=target, n_steps=steps, internal_batch_size=steps
+        )
+        return np.asarray(attr.detach().double().numpy()[0].sum(axis=0))
+
+    return [
+        ("grad_cam", 1, ours_cam, raw_cam),
+        ("saliency", 1, ours_saliency, raw_saliency),
+        (f"integrated_gradients {IG_STEPS}", IG_STEPS, ours_ig, raw_ig),
+    ]
+
+
+IG_STEPS = 64
+IG_CONVERGED = 2048  # steps of the reference integral
+
+
+def gradient_table(model: Model, onnx: bytes, net: Any, images: FloatArray, targets: list[int]) -> list[list[str]]:
+    """Rows of the gradient table: ours against raw captum, interleaved per image."""
+    table = []
+    for label, passes, ours, raw in gradient_methods(model, onnx, net):
+        ours(images[-1], targets[-1])
+        raw(images[-1], targets[-1])
+        mine, theirs, gaps = [], [], []
+        maps = []
+        for image, target in zip(images[:-1], targets[:-1], strict=True):
+            start = time.perf_counter()
+            a = ours(image, target)
+            mine.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            b = raw(image, target)
+            theirs.append(time.perf_counter() - start)
+            gaps.append(float(np.abs(a - b).max()))
+            maps.append(a)
+        m, t = statistics.median(mine), statistics.median(theirs)
+        error, complete = "—", "—"
+        if label.startswith("integrated_gradients"):
+            errors, gaps_c = [], []
+            for a, image, target in zip(maps, images[:-1], targets[:-1], strict=True):
+                converged = raw(image, target, IG_CONVERGED)  # type: ignore[call-arg]
+                errors.append(float(np.linalg.norm(a - converged) / np.linalg.norm(converged)))
+                rise = float(model(image[None])[0, target] - model(np.zeros_like(image)[None])[0, target])
+                gaps_c.append(abs(float(a.sum()) - rise) / abs(rise))
+            error, complete = f"{max(errors):.1e}", f"{max(gaps_c):.1e}"
+        table.append([label, f"{passes:,}", f"{m * 1e3:.2f}", f"{t * 1e3:.2f}", f"{t / m:.2f}", f"{max(gaps):.1e}",
+                      error, complete])  # fmt: skip
+    return table
+
+
+def print_table(head: list[str], table: list[list[str]]) -> None:
+    """Columns padded to their widest cell, the first left-aligned."""
+    widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
+    for row in [head, ["-" * w for w in widths], *table]:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+
+
 def timed(model: Model, run: Run, images: FloatArray, targets: list[int]) -> dict[str, Any]:
     """Median seconds per image, model rows per image, the maps, and the bare onnxruntime time per image."""
     times, maps, batches = [], [], []
@@ -172,7 +272,8 @@ def main() -> None:
     libs = ("numpy", "onnxruntime", "shap", "lime", "scikit-image", "torch")
     print("versions: " + ", ".join(f"{p} {version(p)}" for p in libs))
     print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    model = Model(build_cnn())
+    onnx, net = build_cnn()
+    model = Model(onnx)
     images = np.random.default_rng(0).random((count + 1, SIZE, SIZE, 3))
     targets = [int(t) for t in model(images).argmax(axis=1)]
     table = []
@@ -193,10 +294,16 @@ def main() -> None:
         raw_row = [raw_label, f"{theirs['evals']:,.0f}", f"{theirs['s'] * 1e3:.1f}", f"{theirs['ort'] * 1e3:.2f}"]
         table.append([*raw_row, f"{theirs['s'] / theirs['ort']:.1f}", "—", "—"])
     head = ["method", "evals/image", "ms/image", "ort ms", "×ort", "raw/onnxplain", "max|Δ raw|"]
-    widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
     print(f"\nsmall CNN (3×32×32, conv 16 → conv 32 → pool → linear, 10 classes), {count} image(s), predicted class")
-    for row in [head, ["-" * w for w in widths], *table]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    print_table(head, table)
+    print(f"\ngradient methods on the same CNN (torch via onnx2torch) against raw captum on the exported module, "
+          f"{count} image(s), interleaved")  # fmt: skip
+    head = ["method", "passes", "ms/image", "captum ms", "captum/onnxplain", "max|Δ captum|", "IG err", "IG gap"]
+    print_table(head, gradient_table(model, onnx, net, images, targets))
+    print(
+        f"IG err: relative L2 error against captum's {IG_CONVERGED}-step integral; IG gap: completeness, "
+        "|Σφ − (f(x) − f(0))| / |f(x) − f(0)|"
+    )
     print(
         f"\n{date.today()}; load average at end {os.getloadavg()[0]:.2f}; total {time.perf_counter() - started:.0f} s"
     )

@@ -22,7 +22,17 @@ EXPECTED = {
         "predict: requests/s",
         ":predict req/s  bare echo req/s  ratio",
     ],
-    "perception.py": ["partition 1000", "shap.Partition 1000", "occlusion", "lime 1000", "lime_image raw 1000"],
+    "perception.py": [
+        "partition 1000",
+        "shap.Partition 1000",
+        "occlusion",
+        "lime 1000",
+        "lime_image raw 1000",
+        "gradient methods on the same CNN",
+        "grad_cam",
+        "saliency",
+        "integrated_gradients 64",
+    ],
     "audit.py": ["single process (explainer only)", "audit, 1 worker", "audit, 2 workers"],
     "explain.py": [
         "HTTP kernel_shap n=2048",
