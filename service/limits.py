@@ -221,8 +221,10 @@ class KeyLimiter:
         if not self._down:
             return self.shared
         with self._lock:
-            if not self._down or time.monotonic() < self._next_check:
-                return self.shared if not self._down else self.local
+            if not self._down:
+                return self.shared
+            if time.monotonic() < self._next_check:
+                return self.local
             self._checks += 1
             self._next_check = time.monotonic() + min(2**self._checks, 32)
         if self.storage.check():

@@ -586,8 +586,7 @@ class KernelEstimator:
             return KernelEstimate(values, errors, self.base_value, row.fx, 0, 0, True, rounds, _conv(tolerance, 0.0))
         # One row per sampled pair: its size-s member Z1 (the complement is 1 − Z1), both members' values.
         members: list[BoolArray] = []
-        members_by_stratum: list[list[BoolArray]] = []
-        stratum_weights: list[float] = []
+        weighted: list[tuple[list[BoolArray], float]] = []  # each stratum's members and their one weight
         inside: list[FloatArray] = []
         outside: list[FloatArray] = []
         weights: list[FloatArray] = []
@@ -600,8 +599,7 @@ class KernelEstimator:
             # Horvitz–Thompson: the size's kernel mass (p − 1)/(s (p − s)) over the coalitions drawn of it.
             weight = (p - 1) / (st.size * (p - st.size)) / (n_h * (2 if st.half else 1))
             members += st.drawn
-            members_by_stratum.append(st.drawn)
-            stratum_weights.append(weight)
+            weighted.append((st.drawn, weight))
             inside += st.inside
             outside += st.outside
             weights.append(np.full(n_h, weight))
@@ -613,7 +611,7 @@ class KernelEstimator:
         w1 = np.concatenate(weights)
         y_in = np.concatenate(inside) - self.base_value
         y_out = np.concatenate(outside) - self.base_value
-        S, q = _weighted_gram(members_by_stratum, stratum_weights, p)
+        S, q = _weighted_gram(weighted, p)
         A = 2 * S + w1.sum() - q[:, None] - q[None, :]
         b = Z1.T @ (w1[:, None] * (y_in - y_out)) + (w1 @ y_out)[None, :]
         A_inv = _inverse(A)
@@ -670,7 +668,7 @@ class KernelEstimator:
         )
 
 
-def _weighted_gram(members: list[list[BoolArray]], weights: list[float], p: int) -> tuple[FloatArray, FloatArray]:
+def _weighted_gram(strata: list[tuple[list[BoolArray], float]], p: int) -> tuple[FloatArray, FloatArray]:
     """``Σ_h w_h Z_hᵀZ_h`` and ``Σ_h w_h Z_hᵀ1`` over the strata's 0/1 member matrices ``Z_h``.
 
     Each stratum's ``Z_hᵀZ_h`` counts coalitions, integers that float32 holds exactly below 2²⁴: one float32
@@ -678,7 +676,7 @@ def _weighted_gram(members: list[list[BoolArray]], weights: list[float], p: int)
     """
     gram = np.zeros((p, p))
     sums = np.zeros(p)
-    for drawn, weight in zip(members, weights, strict=True):
+    for drawn, weight in strata:
         Z = np.concatenate(drawn)
         Zf: FloatArray = Z.astype(np.float32 if len(Z) < 1 << 24 else np.float64)
         gram += weight * (Zf.T @ Zf).astype(np.float64)  # a Python float times float32 stays float32
@@ -774,8 +772,7 @@ def _random_subsets(rng: np.random.Generator, n: int, p: int, s: int) -> BoolArr
     tied = np.flatnonzero(masks.sum(axis=1) != s)
     if len(tied):
         idx = np.argpartition(rng.random((len(tied), p)), s - 1, axis=1)[:, :s]
-        masks[tied] = False
-        rows = masks[tied]
+        rows = np.zeros((len(tied), p), dtype=bool)
         np.put_along_axis(rows, idx, True, axis=1)
         masks[tied] = rows
     return masks

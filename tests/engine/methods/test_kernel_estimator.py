@@ -350,7 +350,7 @@ def test_weighted_gram_of_binary_members_is_exact() -> None:
     rng = np.random.default_rng(0)
     members = [[rng.random((n, 40)) < 0.3, rng.random((3, 40)) < 0.5] for n in (5, 300, 2000)]
     weights = [0.37, 1e-5, 2.5e3]
-    gram, sums = _weighted_gram(members, weights, 40)
+    gram, sums = _weighted_gram(list(zip(members, weights, strict=True)), 40)
     Z = [np.concatenate(m).astype(np.float64) for m in members]
     np.testing.assert_allclose(gram, sum(w * z.T @ z for w, z in zip(weights, Z, strict=True)), rtol=1e-15)
     np.testing.assert_allclose(sums, sum(w * z.sum(axis=0) for w, z in zip(weights, Z, strict=True)), rtol=1e-15)
