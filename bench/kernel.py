@@ -21,7 +21,8 @@ logistic regression; for TreeSHAP a 200-tree GradientBoostingClassifier
   coalition is evaluated on all 100 rows), as do ours on the whole
   background and shapiq's regression estimators; ours with
   ``background_rows = r`` gets the same ``E`` (cheaper coalitions, more of
-  them).
+  them). ``ours r=10`` uses the default per-background-row control variate;
+  ``ours r=10, linear ctl`` the linear one it replaced, in the same run.
 * **ort**: the batch sizes our estimator sent to the model, replayed as bare
   ``session.run`` calls on float32 input prepared in advance (the limit).
 
@@ -54,7 +55,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from engine.methods.exact import shapley_values  # noqa: E402
-from engine.methods.kernel_estimator import KernelEstimator  # noqa: E402
+from engine.methods.kernel_estimator import Control, KernelEstimator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKGROUND = 100
@@ -136,8 +137,10 @@ def build(name: str, d: int, rows: int) -> Case:
 # --------------------------------------------------------------------------- the estimators
 
 
-def ours(case: Case, background_rows: int | None) -> Explain:
-    estimator = KernelEstimator(case.model, case.background, background_rows=background_rows, dtype=np.float32)
+def ours(case: Case, background_rows: int | None, control: Control = "baseline") -> Explain:
+    estimator = KernelEstimator(
+        case.model, case.background, background_rows=background_rows, dtype=np.float32, control=control
+    )
 
     def run(x: FloatArray, evaluations: int, seed: int) -> FloatArray:
         return estimator.explain(x, budget=evaluations // BACKGROUND, seed=seed).values[:, 1]
@@ -275,6 +278,8 @@ def kernel_table(cases: list[Case], evaluations: int, seeds: int, use_shapiq: bo
         d = case.X.shape[1]
         methods: list[tuple[str, Explain]] = [("shap.KernelExplainer", shap_kernel(case))]
         methods += [("ours, whole background", ours(case, None)), (f"ours r={SUBSAMPLE}", ours(case, SUBSAMPLE))]
+        # The control variate before the per-background-row one, side by side (``control="linear"``).
+        methods += [(f"ours r={SUBSAMPLE}, linear ctl", ours(case, SUBSAMPLE, "linear"))]
         if use_shapiq:
             methods += [("shapiq KernelSHAP", shapiq_regression(case, False))]
             methods += [("shapiq LeverageSHAP", shapiq_regression(case, True))]

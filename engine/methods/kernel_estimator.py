@@ -39,18 +39,36 @@ Background rows per coalition (``background_rows=r``, default all): at a
 fixed number of model evaluations, a sampled pair may be evaluated on ``r``
 background rows instead of all ``m``, buying ``m / r`` times as many
 coalitions. ``v̂(S)`` over ``r`` rows is unbiased for ``v(S)``; its noise
-(which dominates once the pairs are many) is cut by two control variates
-whose mean over the rows is 0: a linear surrogate ``g(z) = wᵀz`` (least
-squares on the row's first batch of model rows) gives
-``Σ_{j∉S} w_j (b̄_{R,j} − b̄_j)``, the part of the rows' pull that ``g``
-explains; the rest of the rows' own output drift ``f̄_R − E f(B)`` enters
-with ``(1 − s/p)`` (a coalition of ``s`` of ``p`` players keeps about that
-share of it). The rows are dealt out in shuffled rounds so each serves
-equally often. Enumerated strata always use every row, so they stay exact.
-Measured on 30- and 100-feature MLPs with 100 background rows at 2 × 10⁵
-model evaluations per row, ``r = 10`` gave about half shap's error
-(``bench/kernel.py``); without the linear control variate the background
-noise dominated (0.68 × shap's error on the 30-feature model, 0.53 × with it).
+dominates once the pairs are many, and more pairs on fewer rows do not cut
+it (its share of the error is about the same at every ``r`` for a fixed
+number of evaluations: measured flat from ``r = 5`` to 20). What cuts it is a
+control variate with mean 0 over the dealt rows:
+
+* ``"baseline"`` (default): against one background row ``b`` the game
+  ``v_b(S) = f(x_S, b_S̄)`` is nearly additive, far more than the averaged
+  game is, so each row's game is fitted by an additive one on the pairs
+  dealt that row (paired differences ``v_b(S) − v_b(S̄) ≈ (2z − 1)ᵀγ_b``, least
+  squares per row, cross-fitted between even and odd dealing rounds), and a
+  pair's control is ``(2z − 1)ᵀ (mean_{b∈R} γ_b − mean_b γ_b)``, what its own
+  rows would pull if their games were additive. On the 30-feature MLP of
+  ``bench/kernel.py`` it leaves about 12–28 % of the background noise, the
+  linear one below 55–70 %. It needs :data:`BASELINE_FIT_ROWS` pairs per
+  slope and row in each half; below that the estimator falls back to
+  ``"linear"``.
+* ``"linear"``: a linear surrogate ``g(z) = wᵀz`` (least squares on the
+  row's first batch of model rows) gives ``Σ_{j∉S} w_j (b̄_{R,j} − b̄_j)``, the
+  part of the rows' pull that ``g`` explains; the rest of the rows' own
+  output drift ``f̄_R − E f(B)`` enters with ``(1 − s/p)`` (a coalition of
+  ``s`` of ``p`` players keeps about that share of it).
+
+Only ``v̂(S) − v̂(S̄)`` moves ``φ`` (the pair's common part lies along ``1``,
+which the constraint projects out), so the baseline control is applied to
+that difference. The rows are dealt out in shuffled rounds, each row once a
+round, so each serves equally often. Enumerated strata always use every
+row, so they stay exact. Measured on the 30- and 100-feature MLPs with 100
+background rows at 2 × 10⁵ model evaluations per row, ``r = 10`` gives
+0.45 and 0.33 × shap's error with the baseline control, 0.63 and 0.46 ×
+with the linear one (``bench/kernel.py``).
 
 Standard error: the solve is a smooth function of the stratum totals of
 ``A`` and ``b``; linearising it gives each sampled pair ``j`` an influence
@@ -90,6 +108,7 @@ from engine.arrays import BoolArray, FloatArray, IndexArray
 from engine.errors import InvalidRequest
 
 __all__ = [
+    "Control",
     "KernelEstimate",
     "KernelEstimator",
     "MAX_BATCH_VALUES",
@@ -100,6 +119,7 @@ __all__ = [
 
 ModelFn = Callable[[FloatArray], FloatArray]
 Sampling = Literal["leverage", "kernel"]
+Control = Literal["baseline", "linear"]
 
 MAX_BATCH_VALUES = 1 << 21
 """Feature values per ``f`` call (16 MiB as float64, 8 MiB as float32), at least :data:`SURROGATE_ROWS` rows.
@@ -116,6 +136,12 @@ SURROGATE_ROWS = 20_000
 """At most this many model rows of a row's first batch fit its linear control variate."""
 
 FIRST_ROUND_SHARE = 16
+
+BASELINE_FIT_ROWS = 2
+"""The per-background-row control needs this many dealt pairs per slope, per row and cross-fitting half."""
+
+BASELINE_RIDGE = 1e-3
+"""Ridge of the per-background-row fits, relative to their diagonal (the pairs dealt that row)."""
 """``tolerance`` mode: the first round spends ``budget / FIRST_ROUND_SHARE`` coalitions."""
 
 
@@ -159,8 +185,11 @@ class _Stratum:
     mass: float
     half: bool
     drawn: list[BoolArray] = field(default_factory=list)
-    inside: list[FloatArray] = field(default_factory=list)
-    outside: list[FloatArray] = field(default_factory=list)
+    inside: list[FloatArray] = field(default_factory=list)  # v̂(S) of each drawn pair, as evaluated
+    outside: list[FloatArray] = field(default_factory=list)  # v̂(S̄)
+    linear: list[tuple[FloatArray, FloatArray]] = field(default_factory=list)  # linear controls of partial blocks
+    dealt: list[IndexArray] = field(default_factory=list)  # partial blocks: (pairs, r) background rows
+    spread: list[FloatArray] = field(default_factory=list)  # partial blocks: (pairs, r, k) f(x_S, b) − f(x_S̄, b)
     seen: npt.NDArray[np.void] = field(default_factory=lambda: np.zeros(0, dtype=np.dtype((np.void, 1))))
     partial: bool = False
     evaluations: int = 0
@@ -319,6 +348,12 @@ class KernelEstimator:
             halves the memory traffic for a model that reads float32 anyway
             (``f`` must then accept float32 rows); the rows explained and
             the background are passed as given.
+        control: The control variate of pairs on part of the background:
+            ``"baseline"`` (default) fits each background row's game by an
+            additive one once the pairs dealt each row are enough
+            (:data:`BASELINE_FIT_ROWS`), else falls back to ``"linear"``, a
+            linear surrogate of ``f`` and the rows' output drift (module
+            docstring).
 
     Raises:
         InvalidRequest: Empty background, or groups that are not a partition
@@ -335,6 +370,7 @@ class KernelEstimator:
         background_rows: int | None = None,
         max_batch_rows: int = 1 << 20,
         dtype: type[np.floating[Any]] = np.float64,
+        control: Control = "baseline",
     ) -> None:
         self.f = f
         self.background = np.asarray(background, dtype=np.float64)
@@ -362,6 +398,9 @@ class KernelEstimator:
         if sampling not in ("leverage", "kernel"):
             raise InvalidRequest(f"unknown sampling {sampling!r}", code="invalid_parameter", field="sampling")
         self.sampling: Sampling = sampling
+        if control not in ("baseline", "linear"):
+            raise InvalidRequest(f"unknown control {control!r}", code="invalid_parameter", field="control")
+        self.control: Control = control
         m = len(self.background)
         self.background_rows = m if background_rows is None else int(min(max(background_rows, 1), m))
         self.rows_per_call = max(
@@ -504,6 +543,9 @@ class KernelEstimator:
                 for start in range(0, len(block.pairs), step):
                     pieces.append((row, block, start, min(step, len(block.pairs) - start), r))
         results: dict[int, list[FloatArray]] = {id(block): [] for row in rows for block in row.blocks}
+        spreads: dict[int, list[FloatArray]] = {id(block): [] for row in rows for block in row.blocks}
+        # The linear surrogate is fitted only for rows whose per-background-row fit will not have the data.
+        linear = {id(row) for row in rows if not self._baseline_fit(row)}
         i = 0
         while i < len(pieces):
             call: list[tuple[_Row, _Block, int, int, int]] = []
@@ -537,10 +579,13 @@ class KernelEstimator:
             y = np.asarray(self.f(buffer), dtype=np.float64).reshape(size, k)
             offset = 0
             for row_, block, _, count, r in call:
-                if block.background is not None and row_.surrogate is None:
+                if block.background is not None and row_.surrogate is None and id(row_) in linear:
                     take = slice(offset, offset + min(2 * count * r, SURROGATE_ROWS))
                     row_.surrogate = _fit_linear(buffer[take].astype(np.float64), y[take])
-                results[id(block)].append(y[offset : offset + 2 * count * r].reshape(2 * count, r, k).mean(axis=1))
+                values = y[offset : offset + 2 * count * r].reshape(2 * count, r, k)
+                results[id(block)].append(values.mean(axis=1))
+                if block.background is not None:
+                    spreads[id(block)].append(values[:count] - values[count:])
                 offset += 2 * count * r
         for row in rows:
             for block in row.blocks:
@@ -549,28 +594,63 @@ class KernelEstimator:
                 inside = np.concatenate([part[: len(part) // 2] for part in parts])
                 outside = np.concatenate([part[len(part) // 2 :] for part in parts])
                 assert len(inside) == n
-                if block.background is not None:
-                    # Control variates with mean 0 over the dealt rows: a linear surrogate's response to the
-                    # rows' features on S̄ (S for the complement), then (1 − s/p) of the rest of their drift.
-                    drift = self.background_output[block.background].mean(axis=1) - self.base_value
-                    share = block.stratum.size / len(row.players)
-                    if row.surrogate is not None:
-                        w = row.surrogate  # (d, k)
-                        D = _row_means(self.background, block.background) - self.background_mean  # (n, d)
-                        cols = np.zeros((n, self.players), dtype=bool)
-                        cols[:, row.players] = block.pairs
-                        z = cols[:, self.column_player]
-                        whole = D @ w
-                        lin_out = (D * z) @ w
-                        lin_in = whole - lin_out  # (D * ~z) @ w: rows from b on S̄
-                        resid = drift - whole
-                        inside = inside - lin_in - (1 - share) * resid
-                        outside = outside - lin_out - share * resid
-                    else:
-                        inside = inside - (1 - share) * drift
-                        outside = outside - share * drift
                 block.stratum.inside.append(inside)
                 block.stratum.outside.append(outside)
+                if block.background is not None:
+                    block.stratum.dealt.append(block.background)
+                    block.stratum.spread.append(np.concatenate(spreads[id(block)]))
+                    if id(row) in linear:
+                        block.stratum.linear.append(self._linear_control(row, block))
+
+    def _linear_control(self, row: _Row, block: _Block) -> tuple[FloatArray, FloatArray]:
+        """The fallback control variates of a partial block's pairs, ``(inside, outside)``, each ``(n, k)``.
+
+        Both have mean 0 over the dealt rows: a linear surrogate's response to the rows' features on S̄ (S for
+        the complement), then (1 − s/p) of the rest of their drift.
+        """
+        assert block.background is not None
+        n = len(block.pairs)
+        drift = self.background_output[block.background].mean(axis=1) - self.base_value
+        share = block.stratum.size / len(row.players)
+        if row.surrogate is None:
+            return (1 - share) * drift, share * drift
+        w = row.surrogate  # (d, k)
+        D = _row_means(self.background, block.background) - self.background_mean  # (n, d)
+        cols = np.zeros((n, self.players), dtype=bool)
+        cols[:, row.players] = block.pairs
+        z = cols[:, self.column_player]
+        whole = D @ w
+        lin_out = (D * z) @ w
+        lin_in = whole - lin_out  # (D * ~z) @ w: rows from b on S̄
+        resid = drift - whole
+        return lin_in + (1 - share) * resid, lin_out + share * resid
+
+    def _baseline_fit(self, row: _Row) -> bool:
+        """Whether the row's partial pairs give each background row :data:`BASELINE_FIT_ROWS` per slope and half."""
+        if self.control != "baseline":
+            return False
+        pair_rows = sum(st.count for st in row.strata if st.partial) * self.background_rows
+        return pair_rows >= 2 * len(self.background) * BASELINE_FIT_ROWS * len(row.players)
+
+    def _baseline_controls(self, row: _Row) -> dict[int, FloatArray]:
+        """:func:`_baseline_control` over all the row's partial pairs, split back by stratum (``id`` → ``(n_h, k)``)."""
+        partial = [st for st in row.strata if st.partial]
+        m = len(self.background)
+        per_round = m // self.background_rows  # pairs per dealing round (_balanced_rows)
+        rounds, offset = [], 0
+        for st in partial:
+            for rows in st.dealt:
+                rounds.append(offset + np.arange(len(rows)) // per_round)
+                offset += -(-len(rows) // per_round)
+        control = _baseline_control(
+            np.concatenate([pairs for st in partial for pairs in st.drawn]),
+            np.concatenate([rows for st in partial for rows in st.dealt]),
+            np.concatenate(rounds),
+            np.concatenate([spread for st in partial for spread in st.spread]),
+            m,
+        )
+        ends = np.cumsum([st.count for st in partial])
+        return {id(st): part for st, part in zip(partial, np.split(control, ends[:-1]), strict=True)}
 
     # ------------------------------------------------------------------ the solve
 
@@ -592,6 +672,7 @@ class KernelEstimator:
         weights: list[FloatArray] = []
         spans: list[tuple[IndexArray, int, float]] = []  # pair indices, n_h, N_h per stratum
         units = 0
+        baseline = self._baseline_controls(row) if self._baseline_fit(row) else None
         for st in row.strata:
             if not st.drawn:
                 continue
@@ -600,8 +681,14 @@ class KernelEstimator:
             weight = (p - 1) / (st.size * (p - st.size)) / (n_h * (2 if st.half else 1))
             members += st.drawn
             weighted.append((st.drawn, weight))
-            inside += st.inside
-            outside += st.outside
+            v_in, v_out = np.concatenate(st.inside), np.concatenate(st.outside)
+            if st.partial and baseline is not None:
+                v_in = v_in - baseline[id(st)]  # only v̂(S) − v̂(S̄) moves φ, so the control goes on one side
+            elif st.partial:
+                v_in = v_in - np.concatenate([control for control, _ in st.linear])
+                v_out = v_out - np.concatenate([control for _, control in st.linear])
+            inside.append(v_in)
+            outside.append(v_out)
             weights.append(np.full(n_h, weight))
             # Pairs on part of the background are not a finite population any more: no correction.
             spans.append((units + np.arange(n_h, dtype=np.intp), n_h, math.inf if st.partial else float(st.units)))
@@ -666,6 +753,74 @@ class KernelEstimator:
             _conv(tolerance, float(se.max())),
             dof,
         )
+
+
+def _baseline_control(
+    members: BoolArray, dealt: IndexArray, rounds: IndexArray, spread: FloatArray, m: int
+) -> FloatArray:
+    """Each pair's control variate for ``v̂(S) − v̂(S̄)``: its dealt rows' additive games against all rows'.
+
+    Against one background row ``b`` the game ``v_b(S) = f(x_S, b_S̄)`` is fitted by an additive one,
+    ``v_b(S) − v_b(S̄) ≈ uᵀγ_b`` with ``u = 2z − 1`` (least squares on the pairs dealt ``b``), and pair ``j``'s
+    control is ``u_jᵀ (mean_{b ∈ R_j} γ_b − mean_b γ_b)``: what its own rows' pull would be if each row's game
+    were additive. Cross-fitted: the pairs of even dealing rounds take the slopes fitted on the odd rounds and
+    the other way round. Rounds are dealt independently, so a pair's control is a fixed function of its own
+    uniformly dealt rows, with mean 0 over the dealing.
+
+    Args:
+        members: ``(n, p)`` each pair's size-``s`` member.
+        dealt: ``(n, r)`` its background rows (each row at most once per round).
+        rounds: ``(n,)`` its dealing round.
+        spread: ``(n, r, k)`` ``f(x_S, b) − f(x_S̄, b)`` on each of its rows.
+        m: Background rows.
+
+    Returns:
+        ``(n, k)`` controls.
+    """
+    n, k = len(members), spread.shape[2]
+    U = (2 * members.astype(np.float32) - 1).astype(np.float32)
+    half = rounds % 2
+    out = np.empty((n, k))
+    slopes = [
+        _baseline_slopes(U[half == h], dealt[half == h], rounds[half == h] // 2, spread[half == h], m) for h in (0, 1)
+    ]
+    for h in (0, 1):
+        chosen = half == h
+        gamma = slopes[1 - h]
+        p = gamma.shape[1]
+        # Every pair against every row's slopes in one product, (n, m k), then each pair's own rows picked.
+        centred = (gamma - gamma.mean(axis=0)).transpose(1, 0, 2).reshape(p, m * k).astype(np.float32)
+        u, rows = U[chosen], dealt[chosen]
+        picked = np.empty((len(u), k))
+        step = max(1, (1 << 21) // max(m * k, 1))
+        for lo in range(0, len(u), step):
+            games = (u[lo : lo + step] @ centred).reshape(-1, m, k)
+            picked[lo : lo + step] = np.take_along_axis(games, rows[lo : lo + step, :, None], axis=1).mean(axis=1)
+        out[chosen] = picked
+    return out
+
+
+def _baseline_slopes(U: FloatArray, dealt: IndexArray, slot: IndexArray, spread: FloatArray, m: int) -> FloatArray:
+    """``(m, p, k)`` least-squares slopes ``γ_b`` of ``spread ≈ uᵀγ_b`` for each background row ``b`` (a little ridge).
+
+    A row serves at most one pair per round, so the pairs of row ``b`` line up by round (``slot``) in an
+    ``(m, rounds, p)`` design, zero where a round left the row out; the per-row products are then two batched
+    ones. ``U`` is ±1, so each ``UᵀU`` is a matrix of counts, exact in float32; a row dealt no pair gets 0.
+    """
+    n, p, k = len(U), U.shape[1], spread.shape[2]
+    width = int(slot.max()) + 1 if n else 1
+    owner = np.full((m, width), n, dtype=np.intp)  # n: the zero row below
+    owner[dealt, slot[:, None]] = np.arange(n)[:, None]
+    designs = np.concatenate([U, np.zeros((1, p), dtype=np.float32)])[owner]
+    targets = np.zeros((m, width, k), dtype=np.float32)
+    targets[dealt, slot[:, None]] = spread
+    flipped = designs.transpose(0, 2, 1)
+    grams = np.matmul(flipped, designs)
+    diagonal = np.arange(p)
+    grams[:, diagonal, diagonal] += BASELINE_RIDGE * np.maximum((owner < n).sum(axis=1), 1)[:, None]
+    # float32 throughout: the ridge keeps these systems well conditioned, and a control needs no more digits.
+    slopes: FloatArray = np.linalg.solve(grams, np.matmul(flipped, targets)).astype(np.float64)
+    return slopes
 
 
 def _weighted_gram(strata: list[tuple[list[BoolArray], float]], p: int) -> tuple[FloatArray, FloatArray]:

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import shap
+from onnx import TensorProto, helper
 from scipy import stats
 from skl2onnx import to_onnx
 from sklearn.neural_network import MLPClassifier
@@ -22,6 +23,7 @@ from engine.methods.kernel_estimator import (
     allocate,
     t_widening,
 )
+from tests.builders import helper_model
 from tests.shapley import brute_force_shapley
 
 Fn = Callable[[np.ndarray], np.ndarray]
@@ -287,6 +289,58 @@ def test_background_rows_keep_enumeration_exact_and_the_error_honest(
     # Unbiased: the mean over seeds is within a few of its own standard errors of the truth.
     bias = np.abs(np.array(means).reshape(20, 3, -1).mean(axis=0))
     assert np.all(bias <= 4 * se.reshape(20, 3, -1).mean(axis=0) / np.sqrt(20) + 1e-12)
+
+
+def _sine_sum(d: int) -> Fn:
+    """``y = Σ_i sin(u_i)``, built with onnx.helper: additive in the features, but not linear in them."""
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    model = helper_model(
+        [helper.make_node("Sin", ["x"], ["s"]), helper.make_node("ReduceSum", ["s", "axes"], ["y"], keepdims=1)],
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, d])],
+        initializers=[axes],
+    )
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def f(z: np.ndarray) -> np.ndarray:
+        (y,) = session.run(["y"], {"x": np.asarray(z, dtype=np.float32)})
+        return np.asarray(y, dtype=np.float64).reshape(len(z), 1)
+
+    return f
+
+
+def test_baseline_control_takes_out_the_background_noise_of_an_additive_model() -> None:
+    # Every background row's game is additive here, so the per-row fit explains the rows' pull in full and
+    # what is left is the ridge's shrinkage; the linear surrogate cannot follow sin and leaves the noise in.
+    d, m = 12, 20
+    f = _sine_sum(d)
+    rng = np.random.default_rng(5)
+    B, x = rng.normal(size=(m, d)) * 1.5, rng.normal(size=d) * 1.5
+    truth = np.sin(x.astype(np.float32)) - np.sin(B.astype(np.float32)).mean(axis=0)
+    errors = {}
+    for control in ("baseline", "linear"):
+        estimator = KernelEstimator(f, B, background_rows=2, control=control)  # type: ignore[arg-type]
+        estimates = [estimator.explain(x, budget=400, seed=seed) for seed in range(3)]
+        assert all(not e.complete and e.coalitions > 400 for e in estimates)
+        errors[control] = max(float(np.abs(e.values[:, 0] - truth).max()) for e in estimates)
+    assert errors["linear"] > 0.02
+    assert errors["baseline"] < 0.01 * errors["linear"]
+
+
+def test_too_few_pairs_per_background_row_fall_back_to_the_linear_control(
+    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+) -> None:
+    f, X, B = mlp10
+    few = [
+        KernelEstimator(f, B, background_rows=5, control=c).explain(X[0], 30, seed=1) for c in ("baseline", "linear")
+    ]
+    np.testing.assert_array_equal(few[0].values, few[1].values)
+    many = [
+        KernelEstimator(f, B, background_rows=5, control=c).explain(X[0], 300, seed=1) for c in ("baseline", "linear")
+    ]
+    assert np.abs(many[0].values - many[1].values).max() > 0
+    with pytest.raises(InvalidRequest) as refused:
+        KernelEstimator(f, B, control="quadratic")  # type: ignore[arg-type]
+    assert refused.value.code == "invalid_parameter"
 
 
 # --------------------------------------------------------------------------- pieces
