@@ -142,6 +142,16 @@ BASELINE_FIT_ROWS = 2
 
 BASELINE_RIDGE = 1e-3
 """Ridge of the per-background-row fits, relative to their diagonal (the pairs dealt that row)."""
+
+BASELINE_MAX_WORK = 4e9
+"""Multiply-adds (pair-rows × players²) the per-background-row fit may cost; beyond, the linear control.
+
+The fit's products grow with the square of the players: on 300 features at the default budget they would
+double the estimator's time (0.3 s a row), where the linear control is already under half shap's error.
+"""
+
+BASELINE_CHUNK_VALUES = 1 << 22
+"""Design values per batch of background rows in the per-row fit (16 MiB as float32)."""
 """``tolerance`` mode: the first round spends ``budget / FIRST_ROUND_SHARE`` coalitions."""
 
 
@@ -626,11 +636,13 @@ class KernelEstimator:
         return lin_in + (1 - share) * resid, lin_out + share * resid
 
     def _baseline_fit(self, row: _Row) -> bool:
-        """Whether the row's partial pairs give each background row :data:`BASELINE_FIT_ROWS` per slope and half."""
+        """Whether the per-background-row fit runs: :data:`BASELINE_FIT_ROWS` pairs per slope, row and half, and
+        at most :data:`BASELINE_MAX_WORK` for its products."""
         if self.control != "baseline":
             return False
+        p = len(row.players)
         pair_rows = sum(st.count for st in row.strata if st.partial) * self.background_rows
-        return pair_rows >= 2 * len(self.background) * BASELINE_FIT_ROWS * len(row.players)
+        return 2 * len(self.background) * BASELINE_FIT_ROWS * p <= pair_rows and pair_rows * p * p <= BASELINE_MAX_WORK
 
     def _baseline_controls(self, row: _Row) -> dict[int, FloatArray]:
         """:func:`_baseline_control` over all the row's partial pairs, split back by stratum (``id`` → ``(n_h, k)``)."""
@@ -811,15 +823,20 @@ def _baseline_slopes(U: FloatArray, dealt: IndexArray, slot: IndexArray, spread:
     width = int(slot.max()) + 1 if n else 1
     owner = np.full((m, width), n, dtype=np.intp)  # n: the zero row below
     owner[dealt, slot[:, None]] = np.arange(n)[:, None]
-    designs = np.concatenate([U, np.zeros((1, p), dtype=np.float32)])[owner]
+    padded = np.concatenate([U, np.zeros((1, p), dtype=np.float32)])
     targets = np.zeros((m, width, k), dtype=np.float32)
     targets[dealt, slot[:, None]] = spread
-    flipped = designs.transpose(0, 2, 1)
-    grams = np.matmul(flipped, designs)
     diagonal = np.arange(p)
-    grams[:, diagonal, diagonal] += BASELINE_RIDGE * np.maximum((owner < n).sum(axis=1), 1)[:, None]
-    # float32 throughout: the ridge keeps these systems well conditioned, and a control needs no more digits.
-    slopes: FloatArray = np.linalg.solve(grams, np.matmul(flipped, targets)).astype(np.float64)
+    slopes: FloatArray = np.empty((m, p, k))
+    step = max(1, BASELINE_CHUNK_VALUES // max(width * p, 1))
+    for lo in range(0, m, step):
+        rows = slice(lo, lo + step)
+        designs = padded[owner[rows]]  # (rows, width, p)
+        flipped = designs.transpose(0, 2, 1)
+        grams = np.matmul(flipped, designs)
+        grams[:, diagonal, diagonal] += BASELINE_RIDGE * np.maximum((owner[rows] < n).sum(axis=1), 1)[:, None]
+        # float32 throughout: the ridge keeps these systems well conditioned, and a control needs no more digits.
+        slopes[rows] = np.linalg.solve(grams, np.matmul(flipped, targets[rows]))
     return slopes
 
 

@@ -16,6 +16,7 @@ from skl2onnx import to_onnx
 from sklearn.neural_network import MLPClassifier
 
 from engine.errors import InvalidRequest
+from engine.methods import kernel_estimator
 from engine.methods.kernel_estimator import (
     KernelEstimator,
     _random_subsets,
@@ -327,7 +328,7 @@ def test_baseline_control_takes_out_the_background_noise_of_an_additive_model() 
 
 
 def test_too_few_pairs_per_background_row_fall_back_to_the_linear_control(
-    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+    mlp10: tuple[Counted, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     f, X, B = mlp10
     few = [
@@ -338,6 +339,10 @@ def test_too_few_pairs_per_background_row_fall_back_to_the_linear_control(
         KernelEstimator(f, B, background_rows=5, control=c).explain(X[0], 300, seed=1) for c in ("baseline", "linear")
     ]
     assert np.abs(many[0].values - many[1].values).max() > 0
+    # Past the work cap (pairs × players²) the fit is skipped too: the linear control's answer exactly.
+    monkeypatch.setattr(kernel_estimator, "BASELINE_MAX_WORK", 1.0)
+    capped = KernelEstimator(f, B, background_rows=5).explain(X[0], 300, seed=1)
+    np.testing.assert_array_equal(capped.values, many[1].values)
     with pytest.raises(InvalidRequest) as refused:
         KernelEstimator(f, B, control="quadratic")  # type: ignore[arg-type]
     assert refused.value.code == "invalid_parameter"
