@@ -52,9 +52,10 @@ control variate with mean 0 over the dealt rows:
   pair's control is ``(2z − 1)ᵀ (mean_{b∈R} γ_b − mean_b γ_b)``, what its own
   rows would pull if their games were additive. On the 30-feature MLP of
   ``bench/kernel.py`` it leaves about 12–28 % of the background noise, the
-  linear one below 55–70 %. It needs :data:`BASELINE_FIT_ROWS` pairs per
-  slope and row in each half; below that the estimator falls back to
-  ``"linear"``.
+  linear one leaves 55–70 %. It needs :data:`BASELINE_FIT_ROWS` pairs per
+  slope and row in each half and costs ``pair-rows × players²``
+  multiply-adds (at most :data:`BASELINE_MAX_WORK`); otherwise the estimator
+  falls back to ``"linear"``.
 * ``"linear"``: a linear surrogate ``g(z) = wᵀz`` (least squares on the
   row's first batch of model rows) gives ``Σ_{j∉S} w_j (b̄_{R,j} − b̄_j)``, the
   part of the rows' pull that ``g`` explains; the rest of the rows' own
