@@ -173,6 +173,8 @@ class KernelEstimate:
         rounds: Sampling rounds run (1 without ``tolerance``).
         converged: ``tolerance`` mode: every std_error fell below it; else ``None``.
         dof: Degrees of freedom of the error estimate (0 when complete).
+        control: The control variate of the pairs on part of the background
+            (``"baseline"`` or ``"linear"``); ``None`` when there were none.
     """
 
     values: FloatArray
@@ -185,6 +187,7 @@ class KernelEstimate:
     rounds: int = 1
     converged: bool | None = None
     dof: int = 0
+    control: Control | None = None
 
 
 @dataclass
@@ -719,6 +722,9 @@ class KernelEstimator:
         phi = A_inv @ b
         phi -= np.outer(c, (phi.sum(axis=0) - delta) / c.sum())  # the Lagrange step onto Σ φ = Δ
         values[row.players] = phi
+        control: Control | None = None
+        if any(st.partial for st in row.strata):
+            control = "baseline" if baseline is not None else "linear"
         coalitions = 2 * units
         evaluations = sum(st.evaluations for st in row.strata)
         if all(st.count == st.units and not st.partial for st in row.strata):
@@ -765,6 +771,7 @@ class KernelEstimator:
             rounds,
             _conv(tolerance, float(se.max())),
             dof,
+            control,
         )
 
 

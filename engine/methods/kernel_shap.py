@@ -17,6 +17,9 @@ Parameters:
   all): each *sampled* coalition is evaluated on that many background rows,
   which buys ``background / background_rows`` times as many coalitions for
   the same model rows; sizes enumerated completely still use every row.
+  Their noise is cut by a control variate (``info.control_variates``:
+  ``baseline``, each background row's game fitted by an additive one, or
+  ``linear`` where the pairs are too few for that fit).
 * ``tolerance``: sample in rounds until every ``std_error`` is at most this
   (in the output's units) or the budget is spent; ``quality.converged`` says
   which.
@@ -103,6 +106,7 @@ class KernelShap:
             background_rows=estimator.background_rows,
             exact_rows=int(sum(e.complete for e in estimates)),
             coalitions=int(max(e.coalitions for e in estimates)),
+            control_variates=sorted({e.control for e in estimates if e.control is not None}),
             std_error="linearised stratified jackknife over the sampled coalition pairs",
         )
         return Attributions(

@@ -275,6 +275,8 @@ def test_kernel_shap_sampled_is_close_to_exact_and_additive(
     a = get_explainer("kernel_shap").explain(model.task("kernel_shap", nsamples=nsamples))
     assert not any(q["exact"] for q in a.quality)
     assert a.info["nsamples"] == nsamples and "runs" not in a.info
+    if len(model.background) > a.info["background_rows"]:  # pairs on 10 of the rows: one control or the other
+        assert a.info["control_variates"] and set(a.info["control_variates"]) <= {"baseline", "linear"}
     error = np.abs(a.values - exact_truth(model, model.X[:3])).max(axis=(0, 1))
     assert np.all(error <= 1e-2 * output_range(model))
     assert a.std_errors is not None and np.all(a.std_errors[:, :, :] >= 0)
@@ -374,6 +376,7 @@ def test_kernel_shap_on_the_whole_background_is_exact_for_a_linear_model_whateve
     model = linear_regression_12
     a = get_explainer("kernel_shap").explain(model.task("kernel_shap", [0, 1], nsamples=300, background_rows=10_000))
     assert not any(q["exact"] for q in a.quality) and a.info["background_rows"] == len(model.background)
+    assert a.info["control_variates"] == []  # no pair on part of the background
     np.testing.assert_allclose(a.values, exact_truth(model, model.X[:2]), atol=1e-5 * output_range(model)[0])
     assert a.std_errors is not None and a.std_errors.max() <= 1e-5 * output_range(model)[0]
 

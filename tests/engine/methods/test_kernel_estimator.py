@@ -335,10 +335,13 @@ def test_too_few_pairs_per_background_row_fall_back_to_the_linear_control(
         KernelEstimator(f, B, background_rows=5, control=c).explain(X[0], 30, seed=1) for c in ("baseline", "linear")
     ]
     np.testing.assert_array_equal(few[0].values, few[1].values)
+    assert few[0].control == few[1].control == "linear"
     many = [
         KernelEstimator(f, B, background_rows=5, control=c).explain(X[0], 300, seed=1) for c in ("baseline", "linear")
     ]
     assert np.abs(many[0].values - many[1].values).max() > 0
+    assert (many[0].control, many[1].control) == ("baseline", "linear")
+    assert KernelEstimator(f, B).explain(X[0], 300, seed=1).control is None  # every pair on the whole background
     # Past the work cap (pairs × players²) the fit is skipped too: the linear control's answer exactly.
     monkeypatch.setattr(kernel_estimator, "BASELINE_MAX_WORK", 1.0)
     capped = KernelEstimator(f, B, background_rows=5).explain(X[0], 300, seed=1)
