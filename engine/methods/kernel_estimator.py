@@ -234,6 +234,7 @@ class _Row:
     blocks: list[_Block] = field(default_factory=list)
     surrogate: FloatArray | None = None
     estimate: KernelEstimate | None = None
+    baseline: bool = False  # the per-background-row fit ran: later rounds keep it (earlier blocks lack the other)
 
 
 def allocate(
@@ -644,6 +645,8 @@ class KernelEstimator:
         at most :data:`BASELINE_MAX_WORK` for its products."""
         if self.control != "baseline":
             return False
+        if row.baseline:
+            return True
         p = len(row.players)
         pair_rows = sum(st.count for st in row.strata if st.partial) * self.background_rows
         return 2 * len(self.background) * BASELINE_FIT_ROWS * p <= pair_rows and pair_rows * p * p <= BASELINE_MAX_WORK
@@ -689,6 +692,7 @@ class KernelEstimator:
         spans: list[tuple[IndexArray, int, float]] = []  # pair indices, n_h, N_h per stratum
         units = 0
         baseline = self._baseline_controls(row) if self._baseline_fit(row) else None
+        row.baseline = baseline is not None
         for st in row.strata:
             if not st.drawn:
                 continue
