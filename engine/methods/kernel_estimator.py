@@ -488,6 +488,10 @@ class KernelEstimator:
                     and not row.estimate.converged
                     and not row.estimate.complete
                     and spent < budget - 2
+                    # Pairs on part of the background cost less than the budget counts, so every pair can be
+                    # drawn before it is spent: then there is nothing left to sample.
+                    and any(st.count < st.units for st in row.strata)
+                    and (row.blocks or spend[id(row)] < budget)  # a round at the whole budget that drew nothing
                 ):
                     spend[id(row)] = min(budget, 2 * spend[id(row)])
                     still.append(row)

@@ -254,6 +254,18 @@ def test_tolerance_mode_samples_in_rounds_until_every_error_is_below_it(
     assert estimator.explain(X[0], budget=300, seed=2).converged is None
 
 
+def test_tolerance_mode_stops_once_every_pair_is_drawn_on_part_of_the_background(
+    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+) -> None:
+    # On 5 of 25 rows a pair costs a fifth of a coalition: all 1,022 pairs cost 204 of the 300 budgeted, so the
+    # budget is never spent; the rounds used to go on drawing nothing, for ever.
+    f, X, B = mlp10
+    e = KernelEstimator(f, B, background_rows=5).explain(X[0], budget=300, seed=2, tolerance=1e-9)
+    assert e.converged is False and e.coalitions == 2**10 - 2 and not e.complete
+    assert e.rounds <= 6 and e.evaluations < 300 * len(B)
+    np.testing.assert_allclose(e.values.sum(axis=0), e.output_value - e.base_value, rtol=0, atol=1e-12)
+
+
 def test_agrees_with_shap_kernel_explainer_at_large_budgets(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
     f, X, B = mlp10
     explainer = shap.KernelExplainer(f, B)
