@@ -806,7 +806,7 @@ def _baseline_control(
         ``(n, k)`` controls.
     """
     n, k = len(members), spread.shape[2]
-    U = (2 * members.astype(np.float32) - 1).astype(np.float32)
+    U = 2 * members.astype(np.float32) - 1  # ±1
     half = rounds % 2
     out = np.empty((n, k))
     slopes = [
