@@ -70,14 +70,22 @@ class Predictor:
         kind = resolve(model, variant, gate_of(self.settings), allow_drift=self.settings.variant_fastest_allows_drift)
         return kind, self.session(model, kind)
 
-    def predict(self, model: ModelVersion, X: Inputs, variant: str = "fp32") -> list[dict[str, Any]]:
+    def predict(
+        self, model: ModelVersion, X: Inputs, variant: str = "fp32", *, session: ModelSession | None = None
+    ) -> list[dict[str, Any]]:
         """Predict rows in raw feature space, unit images or texts (by the card's input kind).
+
+        Args:
+            model: The model version.
+            X: The rows.
+            variant: The served variant (a kind, or ``fp32``).
+            session: Its session when the caller has it already (from :meth:`resolve`): one cache lookup less.
 
         Returns:
             Per row, ``{"label", "scores"}`` for a classifier or ``{"value"}``
             for a regressor.
         """
-        scores = self.session(model, variant).scores(X)
+        scores = (session or self.session(model, variant)).scores(X)
         return format_predictions(scores, model.card.class_names)
 
 

@@ -28,12 +28,17 @@ def body_bytes() -> bytes:
     if cached is not None:
         return cached
     limit = request.max_content_length
+    length = request.content_length
     if limit is None:
         data = request.get_data(cache=False)
+    elif length is not None and length <= limit:
+        # Werkzeug has refused a declared length over the cap already, and its stream ends at the declared
+        # length: read exactly that (asking for the cap + 1 cost more than the read on every small body).
+        data = request.stream.read(length)
     else:
         data = request.stream.read(limit + 1)
         # Werkzeug's stream stops quietly at the cap; one more byte tells a cut body from a whole one.
-        if len(data) > limit or (len(data) == limit and request.content_length is None and request.stream.read(1)):
+        if len(data) > limit or (len(data) == limit and length is None and request.stream.read(1)):
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
     g.onnxplain_body = data
     return data

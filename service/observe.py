@@ -78,6 +78,28 @@ def route_template(rule: str) -> str:
     return found
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def _series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    """Return the request count and latency series of one route, method and status (labelled once, then kept).
+
+    ``labels()`` takes the family's lock and builds its key on every call. The keys are bounded: route templates
+    (not paths), the standard methods (any other token a client sends, on an unmatched path say, counts as
+    ``OTHER``: each would have been a series of its own) and the statuses the app sends.
+    """
+    if method not in _METHODS:
+        method = "OTHER"
+    found = _SERIES.get((route, method, status))
+    if found is None:
+        found = _SERIES[(route, method, status)] = (
+            HTTP_REQUESTS.labels(route, method, str(status)),
+            HTTP_LATENCY.labels(route, method),
+        )
+    return found
+
+
 def current_request_id() -> str | None:
     """Return the current request's id (``None`` outside a request)."""
     return getattr(g, "request_id", None) if has_request_context() else None
@@ -104,8 +126,9 @@ def init_observe(app: Flask) -> None:
         elapsed = perf_counter() - started if started is not None else 0.0
         # The rule's template, never the raw path: model names and job ids would make a series each.
         route = route_template(request.url_rule.rule) if request.url_rule is not None else "unmatched"
-        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(route, request.method).observe(elapsed)
+        count, latency = _series(route, request.method, response.status_code)
+        count.inc()
+        latency.observe(elapsed)
         access_log.info(
             "%s %s %s",
             request.method,

@@ -57,6 +57,7 @@ class ModelAccess:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root_text = str(self.root)  # every request stats a name's file: joined as text, not by pathlib
         self._read: dict[str, tuple[tuple[int, int, int], Access]] = {}  # name → (access.json's stat, access)
 
     def _path(self, name: str) -> Path:
@@ -66,7 +67,7 @@ class ModelAccess:
         """Return the access of ``name`` (:data:`OPERATOR` when none was recorded)."""
         if not NAME_PATTERN.fullmatch(name):
             return OPERATOR  # not a model name: nothing to read (the store then answers model_not_found)
-        path = self._path(name)
+        path = os.path.join(self._root_text, name, "access.json")
         try:
             status = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -76,7 +77,7 @@ class ModelAccess:
         if known is not None and known[0] == stamp:
             return known[1]  # read once per change of the file (every request asks; it is written atomically)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(Path(path).read_text())
         except (FileNotFoundError, NotADirectoryError):
             return OPERATOR
         found = Access(tenant=data.get("tenant"), shared=bool(data.get("shared", False)))

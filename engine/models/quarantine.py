@@ -15,6 +15,7 @@ without Redis and it outlives every job. Example::
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,9 @@ class Quarantine:
 
 def read(directory: Path) -> Quarantine | None:
     """Return the quarantine of the version stored in ``directory``, or ``None``; an unreadable record counts."""
-    path = directory / FILE
     try:
-        raw = json.loads(path.read_text())
+        with open(os.path.join(directory, FILE), encoding="utf-8") as file:  # every run asks: no pathlib join
+            raw = json.loads(file.read())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):

@@ -88,7 +88,8 @@ class ModelRegistry:
         self.settings = settings
         self.root = Path(settings.model_dir)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._cache: dict[Path, tuple[float, ModelVersion]] = {}
+        self._root_text = str(self.root)  # per-request paths are joined as text: pathlib's joins cost more
+        self._cache: dict[tuple[str, int], tuple[float, ModelVersion]] = {}
         # name → (the name directory's (inode, mtime), its sealed versions, its version directories not sealed)
         self._listings: dict[str, tuple[tuple[int, int], list[int], list[Path]]] = {}
         self._backgrounds: dict[tuple[str, str], FloatArray] = {}
@@ -285,7 +286,7 @@ class ModelRegistry:
         """
         if not NAME_PATTERN.match(name):
             return []
-        directory = self.root / name
+        directory = os.path.join(self._root_text, name)
         try:
             status = os.stat(directory)
         except (FileNotFoundError, NotADirectoryError):
@@ -296,7 +297,7 @@ class ModelRegistry:
         listed = self._listings.get(name)
         if listed is not None and listed[0] == stamp and not any(_sealed(p) for p in listed[2]):
             return list(listed[1])
-        numbered = [p for p in directory.iterdir() if p.name.isdigit()]
+        numbered = [p for p in Path(directory).iterdir() if p.name.isdigit()]
         sealed = {p: _sealed(p) for p in numbered}
         found = sorted(int(p.name) for p, ok in sealed.items() if ok)
         if settled(status):
@@ -316,15 +317,16 @@ class ModelRegistry:
             version = versions[-1]
         elif version not in versions:
             raise NotFound(f"model {name!r} has no version {version}", code="version_not_found", field="version")
-        return self._load(self.root / name / str(version), name, version)
+        return self._load(name, version)
 
-    def _load(self, directory: Path, name: str, version: int) -> ModelVersion:
-        meta_path = directory / "meta.json"
-        stamp = meta_path.stat().st_mtime
-        cached = self._cache.get(directory)
+    def _load(self, name: str, version: int) -> ModelVersion:
+        meta_path = os.path.join(self._root_text, name, str(version), "meta.json")
+        stamp = os.stat(meta_path).st_mtime
+        cached = self._cache.get((name, version))
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        meta = json.loads(meta_path.read_text())
+        directory = self.root / name / str(version)
+        meta = json.loads((directory / "meta.json").read_text())
         card = ModelCard.from_dict(json.loads((directory / "card.json").read_text()), name=name)
         loaded = ModelVersion(
             name=name,
@@ -337,7 +339,7 @@ class ModelRegistry:
             background_rows=int(meta["background_rows"]),
             background_sha256=meta["background_sha256"],
         )
-        self._cache[directory] = (stamp, loaded)
+        self._cache[(name, version)] = (stamp, loaded)
         return loaded
 
     def _adopt(self, directory: Path) -> None:

@@ -165,10 +165,10 @@ def resolve(model: ModelVersion, requested: str, gate: dict[str, float], *, allo
         gate: ``min_top1`` / ``max_norm_error`` of the fidelity gate.
         allow_drift: Whether ``fastest`` may pick a ``drift_flagged`` variant.
     """
+    if requested == "fp32":
+        return "fp32"  # every plain :predict asks this; nothing to read
     from engine.variants.fidelity import pick_fastest
 
-    if requested == "fp32":
-        return "fp32"
     ready = {s.kind: s.report or {} for s in list_variants(model) if s.state is State.READY}
     if requested == "fastest":
         return pick_fastest(

@@ -168,7 +168,7 @@ def predict(name: str) -> Response:
         raise InvalidRequest("variant must be a string", code="invalid_parameter", field="variant")
     X = parse_inputs(body["instances"], model.card, max_rows=svc.settings.max_rows)
     variant, session = svc.predictor.resolve(model, variant)
-    predictions = svc.predictor.predict(model, X, variant)
+    predictions = svc.predictor.predict(model, X, variant, session=session)
     return jsonify(
         {
             "model": {"name": model.name, "version": model.version, "sha256": model.sha256, "variant": variant},
