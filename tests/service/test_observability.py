@@ -216,3 +216,33 @@ def test_variant_and_audit_submissions_are_counted(client, binary_model, mlp):  
     assert client.post("/v1/audits", json={"model": "obs-audit", "method": "linear", "rows": rows}).status_code == 202
     after = counts()
     assert (after[0] - before[0], after[1] - before[1]) == (1.0, 1.0)
+
+
+def test_an_unknown_method_counts_as_other_not_as_a_series_of_its_own(client):
+    """Each token a client sends as the method would otherwise make a Prometheus series of its own."""
+    before = value(scrape_client(client), "onnxplain_http_requests_total", route="unmatched", method="OTHER")
+    for token in ("FROB", "XYZZY", "PROPFIND"):
+        assert client.open("/nowhere", method=token).status_code == 404
+    samples = scrape_client(client)
+    assert value(samples, "onnxplain_http_requests_total", route="unmatched", method="OTHER") == before + 3
+    methods = {dict(key)["method"] for key in samples["onnxplain_http_requests_total"]}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"}
+
+
+def test_json_log_lines_keep_their_timestamp_format_and_take_any_field():
+    """The per-second timestamp cache writes what isoformat writes; fields orjson refuses still make a line."""
+    import logging
+    from datetime import UTC, datetime
+
+    from engine.logs import JsonFormatter
+
+    formatter = JsonFormatter()
+    for created in (1764000000.0, 1764000000.0004999, 1764000000.9995, 1764000000.999999, 1764000001.25, 0.5):
+        record = logging.LogRecord("t", logging.INFO, __file__, 1, "m", None, None)
+        record.created = created
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert json.loads(formatter.format(record))["ts"] == expected
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "m %s", ("x",), None)
+    record.fields = {"huge": 2**70, "path": Path("/p"), 3: "int key"}  # type: ignore[attr-defined]
+    line = json.loads(formatter.format(record))
+    assert line["message"] == "m x" and line["huge"] == 2**70 and line["path"] == "/p" and line["3"] == "int key"
