@@ -122,7 +122,9 @@ class Service:
 
         port = free_port()
         cmd = [sys.executable, "-m", "gunicorn", app, "--config", str(ROOT / "gunicorn.conf.py")]
-        cmd += ["--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "--error-logfile", "/dev/null"]
+        # No --access-logfile: gunicorn.conf.py has none (the app's own line is the access log), and naming one,
+        # even /dev/null, turns gunicorn's formatting of a second line per request on.
+        cmd += ["--bind", f"127.0.0.1:{port}", "--error-logfile", "/dev/null"]
         # The API's request log lines (JSON, one a request) still get written, as in production, but to a file:
         # in the bench's output they were tens of thousands of lines around its tables.
         log = self.root / f"gunicorn-{port}.log"
