@@ -65,6 +65,7 @@ bench: setup
 	$(PY) bench/audit.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
 	$(PY) bench/kernel.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
 	$(PY) bench/http_bench.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
+	$(PY) bench/predict_wsgi.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
 	$(PY) bench/perception.py --device $(BENCH_DEVICE) $(BENCH_ARGS)
 	$(PY) bench/counterfactual.py
 

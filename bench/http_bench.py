@@ -6,7 +6,7 @@ Run from the repository root (about two minutes on 2 cores; ``--quick``: about 3
 
 One model is built in the run: StandardScaler + MLPClassifier (32,) on 10 features, binary, via skl2onnx (no
 ZipMap), 100 background rows. The service runs as in production: a private ``redis-server``, one
-``python -m worker``, the API under gunicorn with the repository's ``gunicorn.conf.py`` (2 processes × 4
+``python -m worker``, the API under gunicorn with the repository's ``gunicorn.conf.py`` (2 processes × 8
 threads), auth on (every request carries a key), requests over keep-alive HTTP/1.1 from this process.
 
 * **sync explain**: ``POST :explain`` (``kernel_shap``, a new seed per request so the result cache never
@@ -230,7 +230,7 @@ def main() -> None:
         print("api: request sent → job created (body, auth, plan); queue: enqueued → worker started;")
         print("job: worker started → ended; rest: ended → response read (result store, wake-up, JSON, transfer)")
 
-        print(f"\npredict: requests/s, {CLIENTS} keep-alive clients, gunicorn.conf.py (2 processes × 4 threads), "
+        print(f"\npredict: requests/s, {CLIENTS} keep-alive clients, gunicorn.conf.py (2 processes × 8 threads), "
               f"median of {rounds} rounds of {seconds:g} s")  # fmt: skip
         table = []
         path = "/v1/models/bench-http:predict"

@@ -22,6 +22,7 @@ EXPECTED = {
         "predict: requests/s",
         ":predict req/s  bare echo req/s  ratio",
     ],
+    "predict_wsgi.py": [":predict and the bare echo as WSGI calls", "phases of a 1-row :predict", "request log line"],
     "perception.py": [
         "partition 1000",
         "shap.Partition 1000",
