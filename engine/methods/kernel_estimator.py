@@ -96,6 +96,7 @@ All coalitions of a round, for every row explained, are evaluated together
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -922,8 +923,8 @@ def _sample(rng: np.random.Generator, p: int, stratum: _Stratum, count: int) -> 
     left = stratum.units - len(stratum.seen)
     count = min(count, left)
     if stratum.units <= ENUMERATE_UNITS or count * 2 >= left:
-        every = _all_units(p, stratum)
-        keys = _keys(every)
+        listed = _listed_units if stratum.units <= ENUMERATE_UNITS else _all_units
+        every, keys = listed(p, s, stratum.half)
         fresh = np.flatnonzero(~np.isin(keys, stratum.seen)) if len(stratum.seen) else np.arange(len(every))
         pick = rng.choice(fresh, size=count, replace=False)
         stratum.seen = np.concatenate([stratum.seen, keys[pick]]) if len(stratum.seen) else keys[pick]
@@ -966,10 +967,9 @@ def _random_subsets(rng: np.random.Generator, n: int, p: int, s: int) -> BoolArr
     return masks
 
 
-def _all_units(p: int, stratum: _Stratum) -> BoolArray:
-    """Every pair of the stratum as its size-``s`` member (the one holding player 0 for the middle size)."""
-    s = stratum.size
-    if stratum.half:
+def _all_units(p: int, s: int, half: bool) -> tuple[BoolArray, npt.NDArray[np.void]]:
+    """Every pair of a stratum as its size-``s`` member (the one holding player 0 for the middle size), and keys."""
+    if half:
         combos = [(0, *rest) for rest in combinations(range(1, p), s - 1)]
     else:
         combos = list(combinations(range(p), s))
@@ -977,7 +977,22 @@ def _all_units(p: int, stratum: _Stratum) -> BoolArray:
     if combos:
         idx = np.array(combos, dtype=np.intp)
         np.put_along_axis(masks, idx, True, axis=1)
-    return masks
+    return masks, _keys(masks)
+
+
+@functools.lru_cache(maxsize=8)
+def _listed_units(p: int, s: int, half: bool) -> tuple[BoolArray, npt.NDArray[np.void]]:
+    """:func:`_all_units` of a stratum of at most :data:`ENUMERATE_UNITS` pairs, kept (read-only) per ``(p, s)``.
+
+    Listing them took 1 ms for the 4,060 triples of 30 players, on every row and every tolerance round that draws
+    from the stratum: as much as onnxruntime's time for that row's coalitions. An entry holds at most
+    ``ENUMERATE_UNITS × p`` booleans with ``p ≤ 200`` (pairs of 200 players), or ``p²`` (single players), so
+    4 MB unless ``p`` passes 2,000.
+    """
+    masks, keys = _all_units(p, s, half)
+    masks.flags.writeable = False
+    keys.flags.writeable = False
+    return masks, keys
 
 
 def _keys(masks: BoolArray) -> npt.NDArray[np.void]:
