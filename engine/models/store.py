@@ -326,7 +326,7 @@ class ModelRegistry:
         if cached is not None and cached[0] == stamp:
             return cached[1]
         directory = self.root / name / str(version)
-        meta = json.loads((directory / "meta.json").read_text())
+        meta = json.loads(Path(meta_path).read_text())
         card = ModelCard.from_dict(json.loads((directory / "card.json").read_text()), name=name)
         loaded = ModelVersion(
             name=name,
