@@ -152,6 +152,18 @@ The fit's products grow with the square of the players: on 300 features at the d
 double the estimator's time (0.3 s a row), where the linear control is already under half shap's error.
 """
 
+MASK_CHUNK_VALUES = 1 << 16
+"""Coalition-row values (256 KiB as float32) masked per pass: the copy, the product and the sum meet in cache."""
+
+LINEAR_CHUNK_VALUES = 1 << 18
+"""Pair × column values (2 MiB as float64) of the linear control's temporaries per pass over a row's blocks."""
+
+SORT_PLAYERS = 64
+"""Up to this many players, random subsets of mixed sizes are cut from one sort of their keys; beyond, per size."""
+
+SMALL_GRAM_WORK = 1 << 24
+"""Multiply-adds (pairs × players²) below which the solve's moment matrix is one float64 product, not one a stratum."""
+
 BASELINE_CHUNK_VALUES = 1 << 22
 """Design values per batch of background rows in the per-row fit (16 MiB as float32)."""
 """``tolerance`` mode: the first round spends ``budget / FIRST_ROUND_SHARE`` coalitions."""
@@ -204,6 +216,7 @@ class _Stratum:
     outside: list[FloatArray] = field(default_factory=list)  # v̂(S̄)
     linear: list[tuple[FloatArray, FloatArray]] = field(default_factory=list)  # linear controls of partial blocks
     dealt: list[IndexArray] = field(default_factory=list)  # partial blocks: (pairs, r) background rows
+    slots: list[IndexArray] = field(default_factory=list)  # partial blocks: (pairs,) each pair's dealing round
     spread: list[FloatArray] = field(default_factory=list)  # partial blocks: (pairs, r, k) f(x_S, b) − f(x_S̄, b)
     seen: npt.NDArray[np.void] = field(default_factory=lambda: np.zeros(0, dtype=np.dtype((np.void, 1))))
     partial: bool = False
@@ -221,6 +234,7 @@ class _Block:
     stratum: _Stratum
     pairs: BoolArray
     background: IndexArray | None  # (pairs, r) row indices; None: the whole background
+    rounds: IndexArray | None = None  # (pairs,) the dealing round of each pair's rows, counted per explained row
 
 
 @dataclass
@@ -236,6 +250,7 @@ class _Row:
     surrogate: FloatArray | None = None
     estimate: KernelEstimate | None = None
     baseline: bool = False  # the per-background-row fit ran: later rounds keep it (earlier blocks lack the other)
+    dealt_rounds: int = 0  # dealing rounds of background rows so far (_balanced_rows)
 
 
 def allocate(
@@ -425,6 +440,7 @@ class KernelEstimator:
         self.background_output = np.asarray(self.f(self.background), dtype=np.float64).reshape(m, -1)
         self.base_value = self.background_output.mean(axis=0)
         self.background_mean = self.background.mean(axis=0)
+        self._rows_and_outputs = np.hstack([self.background, self.background_output])  # a row's pull, one product
 
     @property
     def players(self) -> int:
@@ -534,18 +550,29 @@ class KernelEstimator:
             sampled=[st.partial for st in strata],
         )
         row.blocks = []
-        for st, want, whole in zip(strata, target, enumerated, strict=True):
-            if want <= st.count:
-                continue
-            pairs = _sample(row.rng, len(row.players), st, want - st.count)
-            rows = None
-            if not whole and r < m:
-                # Each pair on its own r background rows, without replacement, every row serving equally often.
-                rows = _balanced_rows(row.rng, len(pairs), m, r)
+        wanted = [(st, want - st.count, whole) for st, want, whole in zip(strata, target, enumerated, strict=True)]
+        wanted = [(st, count, whole) for st, count, whole in wanted if count > 0]
+        drawn = _sample_strata(row.rng, len(row.players), [(st, count) for st, count, _ in wanted])
+        # The pairs on part of the background, of every stratum of this round, are dealt their rows together:
+        # each pair its own r rows without replacement, in shuffled rounds of all m so every row serves equally.
+        partial = [not whole and r < m for _, _, whole in wanted]
+        total = sum(len(pairs) for pairs, on_part in zip(drawn, partial, strict=True) if on_part)
+        dealt, slots = np.zeros((0, r), dtype=np.intp), np.zeros(0, dtype=np.intp)
+        if total:
+            per_round = m // r
+            dealt = _balanced_rows(row.rng, total, m, r)
+            slots = row.dealt_rounds + np.arange(total, dtype=np.intp) // per_round
+            row.dealt_rounds += -(-total // per_round)
+        at = 0
+        for (st, _, _), pairs, on_part in zip(wanted, drawn, partial, strict=True):
+            block = _Block(st, pairs, None)
+            if on_part:
+                block.background, block.rounds = dealt[at : at + len(pairs)], slots[at : at + len(pairs)]
+                at += len(pairs)
                 st.partial = True
             st.drawn.append(pairs)
-            st.evaluations += 2 * len(pairs) * (m if rows is None else r)
-            row.blocks.append(_Block(st, pairs, rows))
+            st.evaluations += 2 * len(pairs) * (m if block.background is None else r)
+            row.blocks.append(block)
         return row
 
     # ------------------------------------------------------------------ evaluation
@@ -576,38 +603,60 @@ class KernelEstimator:
                 i += 1
             buffer = np.empty((size, d), dtype=self.dtype)
             offset = 0
-            for row, block, start, count, r in call:
-                members = block.pairs[start : start + count]
-                player_mask = np.concatenate([members, ~members])
-                columns = np.zeros((2 * count, self.players), dtype=bool)
-                columns[:, row.players] = player_mask
-                view = buffer[offset : offset + 2 * count * r].reshape(2 * count, r, d)
-                if block.background is None:
-                    np.copyto(view, self.rows_background[None, :, :])
-                else:
-                    picked = block.background[start : start + count]
-                    np.take(self.rows_background, np.concatenate([picked, picked]), axis=0, out=view, mode="clip")
-                chosen = columns[:, self.column_player][:, None, :]  # (2 count, 1, d): x's columns
-                x = row.x.astype(self.dtype)
-                if self._blend:
-                    # b·(1 − z) + x·z, exact for z in {0, 1}, in two SIMD passes: 2× a masked copy's speed.
-                    np.multiply(view, (~chosen).astype(x.dtype), out=view)
-                    np.add(view, np.where(chosen, x, np.zeros((), x.dtype)), out=view)
-                else:
-                    np.copyto(view, x, where=chosen)
-                offset += 2 * count * r
+            # Consecutive pieces on as many background rows are masked together: a round's small strata would
+            # otherwise cost a dozen numpy calls each, more than onnxruntime's time for their rows.
+            for run in _runs(call):
+                r = run[0][4]
+                count = sum(2 * piece[3] for piece in run)
+                view = buffer[offset : offset + count * r].reshape(count, r, d)
+                columns = np.zeros((count, self.players), dtype=bool)
+                xs = np.empty((count, 1, d), dtype=self.dtype)
+                picked: list[IndexArray] = []
+                at = 0
+                for row, block, start, n, _ in run:
+                    members = block.pairs[start : start + n]
+                    columns[at : at + n, row.players] = members
+                    columns[at + n : at + 2 * n, row.players] = ~members
+                    xs[at : at + 2 * n] = row.x.astype(self.dtype)
+                    if block.background is not None:
+                        picked += [block.background[start : start + n]] * 2
+                    at += 2 * n
+                dealt = np.concatenate(picked) if picked else None
+                chosen = columns[:, self.column_player][:, None, :]  # (count, 1, d): x's columns
+                # The three passes over a slice of coalitions that stays in cache between them.
+                step = max(1, MASK_CHUNK_VALUES // (r * d))
+                for lo in range(0, count, step):
+                    part, here = view[lo : lo + step], chosen[lo : lo + step]
+                    if dealt is None:
+                        np.copyto(part, self.rows_background[None, :, :])
+                    else:
+                        np.take(self.rows_background, dealt[lo : lo + step], axis=0, out=part, mode="clip")
+                    if self._blend:
+                        # b·(1 − z) + x·z, exact for z in {0, 1}, in two SIMD passes: 2× a masked copy's speed.
+                        np.multiply(part, (~here).astype(self.dtype), out=part)
+                        np.add(part, np.where(here, xs[lo : lo + step], np.zeros((), self.dtype)), out=part)
+                    else:
+                        np.copyto(part, np.broadcast_to(xs[lo : lo + step], part.shape), where=here)
+                offset += count * r
             y = np.asarray(self.f(buffer), dtype=np.float64).reshape(size, k)
             offset = 0
-            for row_, block, _, count, r in call:
-                if block.background is not None and row_.surrogate is None and id(row_) in linear:
-                    take = slice(offset, offset + min(2 * count * r, SURROGATE_ROWS))
-                    row_.surrogate = _fit_linear(buffer[take].astype(np.float64), y[take])
-                values = y[offset : offset + 2 * count * r].reshape(2 * count, r, k)
-                results[id(block)].append(values.mean(axis=1))
-                if block.background is not None:
-                    spreads[id(block)].append(values[:count] - values[count:])
-                offset += 2 * count * r
+            for run in _runs(call):
+                r = run[0][4]
+                count = sum(2 * piece[3] for piece in run)
+                values = y[offset : offset + count * r].reshape(count, r, k)
+                means = _middle_mean(values)
+                at = 0
+                for row_, block, _, n, _ in run:
+                    if block.background is not None and row_.surrogate is None and id(row_) in linear:
+                        take = slice(offset + at * r, offset + min((at + 2 * n) * r, at * r + SURROGATE_ROWS))
+                        row_.surrogate = _fit_linear(buffer[take].astype(np.float64), y[take])
+                    results[id(block)].append(means[at : at + 2 * n])
+                    if block.background is not None:
+                        spreads[id(block)].append(values[at : at + n] - values[at + n : at + 2 * n])
+                    at += 2 * n
+                offset += count * r
         for row in rows:
+            controlled: list[_Block] = []
             for block in row.blocks:
                 n = len(block.pairs)
                 parts = results[id(block)]
@@ -617,33 +666,51 @@ class KernelEstimator:
                 block.stratum.inside.append(inside)
                 block.stratum.outside.append(outside)
                 if block.background is not None:
+                    assert block.rounds is not None
                     block.stratum.dealt.append(block.background)
+                    block.stratum.slots.append(block.rounds)
                     block.stratum.spread.append(np.concatenate(spreads[id(block)]))
                     if id(row) in linear:
-                        block.stratum.linear.append(self._linear_control(row, block))
+                        controlled.append(block)
+            # In groups of blocks whose (pairs, d) temporaries stay in cache (one group on 30 features).
+            group: list[_Block] = []
+            for j, block in enumerate(controlled):
+                group.append(block)
+                values_so_far = sum(len(b.pairs) for b in group) * d
+                if j == len(controlled) - 1 or values_so_far + len(controlled[j + 1].pairs) * d > LINEAR_CHUNK_VALUES:
+                    for done, control in zip(group, self._linear_controls(row, group), strict=True):
+                        done.stratum.linear.append(control)
+                    group = []
 
-    def _linear_control(self, row: _Row, block: _Block) -> tuple[FloatArray, FloatArray]:
-        """The fallback control variates of a partial block's pairs, ``(inside, outside)``, each ``(n, k)``.
+    def _linear_controls(self, row: _Row, blocks: list[_Block]) -> list[tuple[FloatArray, FloatArray]]:
+        """The fallback control variates of a row's partial blocks' pairs, ``(inside, outside)`` each ``(n, k)``.
 
         Both have mean 0 over the dealt rows: a linear surrogate's response to the rows' features on S̄ (S for
-        the complement), then (1 − s/p) of the rest of their drift.
+        the complement), then (1 − s/p) of the rest of their drift. All the blocks in one pass (their rows'
+        means in one product), split back per block.
         """
-        assert block.background is not None
-        n = len(block.pairs)
-        drift = self.background_output[block.background].mean(axis=1) - self.base_value
-        share = block.stratum.size / len(row.players)
+        dealt = np.concatenate([block.background for block in blocks if block.background is not None])
+        sizes = np.concatenate([np.full(len(block.pairs), block.stratum.size) for block in blocks])
+        share = (sizes / len(row.players))[:, None]
+        ends = np.cumsum([len(block.pairs) for block in blocks])[:-1]
+        d = self.background.shape[1]
         if row.surrogate is None:
-            return (1 - share) * drift, share * drift
-        w = row.surrogate  # (d, k)
-        D = _row_means(self.background, block.background) - self.background_mean  # (n, d)
-        cols = np.zeros((n, self.players), dtype=bool)
-        cols[:, row.players] = block.pairs
-        z = cols[:, self.column_player]
-        whole = D @ w
-        lin_out = (D * z) @ w
-        lin_in = whole - lin_out  # (D * ~z) @ w: rows from b on S̄
-        resid = drift - whole
-        return lin_in + (1 - share) * resid, lin_out + share * resid
+            drift = _middle_mean(self.background_output[dealt]) - self.base_value
+            inside, outside = (1 - share) * drift, share * drift
+        else:
+            w = row.surrogate  # (d, k)
+            means = _row_means(self._rows_and_outputs, dealt)
+            D = means[:, :d] - self.background_mean  # (n, d)
+            drift = means[:, d:] - self.base_value
+            cols = np.zeros((len(dealt), self.players), dtype=bool)
+            cols[:, row.players] = np.concatenate([block.pairs for block in blocks])
+            z = cols[:, self.column_player]
+            whole = D @ w
+            lin_out = (D * z) @ w
+            lin_in = whole - lin_out  # (D * ~z) @ w: rows from b on S̄
+            resid = drift - whole
+            inside, outside = lin_in + (1 - share) * resid, lin_out + share * resid
+        return list(zip(np.split(inside, ends), np.split(outside, ends), strict=True))
 
     def _baseline_fit(self, row: _Row) -> bool:
         """Whether the per-background-row fit runs: :data:`BASELINE_FIT_ROWS` pairs per slope, row and half, and
@@ -660,16 +727,10 @@ class KernelEstimator:
         """:func:`_baseline_control` over all the row's partial pairs, split back by stratum (``id`` → ``(n_h, k)``)."""
         partial = [st for st in row.strata if st.partial]
         m = len(self.background)
-        per_round = m // self.background_rows  # pairs per dealing round (_balanced_rows)
-        rounds, offset = [], 0
-        for st in partial:
-            for rows in st.dealt:
-                rounds.append(offset + np.arange(len(rows)) // per_round)
-                offset += -(-len(rows) // per_round)
         control = _baseline_control(
             np.concatenate([pairs for st in partial for pairs in st.drawn]),
             np.concatenate([rows for st in partial for rows in st.dealt]),
-            np.concatenate(rounds),
+            np.concatenate([slots for st in partial for slots in st.slots]),
             np.concatenate([spread for st in partial for spread in st.spread]),
             m,
         )
@@ -723,7 +784,12 @@ class KernelEstimator:
         w1 = np.concatenate(weights)
         y_in = np.concatenate(inside) - self.base_value
         y_out = np.concatenate(outside) - self.base_value
-        S, q = _weighted_gram(weighted, p)
+        if len(Z1) * p * p <= SMALL_GRAM_WORK:
+            # A small sample: one weighted product; the per-stratum float32 ones pay off only when large.
+            weighted_rows = Z1 * w1[:, None]
+            S, q = weighted_rows.T @ Z1, weighted_rows.sum(axis=0)
+        else:
+            S, q = _weighted_gram(weighted, p)
         A = 2 * S + w1.sum() - q[:, None] - q[None, :]
         b = Z1.T @ (w1[:, None] * (y_in - y_out)) + (w1 @ y_out)[None, :]
         A_inv = _inverse(A)
@@ -747,6 +813,12 @@ class KernelEstimator:
         res_out = (y_out - (delta[None, :] - inner)) * w1[:, None]
         groups = _pooled(spans)
         dof = sum(n_h - 1 for _, n_h, _ in groups)
+        # The sampled pairs group after group (each group a run of rows), the runs' starts and their scales.
+        ids = np.concatenate([g[0] for g in groups]) if groups else np.zeros(0, dtype=np.intp)
+        sizes = np.array([len(g[0]) for g in groups], dtype=np.intp)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        label = np.repeat(np.arange(len(groups)), sizes)
+        scale = np.array([math.sqrt(n_h * (1 - n_h / N_h) / (n_h - 1)) for _, n_h, N_h in groups])
         se = np.zeros((p, k))
         for out in range(k):
             a, b_ = res_in[:, out], res_out[:, out]
@@ -756,15 +828,13 @@ class KernelEstimator:
                 continue
             # t_j's b_j·1 part moves nothing (G 1 = 0): leaving it out keeps TᵀT's entries of one scale, so
             # the product can run in float32 (an error estimate needs no more digits; it is 2× faster).
-            T = ((a - b_)[:, None] * Z1).astype(np.float32)
-            scaled = []
-            for ids, n_h, N_h in groups:
-                part = T[ids] - T[ids].mean(axis=0)
-                scaled.append(part * math.sqrt(n_h * (1 - n_h / N_h) / (n_h - 1)))
-            if scaled:
+            if len(ids):
+                T = (a - b_)[ids, None] * Z1[ids]
+                # Each group's rows less their mean (every group's sum in one reduceat), scaled by its factor.
+                means = np.add.reduceat(T, starts, axis=0) / sizes[:, None]
+                Tc = ((T - means[label]) * scale[label, None]).astype(np.float32)
                 # The rows (G t_j)ᵀ, centred and scaled, summed in squares: diag(G (TᵀT) G), with TᵀT one
                 # symmetric product (syrk) instead of the (units × p) @ G one (half the flops, no U).
-                Tc = np.concatenate(scaled)
                 C = (Tc.T @ Tc).astype(np.float64)
                 se[:, out] = np.sqrt(np.maximum(np.einsum("jl,lj->j", G, C @ G), 0.0))
         se *= t_widening(dof)
@@ -782,6 +852,18 @@ class KernelEstimator:
             dof,
             control,
         )
+
+
+def _runs(call: list[tuple[_Row, _Block, int, int, int]]) -> list[list[tuple[_Row, _Block, int, int, int]]]:
+    """A call's pieces in runs of consecutive pieces alike: on the whole background, or on as many dealt rows."""
+    out: list[list[tuple[_Row, _Block, int, int, int]]] = []
+    for piece in call:
+        kind = (piece[1].background is None, piece[4])
+        if out and (out[-1][0][1].background is None, out[-1][0][4]) == kind:
+            out[-1].append(piece)
+        else:
+            out.append([piece])
+    return out
 
 
 def _baseline_control(
@@ -824,7 +906,7 @@ def _baseline_control(
         step = max(1, (1 << 21) // max(m * k, 1))
         for lo in range(0, len(u), step):
             games = (u[lo : lo + step] @ centred).reshape(-1, m, k)
-            picked[lo : lo + step] = np.take_along_axis(games, rows[lo : lo + step, :, None], axis=1).mean(axis=1)
+            picked[lo : lo + step] = _middle_mean(np.take_along_axis(games, rows[lo : lo + step, :, None], axis=1))
         out[chosen] = picked
     return out
 
@@ -875,14 +957,16 @@ def _weighted_gram(strata: list[tuple[list[BoolArray], float]], p: int) -> tuple
 
 def _proportional(res_in: FloatArray, res_out: FloatArray, out: int) -> tuple[int, float] | None:
     """An earlier output whose residuals are ``c ×`` this one's, as ``(index, c)``, or ``None``."""
-    a = np.concatenate([res_in[:, out], res_out[:, out]])
+    a_in, a_out = res_in[:, out], res_out[:, out]
     for earlier in range(out):
-        b = np.concatenate([res_in[:, earlier], res_out[:, earlier]])
-        scale = float(b @ b)
+        b_in, b_out = res_in[:, earlier], res_out[:, earlier]
+        scale = float(b_in @ b_in + b_out @ b_out)
         if scale == 0:
             continue
-        c = float(a @ b) / scale
-        if np.allclose(a, c * b, rtol=0, atol=1e-12 * (1 + float(np.abs(a).max()))):
+        c = float(a_in @ b_in + a_out @ b_out) / scale
+        # |a − c b| within 1e-12 of a's scale, as np.allclose(a, c b, rtol=0) would say (at a tenth of its cost).
+        tol = 1e-12 * (1 + max(float(np.abs(a_in).max(initial=0)), float(np.abs(a_out).max(initial=0))))
+        if np.abs(a_in - c * b_in).max(initial=0) <= tol and np.abs(a_out - c * b_out).max(initial=0) <= tol:
             return earlier, c
     return None
 
@@ -917,53 +1001,96 @@ def _inverse(a: FloatArray) -> FloatArray:
         return np.asarray(np.linalg.pinv(a))
 
 
-def _sample(rng: np.random.Generator, p: int, stratum: _Stratum, count: int) -> BoolArray:
-    """Draw ``count`` new pairs of ``stratum`` uniformly without replacement; return their size-``s`` members."""
-    s = stratum.size
-    left = stratum.units - len(stratum.seen)
-    count = min(count, left)
-    if stratum.units <= ENUMERATE_UNITS or count * 2 >= left:
-        listed = _listed_units if stratum.units <= ENUMERATE_UNITS else _all_units
-        every, keys = listed(p, s, stratum.half)
-        fresh = np.flatnonzero(~np.isin(keys, stratum.seen)) if len(stratum.seen) else np.arange(len(every))
-        pick = rng.choice(fresh, size=count, replace=False)
-        stratum.seen = np.concatenate([stratum.seen, keys[pick]]) if len(stratum.seen) else keys[pick]
-        chosen: BoolArray = every[pick]
-        return chosen
-    out: list[BoolArray] = []
-    got = 0
-    while got < count:
-        want = count - got
-        draws = max(8, int(want * 1.1) + 8)
-        masks = _random_subsets(rng, draws, p, s)
-        if stratum.half:
-            masks[~masks[:, 0]] ^= True  # the member holding player 0 names the pair
+def _sample_strata(rng: np.random.Generator, p: int, requests: list[tuple[_Stratum, int]]) -> list[BoolArray]:
+    """:func:`_sample` of each ``(stratum, count)``: the strata drawn by rejection share each round of draws.
+
+    A round of a 30-feature row asks a dozen large strata for a few pairs each; drawing them one by one cost a
+    dozen numpy calls per stratum, more than onnxruntime spends on their coalitions. Masks of different sizes
+    never coincide (and the middle size is named by its member holding player 0), so one ``unique`` and one
+    ``isin`` over the round serve all of them; each stratum then keeps its first new draws, in draw order.
+    """
+    out: list[BoolArray | None] = [None] * len(requests)
+    pending: list[tuple[int, _Stratum, int]] = []
+    got: dict[int, list[BoolArray]] = {}
+    for i, (st, count) in enumerate(requests):
+        left = st.units - len(st.seen)
+        count = min(count, left)
+        if st.units <= ENUMERATE_UNITS or count * 2 >= left:
+            out[i] = _sample(rng, p, st, count)
+        else:
+            pending.append((i, st, count))
+            got[i] = []
+    while pending:
+        draws = np.array([max(8, int(want * 1.1) + 8) for _, _, want in pending], dtype=np.intp)
+        sizes = np.repeat([st.size for _, st, _ in pending], draws)
+        masks = _random_subsets(rng, len(sizes), p, sizes)
+        halves = np.repeat([st.half for _, st, _ in pending], draws)
+        flip = halves & ~masks[:, 0]
+        masks[flip] ^= True  # the member holding player 0 names the pair
         keys = _keys(masks)
         first = np.sort(np.unique(keys, return_index=True)[1])  # first draw of each, in draw order
-        if len(stratum.seen):
-            first = first[~np.isin(keys[first], stratum.seen)]
-        first = first[:want]
-        stratum.seen = np.concatenate([stratum.seen, keys[first]]) if len(stratum.seen) else keys[first]
-        out.append(masks[first])
-        got += len(first)
-    return np.concatenate(out) if out else np.zeros((0, p), dtype=bool)
+        seen = [st.seen for _, st, _ in pending if len(st.seen)]
+        if seen:
+            first = first[~np.isin(keys[first], np.concatenate(seen))]
+        bounds = np.searchsorted(first, np.concatenate([[0], np.cumsum(draws)]))
+        still: list[tuple[int, _Stratum, int]] = []
+        for j, (i, st, want) in enumerate(pending):
+            mine = first[bounds[j] : bounds[j + 1]][:want]
+            st.seen = np.concatenate([st.seen, keys[mine]]) if len(st.seen) else keys[mine]
+            got[i].append(masks[mine])
+            if len(mine) < want:
+                still.append((i, st, want - len(mine)))
+        pending = still
+    for i, parts in got.items():
+        out[i] = np.concatenate(parts) if parts else np.zeros((0, p), dtype=bool)
+    return [o if o is not None else np.zeros((0, p), dtype=bool) for o in out]
 
 
-def _random_subsets(rng: np.random.Generator, n: int, p: int, s: int) -> BoolArray:
+def _sample(rng: np.random.Generator, p: int, stratum: _Stratum, count: int) -> BoolArray:
+    """Draw ``count`` new pairs of ``stratum`` uniformly without replacement from its listing; their size-``s`` members.
+
+    For strata small enough to list (:data:`ENUMERATE_UNITS`), or asked for half of what is left of them, where
+    rejection would mostly redraw pairs already seen; :func:`_sample_strata` draws the rest by rejection.
+    """
+    s = stratum.size
+    count = min(count, stratum.units - len(stratum.seen))
+    listed = _listed_units if stratum.units <= ENUMERATE_UNITS else _all_units
+    every, keys = listed(p, s, stratum.half)
+    fresh = np.flatnonzero(~np.isin(keys, stratum.seen)) if len(stratum.seen) else np.arange(len(every))
+    pick = rng.choice(fresh, size=count, replace=False)
+    stratum.seen = np.concatenate([stratum.seen, keys[pick]]) if len(stratum.seen) else keys[pick]
+    chosen: BoolArray = every[pick]
+    return chosen
+
+
+def _random_subsets(rng: np.random.Generator, n: int, p: int, s: int | IndexArray) -> BoolArray:
     """``n`` uniform random ``s``-subsets of ``p`` players as masks: the ``s`` smallest of ``p`` uniform keys.
 
-    float32 keys cut at their ``s``-th smallest (a partition without indices: 2× faster than ``argpartition``
-    at 300 players); a row whose cut falls in a tie (about ``p²/2²⁵`` of them) is drawn again with float64 keys
-    and ``argpartition``. Both are uniform over the subsets, and so is the redraw of a tied row.
+    ``s`` is one size, or one per subset. float32 keys cut at their ``s``-th smallest (a partition without
+    indices: 2× faster than ``argpartition`` at 300 players; for sizes per subset over few players, a sort); a
+    row whose cut falls in a tie (about ``p²/2²⁵`` of them) is drawn again with float64 keys and
+    ``argpartition``. Both are uniform over the subsets, and so is the redraw of a tied row.
     """
     keys = rng.random((n, p), dtype=np.float32)
-    masks: BoolArray = keys <= np.partition(keys, s - 1, axis=1)[:, s - 1 : s]
-    tied = np.flatnonzero(masks.sum(axis=1) != s)
-    if len(tied):
-        idx = np.argpartition(rng.random((len(tied), p)), s - 1, axis=1)[:, :s]
-        rows = np.zeros((len(tied), p), dtype=bool)
-        np.put_along_axis(rows, idx, True, axis=1)
-        masks[tied] = rows
+    if isinstance(s, int):
+        masks: BoolArray = keys <= np.partition(keys, s - 1, axis=1)[:, s - 1 : s]
+        wanted = np.full(n, s)
+    else:
+        wanted = np.asarray(s, dtype=np.intp)
+        if p <= SORT_PLAYERS:
+            masks = keys <= np.sort(keys, axis=1)[np.arange(n), wanted - 1][:, None]
+        else:  # a sort of many players costs more than a partition per size
+            masks = np.empty((n, p), dtype=bool)
+            for size in np.unique(wanted).tolist():
+                rows = np.flatnonzero(wanted == size)
+                part = keys[rows]
+                masks[rows] = part <= np.partition(part, size - 1, axis=1)[:, size - 1 : size]
+    tied = np.flatnonzero(masks.sum(axis=1) != wanted)
+    for t in tied:
+        size = int(wanted[t])
+        row = np.zeros(p, dtype=bool)
+        row[np.argpartition(rng.random(p), size - 1)[:size]] = True
+        masks[t] = row
     return masks
 
 
@@ -1008,6 +1135,18 @@ def _balanced_rows(rng: np.random.Generator, pairs: int, m: int, r: int) -> Inde
     rounds = -(-pairs // per_round)
     order = np.argsort(rng.random((rounds, m)), axis=1)[:, : per_round * r]
     return order.reshape(rounds * per_round, r)[:pairs].astype(np.intp)
+
+
+def _middle_mean(values: FloatArray) -> FloatArray:
+    """``values.mean(axis=1)`` of ``(n, r, k)`` values, as one product with an averaging matrix.
+
+    numpy reduces a middle axis with a strided loop per output: 30× slower than this BLAS product for
+    ``k = 2`` outputs, and the mean of every coalition's rows is taken once per model call.
+    """
+    n, r, k = values.shape
+    averaging = np.tile(np.eye(k, dtype=values.dtype), (r, 1)) / r
+    means: FloatArray = np.ascontiguousarray(values).reshape(n, r * k) @ averaging
+    return means
 
 
 def _row_means(background: FloatArray, picked: IndexArray) -> FloatArray:

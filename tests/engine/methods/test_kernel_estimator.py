@@ -19,7 +19,10 @@ from engine.errors import InvalidRequest
 from engine.methods import kernel_estimator
 from engine.methods.kernel_estimator import (
     KernelEstimator,
+    _middle_mean,
     _random_subsets,
+    _sample_strata,
+    _Stratum,
     _weighted_gram,
     allocate,
     t_widening,
@@ -402,6 +405,48 @@ def test_random_subsets_have_the_size_and_are_uniform() -> None:
     assert len(counts) == math.comb(6, 2)
     assert stats.chisquare(counts).pvalue > 1e-3  # seeded: a fixed draw, not a flaky one
     assert np.all(_random_subsets(rng, 50, 300, 150).sum(axis=1) == 150)
+
+
+@pytest.mark.parametrize("players", [7, 80])  # one sort of all keys; beyond SORT_PLAYERS, a partition per size
+def test_random_subsets_of_mixed_sizes_have_each_its_size_and_are_uniform(players: int) -> None:
+    assert (players <= kernel_estimator.SORT_PLAYERS) == (players == 7)
+    rng = np.random.default_rng(5)
+    sizes = np.repeat([1, 3, 2], [7_000, 35_000, 21_000])
+    masks = _random_subsets(rng, len(sizes), players, sizes)
+    assert np.array_equal(masks.sum(axis=1), sizes)
+    for size in (1, 2, 3):  # every subset of the first 7 players' sizes equally often, size by size
+        rows = masks[sizes == size]
+        codes = rows[:, :7].astype(int) @ (1 << np.arange(7))
+        if players == 7:
+            counts = np.unique(codes, return_counts=True)[1]
+            assert len(counts) == math.comb(7, size)
+            assert stats.chisquare(counts).pvalue > 1e-3
+        else:  # each player as often as the others
+            assert stats.chisquare(rows.sum(axis=0)).pvalue > 1e-3
+
+
+def test_strata_sampled_together_draw_without_replacement_across_rounds() -> None:
+    rng = np.random.default_rng(2)
+    p = 40
+    strata = [_Stratum(s, math.comb(p, s) // (2 if 2 * s == p else 1), 1.0, 2 * s == p) for s in (1, 2, 6, 13, 20)]
+    asked = [30, 500, 300, 300, 300]  # a listed stratum drawn whole, a listed one, three by rejection
+    for _ in range(3):
+        drawn = _sample_strata(rng, p, list(zip(strata, asked, strict=True)))
+        for st, pairs, n in zip(strata, drawn, asked, strict=True):
+            st.drawn.append(pairs)
+            assert len(pairs) == min(n, st.units - st.count + len(pairs))
+            assert np.all(pairs.sum(axis=1) == st.size)
+    for st in strata:
+        every = np.concatenate(st.drawn)
+        assert len(np.unique(every, axis=0)) == len(every) == min(st.units, 3 * asked[strata.index(st)])
+        if st.half:
+            assert every[:, 0].all()  # the middle size's pair is named by its member holding player 0
+
+
+def test_middle_mean_is_the_mean_over_the_middle_axis() -> None:
+    values = np.random.default_rng(0).normal(size=(37, 10, 3))
+    np.testing.assert_allclose(_middle_mean(values), values.mean(axis=1), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(_middle_mean(values[:, ::2]), values[:, ::2].mean(axis=1), rtol=1e-13, atol=1e-15)
 
 
 class _TiedKeys:
