@@ -70,10 +70,15 @@ def run_explanation(
     full_background = registry.background(model)
     background = summarize_background(full_background, predictor.settings.background_summary_rows)
 
+    narrow = session.row_dtype
+
     def f(rows: FloatArray) -> FloatArray:
         if should_stop():
             raise JobCanceled("the job was canceled")
-        return session.scores(np.asarray(rows, dtype=np.float64).reshape(-1, X.shape[1]))
+        rows = np.asarray(rows)
+        if rows.dtype != narrow:
+            rows = rows.astype(np.float64, copy=False)
+        return session.scores(rows.reshape(-1, X.shape[1]))
 
     scores = f(X)
     names = model.card.output_names
@@ -101,6 +106,7 @@ def run_explanation(
         categorical=model.card.categorical,
         onnx_model=_graph_bytes(model, plan.variant) if plan.method in _READS_GRAPH else None,
         output=model.signature.explained_output,
+        row_dtype=narrow,
     )
     result = get_explainer(plan.method, "tabular").explain(task)
     return Explanation(

@@ -5,7 +5,9 @@ feature of the model card, categorical features encoded as the index of
 their category. ``ExplainTask.f`` decodes that matrix into the model's ONNX
 inputs, runs onnxruntime in large batches and returns the explained output
 (probabilities per class, or the regression value), so explainers never see
-ONNX and attributions come out per raw feature automatically.
+ONNX and attributions come out per raw feature automatically. ``f`` also
+takes float32 rows when ``ExplainTask.row_dtype`` says so (the model reads
+float32 anyway), for methods that build millions of rows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed, InvalidRequest, OnnxplainError
@@ -41,6 +45,8 @@ class ExplainTask:
         onnx_model: The serialized ONNX model, for methods that read the
             graph (``tree_shap``, ``linear``, gradients); ``None`` otherwise.
         output: The explained ONNX output's name, for methods that differentiate the graph.
+        row_dtype: A type ``f`` also takes rows in, giving the same outputs: ``np.float32`` when the model
+            reads float32 anyway, so a method that builds many rows may build them narrower.
     """
 
     f: ModelFn
@@ -54,6 +60,7 @@ class ExplainTask:
     categorical: tuple[int, ...] = ()
     onnx_model: bytes | None = None
     output: str | None = None
+    row_dtype: type[np.floating[Any]] = np.float64
 
 
 @dataclass

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from engine.arrays import FloatArray
 from engine.errors import ExplanationFailed
 from engine.models.card import ModelCard
-from engine.models.rows import Inputs, encode_feeds
+from engine.models.rows import Inputs, encode_feeds, row_dtype
 from engine.models.screening import Signature
 from engine.runtime.limits import WATCHDOG, limit_error
 from engine.telemetry import MODEL_LOAD, SESSION_CACHE, observe, timed
@@ -82,6 +82,11 @@ class ModelSession:
     memory_bytes: int = 0
     encoder: TokenIds | None = None
     """Token ids for token-id text models (the card's tokenizer, stored beside the model)."""
+
+    @property
+    def row_dtype(self) -> type[np.floating[Any]]:
+        """The type :meth:`scores` takes raw-feature rows in without a cast (:func:`engine.models.rows.row_dtype`)."""
+        return row_dtype(self.card, self.signature)
 
     @property
     def provider(self) -> str:
