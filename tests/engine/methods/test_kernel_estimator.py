@@ -407,9 +407,8 @@ def test_random_subsets_have_the_size_and_are_uniform() -> None:
     assert np.all(_random_subsets(rng, 50, 300, 150).sum(axis=1) == 150)
 
 
-@pytest.mark.parametrize("players", [7, 80])  # one sort of all keys; beyond SORT_PLAYERS, a partition per size
+@pytest.mark.parametrize("players", [7, 80])
 def test_random_subsets_of_mixed_sizes_have_each_its_size_and_are_uniform(players: int) -> None:
-    assert (players <= kernel_estimator.SORT_PLAYERS) == (players == 7)
     rng = np.random.default_rng(5)
     sizes = np.repeat([1, 3, 2], [7_000, 35_000, 21_000])
     masks = _random_subsets(rng, len(sizes), players, sizes)
