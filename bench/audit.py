@@ -36,14 +36,18 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import benchlib
-import numpy as np
-import onnxruntime as ort
-import pandas as pd
+# One BLAS thread in the single process too, as in every worker (worker/__init__.py): the comparison is one
+# core's loop against one and two workers.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from engine.arrays import FloatArray
-from engine.methods import get_explainer, validate_params
-from engine.methods.base import ExplainTask
+import benchlib  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from engine.arrays import FloatArray  # noqa: E402
+from engine.methods import get_explainer, validate_params  # noqa: E402
+from engine.methods.base import ExplainTask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
