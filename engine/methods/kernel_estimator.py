@@ -674,14 +674,17 @@ class KernelEstimator:
                     if id(row) in linear:
                         controlled.append(block)
             # In groups of blocks whose (pairs, d) temporaries stay in cache (one group on 30 features).
-            group: list[_Block] = []
-            for j, block in enumerate(controlled):
-                group.append(block)
-                values_so_far = sum(len(b.pairs) for b in group) * d
-                if j == len(controlled) - 1 or values_so_far + len(controlled[j + 1].pairs) * d > LINEAR_CHUNK_VALUES:
-                    for done, control in zip(group, self._linear_controls(row, group), strict=True):
-                        done.stratum.linear.append(control)
-                    group = []
+            groups: list[list[_Block]] = []
+            filled = math.inf  # values in the open group; none open yet
+            for block in controlled:
+                if filled + len(block.pairs) * d > LINEAR_CHUNK_VALUES:
+                    groups.append([])
+                    filled = 0.0
+                groups[-1].append(block)
+                filled += len(block.pairs) * d
+            for group in groups:
+                for done, control in zip(group, self._linear_controls(row, group), strict=True):
+                    done.stratum.linear.append(control)
 
     def _linear_controls(self, row: _Row, blocks: list[_Block]) -> list[tuple[FloatArray, FloatArray]]:
         """The fallback control variates of a row's partial blocks' pairs, ``(inside, outside)`` each ``(n, k)``.
@@ -1011,17 +1014,15 @@ def _sample_strata(rng: np.random.Generator, p: int, requests: list[tuple[_Strat
     never coincide (and the middle size is named by its member holding player 0), so one ``unique`` and one
     ``isin`` over the round serve all of them; each stratum then keeps its first new draws, in draw order.
     """
-    out: list[BoolArray | None] = [None] * len(requests)
+    got: list[list[BoolArray]] = [[] for _ in requests]
     pending: list[tuple[int, _Stratum, int]] = []
-    got: dict[int, list[BoolArray]] = {}
     for i, (st, count) in enumerate(requests):
         left = st.units - len(st.seen)
         count = min(count, left)
         if st.units <= ENUMERATE_UNITS or count * 2 >= left:
-            out[i] = _sample(rng, p, st, count)
+            got[i].append(_sample(rng, p, st, count))
         else:
             pending.append((i, st, count))
-            got[i] = []
     while pending:
         draws = np.array([max(8, int(want * 1.1) + 8) for _, _, want in pending], dtype=np.intp)
         sizes = np.repeat([st.size for _, st, _ in pending], draws)
@@ -1043,9 +1044,7 @@ def _sample_strata(rng: np.random.Generator, p: int, requests: list[tuple[_Strat
             if len(mine) < want:
                 still.append((i, st, want - len(mine)))
         pending = still
-    for i, parts in got.items():
-        out[i] = np.concatenate(parts) if parts else np.zeros((0, p), dtype=bool)
-    return [o if o is not None else np.zeros((0, p), dtype=bool) for o in out]
+    return [np.concatenate(parts) if parts else np.zeros((0, p), dtype=bool) for parts in got]
 
 
 def _sample(rng: np.random.Generator, p: int, stratum: _Stratum, count: int) -> BoolArray:
