@@ -124,11 +124,15 @@ Sampling = Literal["leverage", "kernel"]
 Control = Literal["baseline", "linear"]
 
 MAX_BATCH_VALUES = 1 << 21
-"""Feature values per ``f`` call (16 MiB as float64, 8 MiB as float32), at least :data:`SURROGATE_ROWS` rows.
+"""Feature values per ``f`` call (16 MiB as float64, 8 MiB as float32); a call of pairs on part of the background
+holds at least :data:`SURROGATE_ROWS` rows (their first call fits the linear control).
 
 Large enough that onnxruntime's per-call cost vanishes, small enough that masking a call's rows and the model
 reading them stay in cache: 0.80–0.97× the time of 2²⁴ values per call on the 100- and 300-feature models of
-``bench/kernel.py`` (A/B in ``bench/README.md``).
+``bench/kernel.py`` (A/B in ``bench/README.md``). The calls share one buffer, allocated once per estimator: a
+fresh 8–24 MiB array a call costs its page faults again (0.87× the time on 300 features with one buffer), and
+whole-background calls are not raised to :data:`SURROGATE_ROWS` (24 MiB on 300 features: 0.69× the time at
+8 MiB, same-process interleaved A/B).
 """
 
 ENUMERATE_UNITS = 20_000
@@ -164,6 +168,9 @@ LINEAR_CHUNK_VALUES = 1 << 18
 
 SMALL_GRAM_WORK = 1 << 24
 """Multiply-adds (pairs × players²) below which the solve's moment matrix is one float64 product, not one a stratum."""
+
+TWIN_TOLERANCE = 1e-5
+"""Outputs whose residuals are proportional to this relative precision share one standard-error pass."""
 
 BASELINE_CHUNK_VALUES = 1 << 22
 """Design values per batch of background rows in the per-row fit (16 MiB as float32)."""
@@ -435,9 +442,10 @@ class KernelEstimator:
         self.control: Control = control
         m = len(self.background)
         self.background_rows = m if background_rows is None else int(min(max(background_rows, 1), m))
-        self.rows_per_call = max(
-            len(self.background), min(max_batch_rows, max(SURROGATE_ROWS, MAX_BATCH_VALUES // max(d, 1)))
-        )
+        # Rows per call: of pairs on the whole background, and of pairs on part of it (which fit the surrogate).
+        self.whole_rows_per_call = int(max(m, min(max_batch_rows, MAX_BATCH_VALUES // max(d, 1))))
+        self.rows_per_call = int(max(m, min(max_batch_rows, max(SURROGATE_ROWS, MAX_BATCH_VALUES // max(d, 1)))))
+        self._buffer: FloatArray | None = None  # the calls' coalition rows, grown to the largest call
         self.background_output = np.asarray(self.f(self.background), dtype=np.float64).reshape(m, -1)
         self.base_value = self.background_output.mean(axis=0)
         self.background_mean = self.background.mean(axis=0)
@@ -587,7 +595,7 @@ class KernelEstimator:
         for row in rows:
             for block in row.blocks:
                 r = m if block.background is None else block.background.shape[1]
-                step = max(1, self.rows_per_call // (2 * r))
+                step = max(1, self._call_rows(block) // (2 * r))
                 for start in range(0, len(block.pairs), step):
                     pieces.append((row, block, start, min(step, len(block.pairs) - start), r))
         results: dict[int, list[FloatArray]] = {id(block): [] for row in rows for block in row.blocks}
@@ -598,11 +606,14 @@ class KernelEstimator:
         while i < len(pieces):
             call: list[tuple[_Row, _Block, int, int, int]] = []
             size = 0
-            while i < len(pieces) and (not call or size + 2 * pieces[i][3] * pieces[i][4] <= self.rows_per_call):
+            limit = self._call_rows(pieces[i][1])
+            while i < len(pieces) and (not call or size + 2 * pieces[i][3] * pieces[i][4] <= limit):
                 call.append(pieces[i])
                 size += 2 * pieces[i][3] * pieces[i][4]
                 i += 1
-            buffer = np.empty((size, d), dtype=self.dtype)
+            if self._buffer is None or len(self._buffer) < size:
+                self._buffer = np.empty((max(size, self.whole_rows_per_call), d), dtype=self.dtype)
+            buffer = self._buffer[:size]
             offset = 0
             # Consecutive pieces on as many background rows are masked together: a round's small strata would
             # otherwise cost a dozen numpy calls each, more than onnxruntime's time for their rows.
@@ -685,6 +696,10 @@ class KernelEstimator:
             for group in groups:
                 for done, control in zip(group, self._linear_controls(row, group), strict=True):
                     done.stratum.linear.append(control)
+
+    def _call_rows(self, block: _Block) -> int:
+        """Model rows per ``f`` call for a block's pairs."""
+        return self.whole_rows_per_call if block.background is None else self.rows_per_call
 
     def _linear_controls(self, row: _Row, blocks: list[_Block]) -> list[tuple[FloatArray, FloatArray]]:
         """The fallback control variates of a row's partial blocks' pairs, ``(inside, outside)`` each ``(n, k)``.
@@ -784,7 +799,8 @@ class KernelEstimator:
             spans.append((units + np.arange(n_h, dtype=np.intp), n_h, math.inf if st.partial else float(st.units)))
             units += n_h
         # Each pair's rows are z and 1 − z with one weight: A and b from the members alone (half the work).
-        Z1 = np.concatenate(members).astype(np.float64)
+        Z0 = np.concatenate(members)
+        Z1 = Z0.astype(np.float64)
         w1 = np.concatenate(weights)
         y_in = np.concatenate(inside) - self.base_value
         y_out = np.concatenate(outside) - self.base_value
@@ -824,6 +840,8 @@ class KernelEstimator:
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
         label = np.repeat(np.arange(len(groups)), sizes)
         scale = np.array([math.sqrt(n_h * (1 - n_h / N_h) / (n_h - 1)) for _, n_h, N_h in groups])
+        grouped = Z0[ids]
+        bounds = np.append(starts, len(ids))
         se = np.zeros((p, k))
         for out in range(k):
             a, b_ = res_in[:, out], res_out[:, out]
@@ -834,10 +852,13 @@ class KernelEstimator:
             # t_j's b_j·1 part moves nothing (G 1 = 0): leaving it out keeps TᵀT's entries of one scale, so
             # the product can run in float32 (an error estimate needs no more digits; it is 2× faster).
             if len(ids):
-                T = (a - b_)[ids, None] * Z1[ids]
-                # Each group's rows less their mean (every group's sum in one reduceat), scaled by its factor.
-                means = np.add.reduceat(T, starts, axis=0) / sizes[:, None]
-                Tc = ((T - means[label]) * scale[label, None]).astype(np.float32)
+                # Each group's rows scaled by its factor, less their mean (every group's sum in one reduceat,
+                # accumulated in float64), all in float32: half the memory traffic of float64 rows.
+                Tc = grouped.astype(np.float32)
+                Tc *= ((a - b_)[ids] * scale[label]).astype(np.float32)[:, None]
+                means = (np.add.reduceat(Tc, starts, axis=0, dtype=np.float64) / sizes[:, None]).astype(np.float32)
+                for g in range(len(sizes)):
+                    Tc[bounds[g] : bounds[g + 1]] -= means[g]
                 # The rows (G t_j)ᵀ, centred and scaled, summed in squares: diag(G (TᵀT) G), with TᵀT one
                 # symmetric product (syrk) instead of the (units × p) @ G one (half the flops, no U).
                 C = (Tc.T @ Tc).astype(np.float64)
@@ -969,8 +990,10 @@ def _proportional(res_in: FloatArray, res_out: FloatArray, out: int) -> tuple[in
         if scale == 0:
             continue
         c = float(a_in @ b_in + a_out @ b_out) / scale
-        # |a − c b| within 1e-12 of a's scale, as np.allclose(a, c b, rtol=0) would say (at a tenth of its cost).
-        tol = 1e-12 * (1 + max(float(np.abs(a_in).max(initial=0)), float(np.abs(a_out).max(initial=0))))
+        # |a − c b| within TWIN_TOLERANCE of a's largest residual: p and 1 − p of a float32 model are a rounding
+        # apart (9e-7 of the residuals on the 300-feature logistic regression of bench/kernel.py), and a
+        # standard error needs no more digits than that.
+        tol = TWIN_TOLERANCE * max(float(np.abs(a_in).max(initial=0)), float(np.abs(a_out).max(initial=0)))
         if np.abs(a_in - c * b_in).max(initial=0) <= tol and np.abs(a_out - c * b_out).max(initial=0) <= tol:
             return earlier, c
     return None

@@ -478,3 +478,37 @@ def test_weighted_gram_of_binary_members_is_exact() -> None:
 def test_t_widening_matches_scipy(dof: int) -> None:
     exact = stats.t.ppf(0.975, dof) / stats.norm.ppf(0.975)
     assert t_widening(dof) == pytest.approx(exact, rel=2e-3)
+
+
+def test_outputs_a_float32_rounding_apart_share_one_error_pass(mlp10: tuple[Counted, np.ndarray, np.ndarray]) -> None:
+    f, X, B = mlp10  # float32 probabilities: p and 1 − p agree to a rounding, not exactly
+    both = KernelEstimator(f, B, background_rows=5).explain(X[0], budget=300, seed=4)
+    alone = KernelEstimator(lambda z: f(z)[:, 1:], B, background_rows=5).explain(X[0], budget=300, seed=4)
+    np.testing.assert_allclose(both.values[:, 1:], alone.values, rtol=1e-8)  # products of other shapes
+    # Class 1's error taken from class 0's pass is the one its own pass gives.
+    np.testing.assert_allclose(both.std_errors[:, 1:], alone.std_errors, rtol=1e-4)
+    np.testing.assert_allclose(both.std_errors[:, 0], both.std_errors[:, 1], rtol=1e-4)
+    rng = np.random.default_rng(0)
+    res_in, res_out = rng.normal(size=(200, 1)), rng.normal(size=(200, 1))
+    rounded = np.hstack([res_in, (-res_in).astype(np.float32)]), np.hstack([res_out, (-res_out).astype(np.float32)])
+    assert kernel_estimator._proportional(*rounded, 1) == (0, pytest.approx(-1.0, abs=1e-6))
+    other = np.hstack([res_in, -res_in + 1e-3 * rng.normal(size=(200, 1))]), np.hstack([res_out, -res_out])
+    assert kernel_estimator._proportional(*other, 1) is None
+
+
+def test_a_model_returning_a_view_of_its_rows_is_answered_right_across_calls() -> None:
+    rng = np.random.default_rng(5)
+    B, x = rng.normal(size=(20, 6)), rng.normal(size=6)
+    calls: list[int] = []
+
+    def f(z: np.ndarray) -> np.ndarray:
+        calls.append(len(z))
+        return z[:, 2:4]  # a view of the coalition rows, which the next call overwrites
+
+    estimator = KernelEstimator(f, B, max_batch_rows=4 * len(B))
+    for seed in range(2):  # the second row reuses the first one's buffer
+        e = estimator.explain(x, budget=40, seed=seed)
+        expected = np.zeros((6, 2))
+        expected[[2, 3], [0, 1]] = x[2:4] - B[:, 2:4].mean(axis=0)  # an additive game: every pair is exact
+        np.testing.assert_allclose(e.values, expected, rtol=0, atol=1e-12)
+    assert len(calls) > 4
