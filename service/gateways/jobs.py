@@ -354,21 +354,28 @@ class JobGateway:
         job_id = new_job_id(kind.name)
         queue = self.queue(kind.queue)
         for _ in range(3):
-            with self.connection.pipeline(transaction=False) as pipe:  # the cache and the queue's length at once
+            # One round trip: claim the cache key for a new job, else read whose it is, and the queue's length.
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.set(key, job_id, nx=True, ex=self.result_ttl)
                 pipe.get(key)
                 pipe.llen(queue.key)
-                cached, waiting = pipe.execute()
+                claimed, cached, waiting = pipe.execute()
+            if claimed:
+                try:
+                    self.check_capacity(kind.queue, waiting=waiting)  # only new work needs room; a hit costs nothing
+                except QueueFull:
+                    self.connection.delete(key)  # refused: the key names no job (a reader of it meanwhile misses)
+                    raise
+                return Submission(
+                    self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant, uses=uses), "miss"
+                )
             if cached is not None:
                 existing = self._reusable(cached)
                 if existing is not None:
                     return Submission(existing, "hit")
                 # The cached job failed, was canceled or expired: this request computes afresh.
                 self.connection.delete(key)
-            self.check_capacity(kind.queue, waiting=waiting)  # only new work needs room; a hit costs nothing
-            if self.connection.set(key, job_id, nx=True, ex=self.result_ttl):
-                return Submission(
-                    self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant, uses=uses), "miss"
-                )
+        self.check_capacity(kind.queue)
         self.connection.set(key, job_id, ex=self.result_ttl)
         return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant, uses=uses), "miss")
 

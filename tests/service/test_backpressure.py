@@ -30,6 +30,9 @@ def test_a_full_interactive_queue_answers_503_with_retry_after(settings, redis_c
     full = explain(2)
     assert full.status_code == 503 and full.json["code"] == "queue_full"
     assert full.headers["Retry-After"] == "7"
+    # The refused request leaves no cache entry behind: every one names a job that exists.
+    cached = [redis_conn.get(key) for key in redis_conn.scan_iter("onnxplain:cache:*")]
+    assert len(cached) == 2 and all(redis_conn.exists(Job.key_for(job_id.decode())) for job_id in cached)
     repeat = explain(0)  # already queued: answered from the cache, needs no room
     assert repeat.status_code == 202 and repeat.json["cache"] == "hit"
 
