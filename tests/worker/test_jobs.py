@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
@@ -220,3 +222,57 @@ def test_a_running_job_canceled_then_finishing_stays_canceled(gateway, settings,
     assert answered.id == job.id
     job.set_status(JobStatus.FINISHED)  # then the job ends before it looks at the flag
     assert gateway.describe(job, location="/x")["status"] == "canceled"
+
+
+def test_one_beating_thread_beats_each_job_in_turn(gateway, settings):
+    """Jobs run one after another share the worker's one beating thread, and each is beaten while it runs."""
+    import threading
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from tests import builders
+
+    trips = 100_000
+    probe = ort.InferenceSession(builders.spin_model(trips=trips).SerializeToString())
+    tic = time.perf_counter()
+    probe.run(None, {probe.get_inputs()[0].name: np.array([[9.0]], dtype=np.float32)})
+    trips = int(trips * 0.4 / max(time.perf_counter() - tic, 1e-6))  # a model call of about 0.4 s
+    spin = builders.spin_model(trips=trips).SerializeToString()
+    registry = ModelRegistry(settings)
+    jobs = []
+    for name in ("spin-a", "spin-b"):
+        card = ModelCard.from_dict({"name": name, "task": "regression", "features": ["a"]})
+        model = registry.register(spin, card, b"a\n1\n2\n3\n", "csv")
+        request = build_request({"instances": [[9.0]], "method": "exact"}, model, settings, "fp32")
+        jobs.append(gateway.submit(JOBS["explain"], request.to_payload(), timeout=60, tenant="acme").job)
+    queues = [Queue(name, connection=gateway.connection, serializer=JSONSerializer) for name in ("interactive",)]
+    worker = HeartbeatWorker(queues, connection=gateway.connection, serializer=JSONSerializer, sweep_interval=0)
+    worker.job_monitoring_interval = 0.1  # type: ignore[assignment]  # beats ten times a second
+    beats: list[float] = []
+    beaters: set[threading.Thread] = set()  # the objects, held: a thread id is reused once its thread ends
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.02):
+            raw = gateway.connection.hget(worker.key, "last_heartbeat")
+            if raw is not None:
+                beats.append(datetime.fromisoformat(raw.decode()).timestamp())
+            beaters.update(t for t in threading.enumerate() if t.name == "rq-heartbeat")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        worker.work(burst=True)
+    finally:
+        stop.set()
+        watcher.join()
+    assert len(beaters) == 1  # one thread for both jobs, not one started per job
+    for job in jobs:
+        job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
+        assert job.get_status() == JobStatus.FINISHED
+        start, end = job.started_at.timestamp(), job.ended_at.timestamp()
+        assert end - start > 0.5  # its model calls spun
+        during = {beat for beat in beats if start + 0.05 < beat < end}  # beats after the job's own start
+        assert len(during) >= 2, (start, end, sorted(set(beats)))
