@@ -64,6 +64,9 @@ _STATUS = {
 }
 
 
+Snapshot = tuple[JobStatus, dict[str, Any], bool, Result | None]
+"""A job's status, meta, cancel flag and latest result (:meth:`JobGateway.describe`'s reading)."""
+
 _REUSABLE_ENDED = (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
 _ACTIVE = (JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED)
 
@@ -455,21 +458,28 @@ class JobGateway:
             raise missing
         return job
 
-    def wait(self, job: Job, seconds: float, *, fresh: bool = False) -> None:
-        """Block until the job ends or ``seconds`` pass (woken by RQ's result stream, no polling).
+    def wait(self, job: Job, seconds: float, *, fresh: bool = False) -> Snapshot | None:
+        """Block until the job ends or ``seconds`` pass (woken by RQ's result stream, no polling); return the job's
+        state as :meth:`describe` reads it, when the wait read it too.
 
         ``fresh``: the job was enqueued by this request, so it has not ended before now and its status need not
         be read first (the stream is read from its start: a result that landed meanwhile wakes the read at once).
+        The reads of the job's state are pipelined behind the blocking read: Redis runs them the moment it
+        returns, so waking up and reading what to answer cost one round trip, not two.
         """
         try:
             if seconds <= 0 or (not fresh and _status_of(job) in (JobStatus.FINISHED, JobStatus.FAILED)):
-                return
+                return None
             # The blocking read goes over the waiting connection: the command connection's short read
-            # timeout would cut it off.
-            blocking = Job(job.id, connection=self.waiting, serializer=JobSerializer)
-            blocking.latest_result(timeout=max(1, math.ceil(seconds)))
+            # timeout would cut it off. "0-0": from the stream's first entry, as RQ's own blocking read.
+            with self.waiting.pipeline(transaction=False) as pipe:
+                pipe.xread({Result.get_key(job.id): "0-0"}, block=max(1, math.ceil(seconds)) * 1000)
+                self._queue_state(pipe, job)
+                streamed, status, meta, canceled = pipe.execute()
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
+        latest = streamed[0][1][-1] if streamed else None  # one stream asked; its most recent entry
+        return self._restore_state(job, status, meta, canceled, latest)
 
     def cancel(self, job_id: str, tenant: str | None) -> Job:
         """Cancel a queued job at once, or flag a running one to stop (``tenant`` as in :meth:`fetch`).
@@ -497,30 +507,40 @@ class JobGateway:
     def _canceled(self, job_id: str) -> bool:
         return bool(self.connection.exists(cancel_key(job_id)))
 
-    def _snapshot(self, job: Job) -> tuple[JobStatus, dict[str, Any], bool, Result | None]:
+    def _snapshot(self, job: Job) -> Snapshot:
         """A job's status, meta, cancel flag and latest result, read in one round trip instead of four.
 
         Read-only and untransacted: RQ writes a job's final status and its result in one transaction, so a
         status that has ended comes with its result.
         """
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hget(job.key, "status")
-            pipe.hget(job.key, "meta")
-            pipe.exists(cancel_key(job.id))
+            self._queue_state(pipe, job)
             pipe.xrevrange(Result.get_key(job.id), "+", "-", count=1)
             status, meta, canceled, latest = pipe.execute()
+        return self._restore_state(job, status, meta, canceled, latest[0] if latest else None)
+
+    @staticmethod
+    def _queue_state(pipe: Pipeline, job: Job) -> None:
+        pipe.hget(job.key, "status")
+        pipe.hget(job.key, "meta")
+        pipe.exists(cancel_key(job.id))
+
+    def _restore_state(
+        self, job: Job, status: bytes | None, meta: bytes | None, canceled: int, latest: tuple[bytes, Any] | None
+    ) -> Snapshot:
         if not status:  # as Job.get_status: the key expired since the job was fetched
             raise NotFound(f"no job {job.id!r} (unknown or expired)", code="job_not_found", field="id")
         job.meta = job.serializer.loads(meta) if meta else {}
         result = None
         if latest:
-            result_id, payload = latest[0]
+            result_id, payload = latest
             result = Result.restore(job.id, result_id.decode(), payload, self.connection, job.serializer)
         return JobStatus(as_text(status)), job.meta, bool(canceled), result
 
-    def describe(self, job: Job, *, location: str) -> dict[str, Any]:
-        """Return the public JSON of a job: status, progress, times, result or error."""
-        status, meta, canceled, result = self._snapshot(job)
+    def describe(self, job: Job, *, location: str, state: Snapshot | None = None) -> dict[str, Any]:
+        """Return the public JSON of a job: status, progress, times, result or error (``state``: as :meth:`wait`
+        just read it)."""
+        status, meta, canceled, result = state or self._snapshot(job)
         public = _STATUS.get(status, "queued")
         # A job canceled while running may still finish before its next check of the flag; the cancel was
         # answered "canceled", so that is what it stays.

@@ -85,13 +85,14 @@ def answer(submission: Submission, wait: float) -> tuple[Response, int, dict[str
     svc = services()
     gateway = svc.jobs()
     job = submission.job
+    state = None
     with svc.slot(WAIT) as may_wait:
         # Past the process's waiters the request answers 202 now: waiting must not take the threads that
         # predict and health need.
         if may_wait:
-            gateway.wait(job, min(wait, svc.settings.max_wait_s), fresh=submission.cache == "miss")
+            state = gateway.wait(job, min(wait, svc.settings.max_wait_s), fresh=submission.cache == "miss")
     location = url_for("explain.get_job", job_id=job.id)
-    view = {**gateway.describe(job, location=location), "cache": submission.cache}
+    view = {**gateway.describe(job, location=location, state=state), "cache": submission.cache}
     headers = {"X-Job-Id": job.id, "X-Cache": submission.cache}
     if view["status"] == "succeeded":
         return jsonify(view["result"]), 200, headers
