@@ -32,6 +32,7 @@ from rq.worker import WorkerStatus
 from engine.errors import JobRefused
 from engine.jobs import FUNCTIONS, INTERACTIVE, MetaKey
 from worker.failures import record_failure
+from worker.observe import TALLY, flush, queue_tallies
 from worker.webhooks import Courier, run_courier
 
 _MISSED_BEATS = 3  # a job is abandoned after this many intervals without a beat
@@ -219,6 +220,7 @@ class HeartbeatWorker(SimpleWorker):
         assert job.started_at is not None and job.ended_at is not None  # perform_job stamped both
         taken = job.ended_at - job.started_at
         with self.connection.pipeline() as pipeline:  # as RQ's, less the dependents, which never exist here
+            tallies = queue_tallies(pipeline)  # the job's metrics become visible with its result
             self.increment_successful_job_count(pipeline=pipeline)
             self.increment_total_working_time(taken, pipeline)
             result_ttl = job.get_result_ttl(self.default_result_ttl)
@@ -234,7 +236,11 @@ class HeartbeatWorker(SimpleWorker):
             job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
             job._status = JobStatus.FINISHED
             self.cleanup_execution(job, pipeline=pipeline, execution=execution)
-            pipeline.execute()
+            try:
+                pipeline.execute()
+            except BaseException:
+                TALLY.restore(tallies)
+                raise
         release_slot(job)
         self.log.info("Successfully completed job %s in %ss on worker %s", job.id, taken, self.name)
 
@@ -250,6 +256,7 @@ class HeartbeatWorker(SimpleWorker):
             self.perform_job(job, queue, execution)
         finally:
             done.set()
+            flush(self.connection)  # what RQ's own success path (batch jobs) left pending
         # No set_state(IDLE) here, unlike RQ's SimpleWorker: the dequeue that follows sets it (a round trip less).
 
     def _beat_loop(self) -> None:

@@ -3,8 +3,10 @@
 Every job function is wrapped by :func:`observed`. While the job runs, :data:`engine.logs.REQUEST_ID` holds the
 request id of the API request that submitted it (``job.meta``), so every line logged for the job carries it. When
 it ends, the job's duration and the engine's measurements gathered meanwhile (session-cache lookups, model loads)
-are added to the Redis hash :data:`engine.telemetry.TALLY_KEY` in one pipeline: every API host's ``/metrics``
-reads them from there, however many worker hosts there are.
+are added to the Redis hash :data:`engine.telemetry.TALLY_KEY`: every API host's ``/metrics`` reads them from
+there, however many worker hosts there are. A failure's are written at once (:func:`flush`); a success's go in
+the transaction that stores its result (:func:`queue_tallies`, from :class:`worker.heartbeat.HeartbeatWorker`),
+so they are visible with the result and cost the job no round trip of its own.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def observed(function: JobFunction) -> JobFunction:
             if isinstance(failure, OnnxplainError):
                 fields["code"] = failure.code
             log.info("job %s %s", fields["job_id"], outcome, extra={"fields": fields})
-            if job is not None:
+            if job is not None and failure is not None:
                 flush(job.connection)
             METHOD.reset(method_token)
             REQUEST_ID.reset(token)
@@ -92,16 +94,22 @@ def observed(function: JobFunction) -> JobFunction:
     return run
 
 
+def queue_tallies(pipeline: Any) -> dict[str, float]:
+    """Queue this process's pending tallies on ``pipeline``; return them, to :meth:`Tally.restore` if it fails."""
+    pending = TALLY.drain()
+    for field, amount in pending.items():
+        pipeline.hincrbyfloat(TALLY_KEY, field, amount)
+    return pending
+
+
 def flush(connection: Any) -> None:
     """Add this process's pending tallies to Redis (kept for the next flush when Redis fails)."""
-    pending = TALLY.drain()
-    if not pending:
-        return
+    pending: dict[str, float] = {}
     try:
         with connection.pipeline(transaction=False) as pipeline:
-            for field, amount in pending.items():
-                pipeline.hincrbyfloat(TALLY_KEY, field, amount)
-            pipeline.execute()
+            pending = queue_tallies(pipeline)
+            if pending:
+                pipeline.execute()
     except (RedisError, OSError):
         # A metric must never fail a job: the increments wait for the next job's flush.
         TALLY.restore(pending)
