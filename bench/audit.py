@@ -150,7 +150,10 @@ class Service(benchlib.Service):
             return (b.replace(tzinfo=UTC) - a.replace(tzinfo=UTC)).total_seconds()
 
         connection = Redis.from_url(self.redis.url)
-        merge = job("merge")
+        # The merge job writes the audit's end itself, a moment before RQ stores the job's own end: wait for it.
+        deadline = time.monotonic() + 10
+        while (merge := job("merge")).ended_at is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         first = datetime.fromisoformat(audit["started_at"].replace("Z", "+00:00"))
         busy = sum(seconds(j.started_at, j.ended_at) for j in map(job, range(0, ROWS, CHUNK_ROWS)))
         return seconds(first, merge.started_at), seconds(merge.started_at, merge.ended_at), busy
