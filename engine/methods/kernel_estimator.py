@@ -142,6 +142,7 @@ SURROGATE_ROWS = 20_000
 """At most this many model rows of a row's first batch fit its linear control variate."""
 
 FIRST_ROUND_SHARE = 16
+"""``tolerance`` mode: the first round spends ``budget / FIRST_ROUND_SHARE`` coalitions."""
 
 BASELINE_FIT_ROWS = 2
 """The per-background-row control needs this many dealt pairs per slope, per row and cross-fitting half."""
@@ -174,7 +175,6 @@ TWIN_TOLERANCE = 1e-5
 
 BASELINE_CHUNK_VALUES = 1 << 22
 """Design values per batch of background rows in the per-row fit (16 MiB as float32)."""
-"""``tolerance`` mode: the first round spends ``budget / FIRST_ROUND_SHARE`` coalitions."""
 
 
 @dataclass(frozen=True)
