@@ -117,3 +117,32 @@ def test_kernel_shap_on_float32_rows_gives_the_float64_answer(tmp_path: Path, ba
     np.testing.assert_allclose(
         narrow_answer.values.sum(axis=1), narrow_answer.output_values - narrow_answer.base_values, atol=1e-9
     )
+
+
+def test_an_explanation_of_a_float32_model_hands_the_session_float32_coalitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_explanation tells the method the session's row type: the sampled coalitions reach it as float32."""
+    from engine.explain.plan import build_request
+    from engine.explain.result import Explanation
+    from engine.explain.run import run_explanation
+    from engine.models.store import ModelRegistry
+    from engine.serving import Predictor
+    from engine.settings import Settings
+
+    built = _wide_classifier()
+    settings = Settings(model_dir=tmp_path / "models")
+    registry = ModelRegistry(settings)
+    model = registry.register(built.onnx_bytes, ModelCard.from_dict(built.card), built.background_csv(100), "csv")
+    seen: list[np.dtype] = []
+    scores = ModelSession.scores
+
+    def watched(self: ModelSession, rows: np.ndarray) -> np.ndarray:
+        seen.append(np.asarray(rows).dtype)
+        return scores(self, rows)  # the real session's scores
+
+    monkeypatch.setattr(ModelSession, "scores", watched)
+    body = {"instances": built.X[:2].tolist(), "method": "kernel_shap", "parameters": {"nsamples": 300}}
+    answer = run_explanation(build_request(body, model, settings, "fp32"), registry, Predictor(settings, registry))
+    assert isinstance(answer, Explanation) and answer.attributions.values.shape[:2] == (2, 12)
+    assert np.dtype(np.float32) in seen[1:]  # after f(X): the coalitions
