@@ -236,8 +236,10 @@ def test_one_beating_thread_beats_each_job_in_turn(gateway, settings):
 
     trips = 100_000
     probe = ort.InferenceSession(builders.spin_model(trips=trips).SerializeToString())
+    feed = {probe.get_inputs()[0].name: np.array([[9.0]], dtype=np.float32)}
+    probe.run(None, feed)  # the first run's own costs out of the timing
     tic = time.perf_counter()
-    probe.run(None, {probe.get_inputs()[0].name: np.array([[9.0]], dtype=np.float32)})
+    probe.run(None, feed)
     trips = int(trips * 0.4 / max(time.perf_counter() - tic, 1e-6))  # a model call of about 0.4 s
     spin = builders.spin_model(trips=trips).SerializeToString()
     registry = ModelRegistry(settings)
@@ -273,6 +275,6 @@ def test_one_beating_thread_beats_each_job_in_turn(gateway, settings):
         job = Job.fetch(job.id, connection=gateway.connection, serializer=JSONSerializer)
         assert job.get_status() == JobStatus.FINISHED
         start, end = job.started_at.timestamp(), job.ended_at.timestamp()
-        assert end - start > 0.5  # its model calls spun
+        assert end - start > 0.3  # its model calls spun (about 1 s here: two or three calls of 0.4 s)
         during = {beat for beat in beats if start + 0.05 < beat < end}  # beats after the job's own start
         assert len(during) >= 2, (start, end, sorted(set(beats)))
