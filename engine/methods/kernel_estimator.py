@@ -977,10 +977,10 @@ def _baseline_slopes(U: FloatArray, dealt: IndexArray, slot: IndexArray, spread:
 def _spd_solve(a: FloatArray, b: FloatArray) -> FloatArray:
     """``np.linalg.solve(a, b)`` for a stack of symmetric positive definite systems ``(n, p, p)``, ``(n, p, k)``.
 
-    From :data:`POSV_PLAYERS` players, LAPACK's Cholesky solve (``?posv``) one system at a time: numpy's batched
-    solve is an LU per system with its own copies, 0.65× as fast on 30 players and 0.4× on 100 (100 float32
-    systems: 1.3 against 1.7 ms, 6.1 against 14.4 ms); below, the Python loop costs more than it saves. A system
-    that is not positive definite in its precision after all falls back to the LU.
+    From :data:`POSV_PLAYERS` players, LAPACK's Cholesky solve (``?posv``) one system at a time, where numpy's
+    batched solve is an LU per system with its own copies: 100 float32 systems, one BLAS thread, 1.2–1.4 against
+    1.6 ms on 30 players, 4.9–5.6 against 10–12.6 ms on 100; below, the Python loop costs more than it saves. A
+    system that is not positive definite in its precision after all falls back to the LU.
     """
     n, p = a.shape[0], a.shape[-1]
     if p < POSV_PLAYERS or n == 0:
