@@ -247,16 +247,23 @@ def relative_error(values: FloatArray, truth: FloatArray) -> float:
     return float(np.linalg.norm(values - truth) / np.linalg.norm(truth))
 
 
-def run_method(case: Case, explain: Explain, evaluations: int, seeds: int) -> tuple[float, float, list[int]]:
-    """Mean relative error and median seconds per row; the model batch sizes of one seed's pass."""
+def run_method(
+    case: Case, explain: Explain, evaluations: int, seeds: int, repeats: int = 1
+) -> tuple[float, float, list[int]]:
+    """Mean relative error and median seconds per row; the model batch sizes of one seed's pass.
+
+    ``repeats`` times each (row, seed) call that many times (the same answer each time: every method is seeded);
+    the median is then over all the calls.
+    """
     errors, times = [], []
     batches: list[int] = []
     for seed in range(seeds):
         case.model.batches.clear()
         for x, truth in zip(case.X, case.truth, strict=True):
-            tic = time.perf_counter()
-            values = explain(x, evaluations, seed)
-            times.append(time.perf_counter() - tic)
+            for _ in range(repeats):
+                tic = time.perf_counter()
+                values = explain(x, evaluations, seed)
+                times.append(time.perf_counter() - tic)
             errors.append(relative_error(values, truth))
         if seed == 0:
             batches = list(case.model.batches)
@@ -317,8 +324,9 @@ def kernel_table(cases: list[Case], evaluations: int, seeds: int, use_shapiq: bo
     return lines
 
 
-def curves(cases: list[Case], grid: list[int], seeds: int, use_shapiq: bool, png: Path) -> list[str]:
-    """Error against model evaluations per method; the PNG and the equal-error speed-ups."""
+def curves(cases: list[Case], grid: list[int], seeds: int, use_shapiq: bool, png: Path, repeats: int = 1) -> list[str]:
+    """Error against model evaluations per method; the PNG and the equal-error speed-ups (times: the median of
+    ``repeats`` calls per row and seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -345,7 +353,7 @@ def curves(cases: list[Case], grid: list[int], seeds: int, use_shapiq: bool, png
         for evaluations in grid:
             for label, explain, least in methods:
                 if evaluations >= least:
-                    err, seconds, _ = run_method(case, explain, evaluations, seeds)
+                    err, seconds, _ = run_method(case, explain, evaluations, seeds, repeats)
                     table[label].append((evaluations, err, seconds))
         for label, points in table.items():
             if points:
@@ -355,7 +363,8 @@ def curves(cases: list[Case], grid: list[int], seeds: int, use_shapiq: bool, png
         ax.set_ylabel("relative L2 error")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-        lines.append(f"{case.name}: relative error by model evaluations per row")
+        calls = len(case.X) * seeds * repeats
+        lines.append(f"{case.name}: relative error by model evaluations per row (times: median of {calls} calls)")
         header = f"  {'method':<26}" + "".join(f"{e:>10,}" for e in grid)
         lines.append(header)
         for label, points in table.items():
@@ -513,7 +522,10 @@ def main() -> None:
     grid = [7_000, 20_000] if args.quick else [1_000, 3_000, 10_000, 30_000, 100_000, 300_000]
     curve_cases = [c for c in cases if c.name in (("mlp30",) if args.quick else ("mlp30", "mlp100"))]
     png = Path(tempfile.gettempdir()) / "kernel_error_quick.png" if args.quick else ROOT / "bench" / "kernel_error.png"
-    for line in curves(curve_cases, grid, seeds, module is not None, png):
+    # Each point's time is the median of rows × seeds × repeats calls: at 6 calls (repeats 1) the same code's
+    # equal-error ratios moved by ±25 % between runs minutes apart (bench/README.md, 2026-12-07).
+    repeats = 1 if args.quick else 3
+    for line in curves(curve_cases, grid, seeds, module is not None, png, repeats):
         print(line)
     print()
     for line in background_scaling(30, rows, (50, 100) if args.quick else (50, 100, 500)):
