@@ -67,6 +67,31 @@ _STATUS = {
 Snapshot = tuple[JobStatus, dict[str, Any], bool, Result | None]
 """A job's status, meta, cancel flag and latest result (:meth:`JobGateway.describe`'s reading)."""
 
+_CLAIM_AND_ENQUEUE = """
+-- KEYS[1]: the request's cache key; KEYS[2]: its queue's list. ARGV[1]: the new job's id; ARGV[2]: the key's
+-- TTL; ARGV[3]: the queue's cap (-1: none); ARGV[4..]: the job's creation, each command as its argument count
+-- and then its arguments (RQ's enqueue as recorded on a pipeline).
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+    return {0, redis.call('GET', KEYS[1])}
+end
+local waiting = redis.call('LLEN', KEYS[2])
+local cap = tonumber(ARGV[3])
+if cap >= 0 and waiting + 1 > cap then
+    redis.call('DEL', KEYS[1])
+    return {2, waiting}
+end
+local i = 4
+while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    redis.call(unpack(ARGV, i + 1, i + n))
+    i = i + n + 1
+end
+return {1, waiting}
+"""
+_CACHED, _ENQUEUED, _FULL = 0, 1, 2
+"""What :data:`_CLAIM_AND_ENQUEUE` did: the key named another job (its id comes back), the job was created and
+queued, or the queue was full (its length comes back)."""
+
 _REUSABLE_ENDED = (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
 _ACTIVE = (JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED)
 
@@ -220,11 +245,14 @@ class JobGateway:
         """
         cap = self.caps.get(queue)
         if cap is not None and (self.queue(queue).count if waiting is None else waiting) + adding > cap:
-            raise QueueFull(
-                f"the {queue} queue is full ({cap} jobs waiting); retry later",
-                code="queue_full",
-                retry_after_s=self.retry_after_s,
-            )
+            raise self._full(queue, cap)
+
+    def _full(self, queue: str, cap: int) -> QueueFull:
+        return QueueFull(
+            f"the {queue} queue is full ({cap} jobs waiting); retry later",
+            code="queue_full",
+            retry_after_s=self.retry_after_s,
+        )
 
     def queue(self, name: str) -> Queue:
         """Return the RQ queue ``name`` with the JSON serializer."""
@@ -356,28 +384,29 @@ class JobGateway:
         key = cache_key(digest)
         job_id = new_job_id(kind.name)
         queue = self.queue(kind.queue)
+        cap = self.caps.get(kind.queue)
+        # RQ's enqueue of the new job, recorded on a pipeline that is never sent: the script below replays it
+        # when the claim succeeds, so claiming the key, checking the queue's room and creating the job are one
+        # atomic round trip instead of two (a cache hit then drops the recording).
+        with self.connection.pipeline() as recording:
+            job = self._queue_job(kind, payload, job_id, recording, timeout=timeout, tenant=tenant, uses=uses)
+            commands: list[Any] = []
+            for args, _ in recording.command_stack:
+                commands += [len(args), *args]
+        claim = self.connection.register_script(_CLAIM_AND_ENQUEUE)
         for _ in range(3):
-            # One round trip: claim the cache key for a new job, else read whose it is, and the queue's length.
-            with self.connection.pipeline(transaction=False) as pipe:
-                pipe.set(key, job_id, nx=True, ex=self.result_ttl)
-                pipe.get(key)
-                pipe.llen(queue.key)
-                claimed, cached, waiting = pipe.execute()
-            if claimed:
-                try:
-                    self.check_capacity(kind.queue, waiting=waiting)  # only new work needs room; a hit costs nothing
-                except QueueFull:
-                    self.connection.delete(key)  # refused: the key names no job (a reader of it meanwhile misses)
-                    raise
-                return Submission(
-                    self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant, uses=uses), "miss"
-                )
-            if cached is not None:
-                existing = self._reusable(cached)
-                if existing is not None:
-                    return Submission(existing, "hit")
-                # The cached job failed, was canceled or expired: this request computes afresh.
-                self.connection.delete(key)
+            outcome, value = claim(
+                keys=[key, queue.key], args=[job_id, self.result_ttl, -1 if cap is None else cap, *commands]
+            )
+            if outcome == _ENQUEUED:
+                return Submission(job, "miss")
+            if outcome == _FULL and cap is not None:  # refused: the script gave the key back, so it names no job
+                raise self._full(kind.queue, cap)
+            existing = self._reusable(value)
+            if existing is not None:
+                return Submission(existing, "hit")
+            # The cached job failed, was canceled or expired: this request computes afresh.
+            self.connection.delete(key)
         self.check_capacity(kind.queue)
         self.connection.set(key, job_id, ex=self.result_ttl)
         return Submission(self._enqueue(kind, payload, job_id, timeout=timeout, tenant=tenant, uses=uses), "miss")
@@ -409,28 +438,43 @@ class JobGateway:
         """Create and enqueue the job, and mark the model version it uses, in one transaction (one round trip:
         RQ alone makes two, the mark a third)."""
         with self.connection.pipeline() as pipe:
-            job = self.queue(kind.queue).enqueue(
-                kind.function,
-                payload,
-                pipeline=pipe,
-                # RQ's default description is the repr of the whole payload (every row), built for nothing.
-                description=f"onnxplain {kind.name} job",
-                job_id=job_id,
-                job_timeout=timeout,
-                result_ttl=self.result_ttl,
-                failure_ttl=self.failure_ttl,
-                ttl=self.queued_ttl.get(kind.queue, self.result_ttl),
-                retry=Retry(max=1),
-                meta={
-                    MetaKey.KIND: kind.name,
-                    MetaKey.PROGRESS: 0.0,
-                    MetaKey.TENANT: tenant,
-                    MetaKey.REQUEST_ID: self.request_id,
-                },
-            )
-            if uses is not None:
-                self._queue_use(pipe, *uses, job_id)
+            job = self._queue_job(kind, payload, job_id, pipe, timeout=timeout, tenant=tenant, uses=uses)
             pipe.execute()
+        return job
+
+    def _queue_job(
+        self,
+        kind: JobKind,
+        payload: dict[str, Any],
+        job_id: str,
+        pipe: Pipeline,
+        *,
+        timeout: int,
+        tenant: str,
+        uses: tuple[str, int] | None,
+    ) -> Job:
+        """Queue on ``pipe`` RQ's creation and enqueue of the job, and the mark of the model version it uses."""
+        job = self.queue(kind.queue).enqueue(
+            kind.function,
+            payload,
+            pipeline=pipe,
+            # RQ's default description is the repr of the whole payload (every row), built for nothing.
+            description=f"onnxplain {kind.name} job",
+            job_id=job_id,
+            job_timeout=timeout,
+            result_ttl=self.result_ttl,
+            failure_ttl=self.failure_ttl,
+            ttl=self.queued_ttl.get(kind.queue, self.result_ttl),
+            retry=Retry(max=1),
+            meta={
+                MetaKey.KIND: kind.name,
+                MetaKey.PROGRESS: 0.0,
+                MetaKey.TENANT: tenant,
+                MetaKey.REQUEST_ID: self.request_id,
+            },
+        )
+        if uses is not None:
+            self._queue_use(pipe, *uses, job_id)
         return job
 
     def fetch(self, job_id: str, tenant: str | None) -> Job:

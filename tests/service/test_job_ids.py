@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 
 from redis import Redis
 
@@ -52,6 +53,29 @@ def test_identical_requests_share_a_job_within_a_tenant_only(app, settings, bina
     assert a.delete(f"/v1/jobs/{first.json['id']}").json["status"] == "canceled"
     fresh = explain(a, binary_model)  # a canceled job is never served from the cache
     assert fresh.json["cache"] == "miss" and fresh.json["id"] != first.json["id"]
+
+
+def test_simultaneous_identical_requests_make_one_job(app, api_key, binary_model, redis_conn):
+    """Eight identical submissions at once: one creates the job (the cache claim and the job's creation are one
+    atomic step), the seven others are hits on it, and the queue holds that one job."""
+    shared_model(authorize(app.test_client(), api_key), binary_model)
+    clients = [authorize(app.test_client(), api_key) for _ in range(8)]
+    start = threading.Barrier(len(clients))
+    answers: list[tuple[str, str]] = []
+
+    def submit(c) -> None:
+        start.wait()
+        response = explain(c, binary_model)
+        answers.append((response.json["cache"], response.json["id"]))
+
+    threads = [threading.Thread(target=submit, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(cache for cache, _ in answers) == ["hit"] * 7 + ["miss"]
+    assert len({job_id for _, job_id in answers}) == 1
+    assert redis_conn.lrange("rq:queue:interactive", 0, -1) == [answers[0][1].encode()]
 
 
 def test_tenant_b_never_gets_tenant_a_result(live_settings, live_client, binary_model):
