@@ -88,9 +88,9 @@ while i <= #ARGV do
 end
 return {1, waiting}
 """
-_CACHED, _ENQUEUED, _FULL = 0, 1, 2
-"""What :data:`_CLAIM_AND_ENQUEUE` did: the key named another job (its id comes back), the job was created and
-queued, or the queue was full (its length comes back)."""
+_ENQUEUED, _FULL = 1, 2
+"""What :data:`_CLAIM_AND_ENQUEUE` did besides 0 (the key named another job, whose id comes back): the job was
+created and queued, or the queue was full (its length comes back)."""
 
 _REUSABLE_ENDED = (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
 _ACTIVE = (JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED)
