@@ -9,6 +9,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.suspension import resume, suspend
 
 from engine.explain.plan import build_request
 from engine.jobs import JOBS
@@ -80,6 +81,37 @@ def test_an_interactive_jobs_one_start_and_one_success_transaction_keep_rqs_book
     counts = gateway.connection.hmget(worker.key, "successful_job_count", "failed_job_count", "total_working_time")
     assert int(counts[0]) == 1 and counts[1] is None and float(counts[2]) > 0  # what the worker wrote to Redis
     assert gateway.connection.ttl(job.key) > 0  # the result's TTL, not persisted forever
+
+
+def test_the_worker_idles_and_honours_a_suspension_read_with_an_interactive_jobs_success(
+    gateway, settings, binary_model, monkeypatch
+):
+    """The beat, idle state and suspension check RQ sends after each job ride in an interactive job's success
+    transaction: the worker still reads idle with a fresh beat, and an ``rq suspend`` issued while a job runs
+    stops it before the next job."""
+    model = registered(settings, binary_model)
+    jobs = []
+    for row in binary_model.X[:2]:
+        request = build_request({"instances": [row.tolist()], "method": "exact"}, model, settings, "fp32")
+        jobs.append(gateway.submit(JOBS["explain"], request.to_payload(), timeout=60, tenant="acme").job)
+    succeed = HeartbeatWorker.handle_job_success
+    states = []
+
+    def suspended_meanwhile(worker, job, *args, **kwargs):
+        suspend(gateway.connection)  # `rq suspend` while the first job runs, before its success transaction
+        succeed(worker, job, *args, **kwargs)
+        states.append(gateway.connection.hmget(worker.key, "state", "last_heartbeat"))
+
+    monkeypatch.setattr(HeartbeatWorker, "handle_job_success", suspended_meanwhile)
+    try:
+        run_burst(gateway.connection)  # burst mode: a suspended worker exits
+    finally:
+        resume(gateway.connection)
+    first, second = (Job.fetch(j.id, connection=gateway.connection, serializer=JSONSerializer) for j in jobs)
+    assert first.get_status() == JobStatus.FINISHED
+    assert second.get_status() == JobStatus.QUEUED  # not taken: the suspension was read before the next dequeue
+    ((state, beat),) = states
+    assert state == b"idle" and datetime.fromisoformat(beat.decode().replace("Z", "+00:00")) >= first.ended_at
 
 
 def test_deterministic_errors_fail_once_with_their_code(gateway, settings, binary_model):
