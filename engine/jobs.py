@@ -129,9 +129,15 @@ class MetaKey(StrEnum):
     TENANT = "tenant"
     """The tenant that submitted the job: only it may read or cancel it."""
     ATTEMPT = "attempt"
-    """Runs of the job begun so far (1 on its first, 2 on its retry after a dead worker or lost Redis)."""
+    """Runs of the job begun so far, as workers before :data:`ATTEMPT_FIELD` counted them (read as its fallback)."""
     REQUEST_ID = "request_id"
     """The ``X-Request-ID`` of the request that submitted the job: the worker's log lines for it carry it."""
+
+
+ATTEMPT_FIELD = "onnxplain_attempt"
+"""The field of a job's RQ hash counting its runs begun (1 on its first, 2 on its retry after a dead worker or lost
+Redis): the worker's start increments it in the same script that reads the job, where a count in ``job.meta``
+would need the meta read first."""
 
 
 def uses_key(model: str, version: int) -> str:
@@ -146,6 +152,31 @@ def uses_key(model: str, version: int) -> str:
 def cancel_key(job_id: str) -> str:
     """Return the Redis key whose presence asks the running job ``job_id`` to stop."""
     return f"onnxplain:cancel:{job_id}"
+
+
+def replay_lua(first: int) -> str:
+    """The Lua that runs, inside a script, the commands recorded on a redis-py pipeline and passed from
+    ``ARGV[first]`` on, each as its argument count and then its arguments.
+
+    The API's cache claim and the worker's start build RQ's own writes on a pipeline never sent and replay
+    them in a script that decides first whether they happen: one atomic round trip instead of two.
+    """
+    return f"""
+local i = {first}
+while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    redis.call(unpack(ARGV, i + 1, i + n))
+    i = i + n + 1
+end
+"""
+
+
+def recorded(commands: list[tuple[tuple[Any, ...], Any]]) -> list[Any]:
+    """A pipeline's ``command_stack`` as the arguments :func:`replay_lua` reads."""
+    flat: list[Any] = []
+    for args, _ in commands:
+        flat += [len(args), *args]
+    return flat
 
 
 @dataclass(frozen=True)

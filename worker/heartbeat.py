@@ -17,6 +17,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import weakref
 from queue import SimpleQueue
 from typing import Any
 
@@ -27,11 +28,11 @@ from rq.job import Job, JobStatus
 from rq.rate_limit import release_slot
 from rq.suspension import WORKERS_SUSPENDED
 from rq.timeouts import UnixSignalDeathPenalty
-from rq.utils import now
+from rq.utils import backend_class, now
 from rq.worker import WorkerStatus
 
 from engine.errors import JobRefused
-from engine.jobs import FUNCTIONS, INTERACTIVE, MetaKey
+from engine.jobs import ATTEMPT_FIELD, FUNCTIONS, INTERACTIVE, recorded, replay_lua
 from worker.failures import record_failure
 from worker.observe import TALLY, flush, queue_tallies
 from worker.webhooks import Courier, run_courier
@@ -68,6 +69,57 @@ class PersistentDeathPenalty(UnixSignalDeathPenalty):
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
+_READ_AND_START = (
+    """
+-- KEYS[1]: the dequeued job's hash. ARGV: its start, each command as its argument count and then its
+-- arguments (as recorded on a pipeline). Nothing is written for a job that no longer exists.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    return false
+end
+"""
+    + replay_lua(1)
+    + """
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+
+class StartingQueue(Queue):
+    """RQ's queue, whose dequeue leaves reading the job's hash to the job's start.
+
+    RQ reads a dequeued job (HGETALL) at once, then starts it in a transaction of its own: two round trips in
+    a row while the request waits. Here the dequeue hands over the job's id and queue only, and
+    :meth:`HeartbeatWorker.execute_job` reads the job in its start (:data:`_READ_AND_START`): one.
+    """
+
+    @classmethod
+    def _fetch_dequeued_job(
+        cls,
+        connection: Any,
+        queue_key: str,
+        job_id: str,
+        job_class: Any = None,
+        serializer: Any = None,
+        death_penalty_class: Any = None,
+    ) -> tuple[Job, Queue] | None:
+        job_cls = backend_class(cls, "job_class", override=job_class)
+        queue = cls.from_queue_key(
+            queue_key,
+            connection=connection,
+            job_class=job_cls,
+            serializer=serializer,
+            death_penalty_class=death_penalty_class,
+        )
+        job = job_cls(job_id, connection=connection, serializer=serializer)
+        job.origin = queue.name  # what the start's registries need before the hash is read
+        _UNREAD.add(job)
+        return job, queue
+
+
+_UNREAD: weakref.WeakSet[Job] = weakref.WeakSet()
+"""Jobs :class:`StartingQueue` dequeued whose hash is not read yet."""
+
+
 class HeartbeatWorker(SimpleWorker):
     """A ``SimpleWorker`` whose running job's heartbeat lapses ``3 × job_monitoring_interval`` after it died.
 
@@ -79,6 +131,7 @@ class HeartbeatWorker(SimpleWorker):
     """
 
     death_penalty_class = PersistentDeathPenalty
+    queue_class = StartingQueue
 
     def __init__(
         self,
@@ -89,6 +142,8 @@ class HeartbeatWorker(SimpleWorker):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("job_class", ContractJob)
+        # The dequeue's log line names the job by its id: its description is read with its start (a constant).
+        kwargs.setdefault("log_job_description", False)
         super().__init__(*args, **kwargs)
         self.sweep_interval = sweep_interval
         self.courier = courier
@@ -104,6 +159,14 @@ class HeartbeatWorker(SimpleWorker):
         # (0.3 ms here, between the dequeue and the job) and its join after.
         self._beats: SimpleQueue[tuple[Job, Execution, threading.Event] | None] = SimpleQueue()
         self._beater: threading.Thread | None = None
+        self._read_and_start_script = self.connection.register_script(_READ_AND_START)
+        self._started: Job | None = None  # the job whose start went with the read of its hash
+
+    def validate_queues(self) -> None:
+        """Any RQ queue will do: :class:`StartingQueue` only changes how the worker dequeues from them."""
+        for queue in self.queues:
+            if not isinstance(queue, Queue):
+                raise TypeError(f"{queue} is not an RQ queue")
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         """Run RQ's loop with the sweeper and the webhook courier threads beside it."""
@@ -186,13 +249,14 @@ class HeartbeatWorker(SimpleWorker):
         return max(3, int(_MISSED_BEATS * self.job_monitoring_interval))
 
     # -- fewer round trips per job -------------------------------------------------------------------------
-    # Between the dequeue and the job's first line RQ makes four round trips (a worker beat, the execution
-    # record, the job's start, our attempt count), between its last line and its result three more (a job
-    # beat, then a WATCH of its dependents and their read): each waits on Redis while the request waits on
-    # the job. Here the first four are one transaction, and an interactive job's result follows its end at
-    # once (nothing depends on one, and no callbacks run between). After it RQ's loop sends three more before
-    # the next dequeue (a worker beat, the suspension check, the idle state): for an interactive job they go
-    # in its success transaction (one worker, back-to-back 3 ms jobs: 11 % more of them a second).
+    # Between the dequeue and the job's first line RQ makes five round trips (the read of the job, a worker
+    # beat, the execution record, the job's start, our attempt count), between its last line and its result
+    # three more (a job beat, then a WATCH of its dependents and their read): each waits on Redis while the
+    # request waits on the job. Here the first five are one script (StartingQueue, _read_and_start), and an
+    # interactive job's result follows its end at once (nothing depends on one, and no callbacks run between).
+    # After it RQ's loop sends three more before the next dequeue (a worker beat, the suspension check, the
+    # idle state): for an interactive job they go in its success transaction (one worker, back-to-back 3 ms
+    # jobs: 11 % more of them a second).
 
     def reorder_queues(self, reference_queue: Any) -> None:
         """RQ's hook right after a successful dequeue: the beat RQ sends next goes with the job's start."""
@@ -210,21 +274,40 @@ class HeartbeatWorker(SimpleWorker):
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """RQ's start of a job (beats, status ``started``) with the execution record and the attempt count,
-        in one transaction."""
+        in one transaction; nothing more when :meth:`execute_job` started it with the read of its hash."""
+        if self._started is job:
+            self._started = None
+            return
         pipeline, self._start = self._start or self.connection.pipeline(), None
         with pipeline:
-            heartbeat_ttl = self.get_heartbeat_ttl(job)
-            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
-            job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
-            job.prepare_for_execution(self.name, pipeline=pipeline)
-            pipeline.persist(job.key)
-            if remove_from_intermediate_queue:
-                pipeline.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
-            # Counted in the job's own meta, which outlives its worker: a re-run after a dead worker reads 2.
-            # job.meta is as the dequeue just fetched it (HGETALL): no second read.
-            job.meta[MetaKey.ATTEMPT] = int(job.meta.get(MetaKey.ATTEMPT) or 0) + 1
-            pipeline.hset(job.key, "meta", job.serializer.dumps(job.meta))
+            self._queue_start(job, pipeline, remove_from_intermediate_queue)
             pipeline.execute()
+
+    def _queue_start(self, job: Job, pipeline: Pipeline, remove_from_intermediate_queue: bool) -> None:
+        heartbeat_ttl = self.get_heartbeat_ttl(job)
+        self.heartbeat(heartbeat_ttl, pipeline=pipeline)
+        job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
+        job.prepare_for_execution(self.name, pipeline=pipeline)
+        pipeline.persist(job.key)
+        if remove_from_intermediate_queue:
+            pipeline.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+        # Counted in the job's own hash, which outlives its worker: a re-run after a dead worker reads 2.
+        pipeline.hincrby(job.key, ATTEMPT_FIELD, 1)
+
+    def _read_and_start(self, job: Job) -> bool:
+        """Start a job :class:`StartingQueue` dequeued, reading its hash in the same round trip; ``False`` (and
+        nothing written) when it no longer exists."""
+        pipeline, self._start = self._start or self.connection.pipeline(), None
+        with pipeline:
+            # As RQ's perform_job decides: one queue means it dequeued through the intermediate list.
+            self._queue_start(job, pipeline, len(self.queues) == 1)
+            commands = recorded(pipeline.command_stack)
+        raw = self._read_and_start_script(keys=[job.key], args=commands)
+        if not raw:
+            return False
+        job.restore(dict(zip(raw[::2], raw[1::2], strict=True)))
+        self._started = job
+        return True
 
     def handle_execution_ended(self, job: Job, queue: Any, heartbeat_ttl: int) -> None:
         """Stamp the job's end; RQ's job beat here only covers its callbacks, which these jobs have none of."""
@@ -275,6 +358,12 @@ class HeartbeatWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Any) -> None:
         """Run the job in this thread while the beating thread refreshes its heartbeat."""
         execution = self.prepare_execution(job)
+        if job in _UNREAD:
+            _UNREAD.discard(job)
+            if not self._read_and_start(job):  # deleted since it was queued: RQ's dequeue skips it too
+                del self.executions[execution.id]
+                self.log.info("job %s no longer exists; skipped", job.id)
+                return
         if self._beater is None or not self._beater.is_alive():
             self._beater = threading.Thread(target=self._beat_loop, daemon=True, name="rq-heartbeat")
             self._beater.start()

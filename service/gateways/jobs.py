@@ -34,6 +34,7 @@ from rq.utils import as_text
 
 from engine.errors import Conflict, InvalidRequest, NotFound, QueueFull, Unavailable
 from engine.jobs import (
+    ATTEMPT_FIELD,
     CANCELED,
     JobError,
     JobKind,
@@ -42,6 +43,8 @@ from engine.jobs import (
     cancel_key,
     job_error,
     read_job_error,
+    recorded,
+    replay_lua,
     uses_key,
 )
 from engine.timestamps import format_utc
@@ -64,10 +67,11 @@ _STATUS = {
 }
 
 
-Snapshot = tuple[JobStatus, dict[str, Any], bool, Result | None]
-"""A job's status, meta, cancel flag and latest result (:meth:`JobGateway.describe`'s reading)."""
+Snapshot = tuple[JobStatus, dict[str, Any], bool, int, Result | None]
+"""A job's status, meta, cancel flag, runs begun and latest result (:meth:`JobGateway.describe`'s reading)."""
 
-_CLAIM_AND_ENQUEUE = """
+_CLAIM_AND_ENQUEUE = (
+    """
 -- KEYS[1]: the request's cache key; KEYS[2]: its queue's list. ARGV[1]: the new job's id; ARGV[2]: the key's
 -- TTL; ARGV[3]: the queue's cap (-1: none); ARGV[4..]: the job's creation, each command as its argument count
 -- and then its arguments (RQ's enqueue as recorded on a pipeline).
@@ -80,14 +84,12 @@ if cap >= 0 and waiting + 1 > cap then
     redis.call('DEL', KEYS[1])
     return {2, waiting}
 end
-local i = 4
-while i <= #ARGV do
-    local n = tonumber(ARGV[i])
-    redis.call(unpack(ARGV, i + 1, i + n))
-    i = i + n + 1
-end
+"""
+    + replay_lua(4)
+    + """
 return {1, waiting}
 """
+)
 _ENQUEUED, _FULL = 1, 2
 """What :data:`_CLAIM_AND_ENQUEUE` did besides 0 (the key named another job, whose id comes back): the job was
 created and queued, or the queue was full (its length comes back)."""
@@ -390,9 +392,7 @@ class JobGateway:
         # atomic round trip instead of two (a cache hit then drops the recording).
         with self.connection.pipeline() as recording:
             job = self._queue_job(kind, payload, job_id, recording, timeout=timeout, tenant=tenant, uses=uses)
-            commands: list[Any] = []
-            for args, _ in recording.command_stack:
-                commands += [len(args), *args]
+            commands = recorded(recording.command_stack)
         claim = self.connection.register_script(_CLAIM_AND_ENQUEUE)
         for _ in range(3):
             outcome, value = claim(
@@ -519,11 +519,11 @@ class JobGateway:
             with self.waiting.pipeline(transaction=False) as pipe:
                 pipe.xread({Result.get_key(job.id): "0-0"}, block=max(1, math.ceil(seconds)) * 1000)
                 self._queue_state(pipe, job)
-                streamed, status, meta, canceled = pipe.execute()
+                streamed, *state = pipe.execute()
         except RedisError as exc:
             raise Unavailable(f"Redis is unavailable: {exc}", code="unavailable") from exc
         latest = streamed[0][1][-1] if streamed else None  # one stream asked; its most recent entry
-        return self._restore_state(job, status, meta, canceled, latest)
+        return self._restore_state(job, state, latest)
 
     def cancel(self, job_id: str, tenant: str | None) -> Job:
         """Cancel a queued job at once, or flag a running one to stop (``tenant`` as in :meth:`fetch`).
@@ -560,31 +560,32 @@ class JobGateway:
         with self.connection.pipeline(transaction=False) as pipe:
             self._queue_state(pipe, job)
             pipe.xrevrange(Result.get_key(job.id), "+", "-", count=1)
-            status, meta, canceled, latest = pipe.execute()
-        return self._restore_state(job, status, meta, canceled, latest[0] if latest else None)
+            *state, latest = pipe.execute()
+        return self._restore_state(job, state, latest[0] if latest else None)
 
     @staticmethod
     def _queue_state(pipe: Pipeline, job: Job) -> None:
-        pipe.hget(job.key, "status")
-        pipe.hget(job.key, "meta")
+        pipe.hmget(job.key, "status", "meta", ATTEMPT_FIELD)
         pipe.exists(cancel_key(job.id))
 
-    def _restore_state(
-        self, job: Job, status: bytes | None, meta: bytes | None, canceled: int, latest: tuple[bytes, Any] | None
-    ) -> Snapshot:
+    def _restore_state(self, job: Job, state: list[Any], latest: tuple[bytes, Any] | None) -> Snapshot:
+        """The :data:`Snapshot` of what :meth:`_queue_state` read (``state``) and the latest result entry."""
+        (status, meta, attempt), canceled = state
         if not status:  # as Job.get_status: the key expired since the job was fetched
             raise NotFound(f"no job {job.id!r} (unknown or expired)", code="job_not_found", field="id")
         job.meta = job.serializer.loads(meta) if meta else {}
+        # A job started by a worker from before the count moved to its own field has it in its meta.
+        runs = int(attempt) if attempt else int(job.meta.get(MetaKey.ATTEMPT) or 0)
         result = None
         if latest:
             result_id, payload = latest
             result = Result.restore(job.id, result_id.decode(), payload, self.connection, job.serializer)
-        return JobStatus(as_text(status)), job.meta, bool(canceled), result
+        return JobStatus(as_text(status)), job.meta, bool(canceled), runs, result
 
     def describe(self, job: Job, *, location: str, state: Snapshot | None = None) -> dict[str, Any]:
         """Return the public JSON of a job: status, progress, times, result or error (``state``: as :meth:`wait`
         just read it)."""
-        status, meta, canceled, result = state or self._snapshot(job)
+        status, meta, canceled, attempt, result = state or self._snapshot(job)
         public = _STATUS.get(status, "queued")
         # A job canceled while running may still finish before its next check of the flag; the cancel was
         # answered "canceled", so that is what it stays.
@@ -595,7 +596,7 @@ class JobGateway:
             "kind": meta.get(MetaKey.KIND, "job"),
             "status": public,
             "progress": 1.0 if public == "succeeded" else meta.get(MetaKey.PROGRESS),
-            "attempt": int(meta.get(MetaKey.ATTEMPT) or 0),
+            "attempt": attempt,
             "created_at": _iso(job.created_at),
             "started_at": _iso(job.started_at),
             "ended_at": _iso(job.ended_at),

@@ -77,7 +77,8 @@ def test_an_interactive_jobs_one_start_and_one_success_transaction_keep_rqs_book
     assert job.id not in StartedJobRegistry(queue=queue).get_job_ids()
     assert job.get_executions() == [] and job.worker_name == worker.name
     assert job.started_at is not None and job.ended_at is not None and job.started_at <= job.ended_at
-    assert job.get_meta()["attempt"] == 1
+    assert gateway.connection.hget(job.key, "onnxplain_attempt") == b"1"
+    assert gateway.describe(job, location="/x")["attempt"] == 1
     counts = gateway.connection.hmget(worker.key, "successful_job_count", "failed_job_count", "total_working_time")
     assert int(counts[0]) == 1 and counts[1] is None and float(counts[2]) > 0  # what the worker wrote to Redis
     assert gateway.connection.ttl(job.key) > 0  # the result's TTL, not persisted forever
@@ -112,6 +113,27 @@ def test_the_worker_idles_and_honours_a_suspension_read_with_an_interactive_jobs
     assert second.get_status() == JobStatus.QUEUED  # not taken: the suspension was read before the next dequeue
     ((state, beat),) = states
     assert state == b"idle" and datetime.fromisoformat(beat.decode().replace("Z", "+00:00")) >= first.ended_at
+
+
+def test_a_queued_job_whose_hash_is_gone_is_skipped_without_a_write(gateway, settings, binary_model):
+    """The dequeue no longer reads the job before its start (they are one script): a job deleted while queued is
+    skipped as RQ's dequeue skips it, and its start writes nothing (no half-made hash, registry entry or
+    execution); the next job runs."""
+    model = registered(settings, binary_model)
+    jobs = []
+    for row in binary_model.X[:2]:
+        request = build_request({"instances": [row.tolist()], "method": "exact"}, model, settings, "fp32")
+        jobs.append(gateway.submit(JOBS["explain"], request.to_payload(), timeout=60, tenant="acme").job)
+    gone, kept = jobs
+    gateway.connection.delete(gone.key)  # its id stays in the queue's list
+    worker = run_burst(gateway.connection)
+    queue = Queue("interactive", connection=gateway.connection, serializer=JSONSerializer)
+    assert not gateway.connection.exists(gone.key)
+    assert not gateway.connection.keys(f"*{gone.id}*")  # nor an execution, a registry entry or a result
+    assert gone.id not in StartedJobRegistry(queue=queue).get_job_ids()
+    finished = Job.fetch(kept.id, connection=gateway.connection, serializer=JSONSerializer)
+    assert finished.get_status() == JobStatus.FINISHED and finished.worker_name == worker.name
+    assert gateway.describe(finished, location="/x")["attempt"] == 1
 
 
 def test_deterministic_errors_fail_once_with_their_code(gateway, settings, binary_model):
