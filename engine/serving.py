@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,16 @@ class Predictor:
         """
         if variant == "fp32":
             return self.sessions.get(model.model_path, model.sha256, model.card, model.signature)
+        path = self._variant_path(model, variant)
+        return self.sessions.get(path, f"{model.sha256}:{variant}", model.card, model.signature)
+
+    @staticmethod
+    def _variant_path(model: ModelVersion, variant: str) -> Path:
+        """The ONNX file of a ready variant (a kind).
+
+        Raises:
+            NotFound: ``variant_not_found`` when the variant is not ready.
+        """
         path = variant_dir(model, variant) / "model.onnx"
         state = read_state(model, variant) if variant in VARIANT_KINDS else None
         if state is None or state.state is not State.READY or not path.exists():
@@ -59,7 +70,7 @@ class Predictor:
                 code="variant_not_found",
                 field="variant",
             )
-        return self.sessions.get(path, f"{model.sha256}:{variant}", model.card, model.signature)
+        return path
 
     def resolve(self, model: ModelVersion, variant: str) -> tuple[str, ModelSession]:
         """Resolve a requested variant (``fp32``, ``int8``, ``fastest``, a kind) to the served one and its session.
@@ -67,8 +78,19 @@ class Predictor:
         Raises:
             NotFound: ``variant_not_found`` when it is not ready.
         """
-        kind = resolve(model, variant, gate_of(self.settings), allow_drift=self.settings.variant_fastest_allows_drift)
+        kind = self.served_variant(model, variant)
         return kind, self.session(model, kind)
+
+    def served_variant(self, model: ModelVersion, variant: str) -> str:
+        """:meth:`resolve`'s variant, checked ready, without its session (an explain's API process needs none).
+
+        Raises:
+            NotFound: ``variant_not_found`` when it is not ready.
+        """
+        kind = resolve(model, variant, gate_of(self.settings), allow_drift=self.settings.variant_fastest_allows_drift)
+        if kind != "fp32":
+            self._variant_path(model, kind)
+        return kind
 
     def predict(
         self, model: ModelVersion, X: Inputs, variant: str = "fp32", *, session: ModelSession | None = None

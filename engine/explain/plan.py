@@ -7,8 +7,9 @@ rows. Method facts (parameters, caps, cost, background) come from the method tab
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,12 @@ class ExplainPlan:
     targets: list[str] | None
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the plan as a JSON-ready dict."""
-        return asdict(self)
+        """Return the plan as a JSON-ready dict (its parameters and targets copied, their values shared)."""
+        # Not dataclasses.asdict: its deep copy of every value was half of a sync explain's to_payload.
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        plain["parameters"] = dict(self.parameters)
+        plain["targets"] = None if self.targets is None else list(self.targets)
+        return plain
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExplainPlan:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request
 
 from engine.errors import Unavailable
 from engine.jobs import JOBS
@@ -19,6 +19,7 @@ from service.bodies import json_object, optional_int
 from service.extensions import Services, services
 from service.gateways.jobs import check_idempotency_key
 from service.observe import VARIANTS_REQUESTED
+from service.routes.explain import job_location
 
 bp = Blueprint("variants", __name__)
 
@@ -57,7 +58,7 @@ def submit_variant(
     VARIANTS_REQUESTED.labels(kind).inc()
     if current is None or current.rebuildable:
         variants.write_state(model, kind, State.BUILDING, error=None, job=job.id)
-    return {**gateway.describe(job, location=url_for("explain.get_job", job_id=job.id)), "cache": submission.cache}
+    return {**gateway.describe(job, location=job_location(job.id)), "cache": submission.cache}
 
 
 def request_card_variants(svc: Services, model: ModelVersion, tenant: str) -> None:
