@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ if str(ROOT) not in sys.path:  # run as a script: the repository's packages, whe
 log = logging.getLogger("bench")
 
 
-def arguments(description: str | None, **flags: str) -> argparse.Namespace:
-    """Parse the switches every bench script takes, and the script's own ``flags`` (name: help).
+def arguments(
+    description: str | None, parse: Callable[[argparse.ArgumentParser], None] | None = None, **flags: str
+) -> argparse.Namespace:
+    """Parse the switches every bench script takes, and the script's own: ``flags`` (name: help) are on/off
+    switches, ``parse`` adds any others to the parser.
 
     ``--device cuda`` sets ``ONNXPLAIN_PROVIDERS=cuda`` for the engine (and for the workers the script starts);
     where no CUDA provider runs, the engine falls back to the CPU with one log line.
@@ -35,6 +39,8 @@ def arguments(description: str | None, **flags: str) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="execution provider (default cpu)")
     for name, text in flags.items():
         parser.add_argument(f"--{name}", action="store_true", help=text)
+    if parse is not None:
+        parse(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("engine.runtime.providers").setLevel(logging.INFO)  # the fallback's one line

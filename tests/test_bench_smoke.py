@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Per script, lines its output must hold: every table's heading, and the rows it must print.
 EXPECTED = {
+    "http_ab.py": ["latency: 1-row sync explain", "mean B−A", "range B−A", "throughput:", "B/A"],
     "http_bench.py": [
         "sync explain: kernel_shap",
         "HTTP p50  HTTP p99  in-process p50",
