@@ -59,7 +59,7 @@ class Side:
         # Every client of the throughput rounds waits on its job: more waiters than the default 4 a process.
         self.service.env["ONNXPLAIN_MAX_WAITING_REQUESTS"] = str(2 * CLIENTS)
         onnx, card, background = model
-        register(self.service, onnx, card, background)
+        http_bench.register(self.service, onnx, card, background)
         self.service.start_workers(1)
         self.url = self.service.start_gunicorn()
         self.conn = http_bench.Http(self.url, self.service.headers)
@@ -70,17 +70,6 @@ class Side:
         self.conn.close()
         self.redis.close()
         self.service.close()
-
-
-def register(service: benchlib.Service, onnx: bytes, card: dict[str, Any], background: FloatArray) -> None:
-    """Register the bench model in ``service``'s store (through this process's API code: the store's format)."""
-    import io
-
-    frame = "\n".join([",".join(http_bench.FEATURES)] + [",".join(map(repr, r)) for r in background.tolist()])
-    data = {"model": (io.BytesIO(onnx), "m.onnx"), "card": json.dumps(card), "visibility": "shared"}
-    data["background"] = (io.BytesIO(frame.encode()), "b.csv")
-    answer = service.client_of().post("/v1/models", data=data, content_type="multipart/form-data")
-    assert answer.status_code == 201, answer.get_data(as_text=True)
 
 
 def body(X: FloatArray, i: int) -> bytes:

@@ -71,6 +71,16 @@ def build() -> tuple[bytes, dict[str, Any], FloatArray, FloatArray]:
     return onx.SerializeToString(), card, X[:100], X[100:400]
 
 
+def register(service: benchlib.Service, onnx: bytes, card: dict[str, Any], background: FloatArray) -> None:
+    """Register the bench model in ``service``'s store through the API (in this process), shared with every
+    tenant (the auth-off server's caller is another tenant)."""
+    frame = "\n".join([",".join(FEATURES)] + [",".join(map(repr, r)) for r in background.tolist()])
+    data = {"model": (io.BytesIO(onnx), "m.onnx"), "card": json.dumps(card), "visibility": "shared"}
+    data["background"] = (io.BytesIO(frame.encode()), "b.csv")
+    answer = service.client_of().post("/v1/models", data=data, content_type="multipart/form-data")
+    assert answer.status_code == 201, answer.get_data(as_text=True)
+
+
 class Http:
     """One keep-alive HTTP/1.1 connection; ``post`` returns status and body."""
 
@@ -211,13 +221,7 @@ def main() -> None:
     if _SERVED_BLAS is None:
         service.env.pop("OPENBLAS_NUM_THREADS", None)
     try:
-        client = service.client_of()
-        frame = "\n".join([",".join(FEATURES)] + [",".join(map(repr, r)) for r in background.tolist()])
-        data = {"model": (io.BytesIO(onnx), "m.onnx"), "card": json.dumps(card)}
-        data["background"] = (io.BytesIO(frame.encode()), "b.csv")
-        data["visibility"] = "shared"  # the auth-off server's caller is another tenant
-        answer = client.post("/v1/models", data=data, content_type="multipart/form-data")
-        assert answer.status_code == 201, answer.get_data(as_text=True)
+        register(service, onnx, card, background)
         service.start_workers(1)
         api = service.start_gunicorn()
         echo = service.start_gunicorn("bench.echo_app:create_app()")

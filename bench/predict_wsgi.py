@@ -129,16 +129,11 @@ def main() -> None:
     onnx, card, background, X = http_bench.build()
     service = benchlib.Service(max_wait_s=120.0)
     try:
-        client = service.client_of()
-        frame = "\n".join([",".join(http_bench.FEATURES)] + [",".join(map(repr, r)) for r in background.tolist()])
-        data = {"model": (io.BytesIO(onnx), "m.onnx"), "card": json.dumps(card), "visibility": "shared"}
-        data["background"] = (io.BytesIO(frame.encode()), "b.csv")
-        answer = client.post("/v1/models", data=data, content_type="multipart/form-data")
-        assert answer.status_code == 201, answer.get_data(as_text=True)
+        http_bench.register(service, onnx, card, background)
         # The store keeps a listing only once its directory is 2 s old (engine.files.settled): as in a server
         # that has been up a while, not one that registered the model a moment ago.
         time.sleep(2.5)
-        app, echo = client.application, create_app()
+        app, echo = service.client_of().application, create_app()
         headers = {**service.headers, "Content-Type": "application/json"}
         print(f"\n:predict and the bare echo as WSGI calls, mean µs a request, median of 3 × {n}")
         print(f"{'rows':>4}  {':predict':>9}  {'echo':>7}  {'difference':>10}")

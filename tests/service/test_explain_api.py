@@ -231,6 +231,18 @@ def test_explain_validation(live_client, binary_model, body, code, field):
     assert response.json["code"] == code and response.json["field"] == field
 
 
+@pytest.mark.parametrize("variant", ["int8_static", "int8", "no_such_kind"])
+def test_a_variant_that_is_not_ready_is_404_before_anything_is_enqueued(live_client, binary_model, variant):
+    """The API checks the requested variant (without loading any session): 404 ``variant_not_found`` on
+    ``variant`` at once, even with ``wait: 0``, and no job (a job's failure would answer 202 here)."""
+    upload(live_client, binary_model, name="novariants")
+    body = {"instances": [[1, 2, 3, 4]], "method": "exact", "variant": variant, "wait": 0}
+    response = live_client.post("/v1/models/novariants:explain", json=body)
+    assert response.status_code == 404, response.json
+    assert response.json["code"] == "variant_not_found" and response.json["field"] == "variant"
+    assert "X-Job-Id" not in response.headers
+
+
 def test_no_background_is_a_clear_422(live_client, binary_model):
     """A model registered without background data cannot be explained by kernel_shap or lime."""
     upload(live_client, binary_model, name="nobg", background=False)
