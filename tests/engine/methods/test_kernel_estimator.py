@@ -19,6 +19,9 @@ from engine.errors import InvalidRequest
 from engine.methods import kernel_estimator
 from engine.methods.kernel_estimator import (
     KernelEstimator,
+    _balanced_rows,
+    _baseline_control,
+    _baseline_slopes,
     _middle_mean,
     _random_subsets,
     _sample_strata,
@@ -282,11 +285,12 @@ def test_agrees_with_shap_kernel_explainer_at_large_budgets(mlp10: tuple[Counted
         assert np.all(np.abs(ours - theirs).max(axis=0) <= tolerance * np.maximum(scale, 1.0))
 
 
+@pytest.mark.parametrize("r", [5, 4])  # 5 divides the 25 rows: dealt in groups; 4 does not: row by row
 def test_background_rows_keep_enumeration_exact_and_the_error_honest(
-    mlp10: tuple[Counted, np.ndarray, np.ndarray],
+    mlp10: tuple[Counted, np.ndarray, np.ndarray], r: int
 ) -> None:
     f, X, B = mlp10
-    sub = KernelEstimator(f, B, background_rows=5)
+    sub = KernelEstimator(f, B, background_rows=r)
     whole = sub.explain(X[0], budget=2**10 - 2, seed=0)
     assert whole.complete and whole.evaluations == (2**10 - 2) * len(B)
     np.testing.assert_allclose(whole.values, brute_force_shapley(f, X[0], B)[1], rtol=0, atol=1e-9)
@@ -294,7 +298,8 @@ def test_background_rows_keep_enumeration_exact_and_the_error_honest(
     errors, std_errors, means = [], [], []
     for seed in range(20):
         for i, e in enumerate(sub.explain_rows(X[:3], budget=300, seed=seed)):
-            assert not e.complete and e.evaluations <= 300 * len(B) + 2 * 5
+            assert not e.complete and e.evaluations <= 300 * len(B) + 2 * r
+            assert e.control == "baseline"
             assert e.coalitions > 300  # cheaper coalitions: more of them for the same model rows
             np.testing.assert_allclose(e.values.sum(axis=0), e.output_value - e.base_value, rtol=0, atol=1e-12)
             errors.append(np.abs(e.values[:, 1] - truth[i]))
@@ -441,6 +446,41 @@ def test_strata_sampled_together_draw_without_replacement_across_rounds() -> Non
         assert len(np.unique(every, axis=0)) == len(every) == min(st.units, 3 * asked[strata.index(st)])
         if st.half:
             assert every[:, 0].all()  # the middle size's pair is named by its member holding player 0
+
+
+def test_rows_dealt_in_groups_give_each_pair_a_whole_group_and_each_group_once_a_round() -> None:
+    rng = np.random.default_rng(3)
+    partition = rng.permutation(20).reshape(5, 4)
+    dealt = _balanced_rows(rng, 23, 20, 4, partition)  # 4 whole rounds of 5 pairs, then 3 pairs of a fifth
+    groups = {tuple(sorted(g)) for g in partition.tolist()}
+    assert dealt.shape == (23, 4) and all(tuple(sorted(rows)) in groups for rows in dealt.tolist())
+    for round_ in range(4):
+        assert sorted(map(sorted, dealt[5 * round_ : 5 * round_ + 5].tolist())) == sorted(map(sorted, groups))
+    assert len({tuple(sorted(rows)) for rows in dealt[20:].tolist()}) == 3
+    # Every row once a round, whichever way the rounds are dealt.
+    assert np.array_equal(np.bincount(dealt[:20].ravel(), minlength=20), np.full(20, 4))
+    assert np.array_equal(np.bincount(_balanced_rows(rng, 20, 20, 4).ravel(), minlength=20), np.full(20, 4))
+
+
+def test_grouped_fits_give_the_per_row_slopes_and_controls() -> None:
+    """Rows dealt in groups share one design and one solve a group: the same slopes and controls, to float32
+    rounding, as the fit of each row on its own."""
+    rng = np.random.default_rng(11)
+    m, r, p, k, pairs = 40, 8, 24, 2, 300
+    partition = rng.permutation(m).reshape(m // r, r)
+    members = _random_subsets(rng, pairs, p, rng.integers(1, p // 2 + 1, size=pairs))
+    dealt = _balanced_rows(rng, pairs, m, r, partition)
+    rounds = np.arange(pairs) // (m // r)
+    U = 2 * members.astype(np.float32) - 1
+    spread = (np.einsum("np,bpk->nbk", U, rng.normal(size=(m, p, k)))[np.arange(pairs)[:, None], dealt]
+              + rng.normal(size=(pairs, r, k)) * 0.3).astype(np.float32)  # fmt: skip
+    half = rounds % 2 == 0
+    args = (U[half], dealt[half], rounds[half] // 2, spread[half], m)
+    np.testing.assert_allclose(_baseline_slopes(*args, partition), _baseline_slopes(*args), rtol=2e-3, atol=2e-4)
+    grouped = _baseline_control(members, dealt, rounds, spread, m, partition)
+    per_row = _baseline_control(members, dealt, rounds, spread, m)
+    np.testing.assert_allclose(grouped, per_row, rtol=2e-3, atol=2e-4)
+    assert np.abs(per_row).max() > 0.5  # the controls are not trivially zero
 
 
 def test_middle_mean_is_the_mean_over_the_middle_axis() -> None:
