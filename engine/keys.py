@@ -135,6 +135,10 @@ def read_keys(path: Path) -> dict[str, KeyRecord]:
         raise InvalidRequest(f"the keys file {path} is not valid JSON: {exc}", code="invalid_keys_file") from exc
 
 
+GRANTED_KEYS = 4096
+"""Keys a process remembers as checked, per version of the keys file (only keys that passed: no flood fills it)."""
+
+
 class KeyRing:
     """The keys of one keys file, re-read whenever the file changes (checked by ``stat`` per call).
 
@@ -147,12 +151,14 @@ class KeyRing:
         self.path = Path(settings.keys_file)
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
+        self._path_text = str(self.path)
         self._records: dict[str, KeyRecord] = {}
         self._secret: bytes | None = None
+        self._granted: dict[str, Principal] = {}
 
-    def _current(self) -> tuple[dict[str, KeyRecord], bytes | None]:
+    def _current(self) -> tuple[dict[str, KeyRecord], bytes | None, dict[str, Principal]]:
         try:
-            st = self.path.stat()
+            st = os.stat(self._path_text)
             stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             stamp = None
@@ -164,7 +170,8 @@ class KeyRing:
                     self._records = {}  # a broken file grants nothing (fail closed) until it is fixed
                 self._secret = server_secret(self.settings)
                 self._stamp = stamp
-            return self._records, self._secret
+                self._granted = {}  # a revoked key, or a new secret, must be checked again
+            return self._records, self._secret, self._granted
 
     def authenticate(self, key: str) -> Principal:
         """Return the principal of ``key``.
@@ -172,7 +179,12 @@ class KeyRing:
         Raises:
             Unauthorized: ``invalid_key`` for a malformed, unknown or revoked key.
         """
-        records, secret = self._current()
+        records, secret, granted = self._current()
+        found = granted.get(key)
+        if found is not None:
+            # This exact key passed the check below since the file last changed. A lookup by the whole key tells
+            # an attacker nothing a 200 would not: the misses still pay the hash, hit or unknown id alike.
+            return found
         match = _TOKEN.match(key)
         record = records.get(match.group(1)) if match else None
         # Hash and compare even when the id is unknown, so a miss costs what a hit costs.
@@ -180,7 +192,10 @@ class KeyRing:
         given = hash_key(secret or b"no secret configured", key)
         if not hmac.compare_digest(given.encode(), expected.encode()) or record is None or secret is None:
             raise Unauthorized("the API key is invalid or revoked", code="invalid_key")
-        return Principal(record.id, record.tenant, frozenset(record.scopes))
+        principal = Principal(record.id, record.tenant, frozenset(record.scopes))
+        if len(granted) < GRANTED_KEYS:
+            granted[key] = principal  # the HMAC was 14 µs of every request's ~400 in process
+        return principal
 
 
 @contextmanager

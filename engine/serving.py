@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engine.arrays import FloatArray
 from engine.errors import NotFound
 from engine.models.card import VARIANT_KINDS
@@ -116,7 +114,7 @@ def format_predictions(scores: FloatArray, class_names: tuple[str, ...]) -> list
     # tolist() makes every Python float in one C call: a float() per numpy scalar was most of 64 rows' cost.
     if not class_names:
         return [{"value": v} for v in scores[:, 0].tolist()]
-    labels = np.argmax(scores, axis=1).tolist()
+    labels = scores.argmax(axis=1).tolist()
     return [
         {"label": class_names[label], "scores": dict(zip(class_names, row, strict=True))}
         for label, row in zip(labels, scores.tolist(), strict=True)

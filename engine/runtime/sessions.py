@@ -125,7 +125,7 @@ class ModelSession:
             (value,) = self.run(encode_feeds(chunk, self.card, self.signature, self.encoder), [name])
             parts.append(read_scores(value, self.card))
         out = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        if not np.all(np.isfinite(out)):
+        if not np.isfinite(out).all():
             bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
             column = int(np.flatnonzero(~np.isfinite(out[bad]))[0])
             raise ExplanationFailed(
