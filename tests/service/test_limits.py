@@ -196,3 +196,20 @@ def test_several_limits_report_the_tightest_and_a_malformed_one_stops_the_start(
     assert "2 per 1 minute" in refused.json["detail"]
     with pytest.raises(ValueError):
         create_app(settings.replace(rate_limit="plenty"))
+
+
+def test_threads_that_find_the_lease_spent_wait_for_one_refill(settings, redis_conn):
+    """8 threads of one process, 3,200 hits on a 100,000-a-minute key (leases of 32): one thread refills the lease
+    while the others wait for it, so Redis counts each hit once and at most one lease goes unused. When each
+    thread went to Redis itself, each new lease replaced the last and Redis counted about twice the hits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from limits import RateLimitItemPerMinute
+
+    storage = _storage(settings, "onnxplain:test-lease")
+    item = RateLimitItemPerMinute(100_000)
+    key = item.key_for("k")
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(lambda _: storage.incr(key, item.get_expiry()), range(3200)))
+    assert sorted(counts) == list(range(1, 3201))  # every slot Redis counted was used, in order, once
+    assert int(redis_conn.get(storage.prefixed_key(key))) <= 3200 + 32
