@@ -50,6 +50,30 @@ def arguments(
     return args
 
 
+def workers_cpu(master: int) -> float | None:
+    """User and system CPU seconds that the child processes of ``master`` (gunicorn's workers) have used so far.
+
+    Read from Linux's ``/proc``; ``None`` where there is none.
+    """
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, found = 0.0, False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        if int(fields[1]) == master:  # ppid; utime and stime are fields 14 and 15 of stat(5)
+            total += (int(fields[11]) + int(fields[12])) / tick
+            found = True
+    return total if found else None
+
+
 def providers() -> list[str]:
     """The onnxruntime providers of bare baseline sessions: the engine's, from ``ONNXPLAIN_PROVIDERS``."""
     from engine.runtime.providers import resolve_providers
@@ -94,6 +118,7 @@ class Service:
         self.root = Path(tempfile.mkdtemp(prefix="onnxplain-bench-"))
         self.redis = start_redis()
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.masters: dict[str, int] = {}  # gunicorn's master process by base URL
         base = Settings(
             redis_url=self.redis.url,
             model_dir=self.root / "models",
@@ -138,6 +163,7 @@ class Service:
             proc = subprocess.Popen(cmd, env={**self.env, **env}, cwd=ROOT, stdout=sink, stderr=sink)
         self.procs.append(proc)
         url = f"http://127.0.0.1:{port}"
+        self.masters[url] = proc.pid
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

@@ -3,6 +3,7 @@
 Run from the repository root (about six minutes on 2 cores; ``--quick``: under a minute)::
 
     .venv/bin/python bench/http_ab.py [REV] [--runs 4] [--requests 400] [--rounds 6] [--quick] [--device cpu|cuda]
+    .venv/bin/python bench/http_ab.py [REV] --predict [--rounds 6]      # :predict throughput instead (2 minutes)
 
 Side A serves ``REV`` (a commit, branch or tag, default ``HEAD``, checked out in a temporary ``git worktree``),
 side B this working tree: with no ``REV``, what the uncommitted change does. Each side is a whole service of
@@ -18,6 +19,11 @@ packages), with the same 10-feature MLP registered.
   serves, so only the mean over an even number of runs compares.
 * **throughput**: ``CLIENTS`` keep-alive clients sending the same sync explains as fast as answered, one
   worker per side, in rounds of 3 s alternated between the sides; the median round of each.
+
+With ``--predict`` it measures ``:predict`` instead: requests/s of ``CLIENTS`` keep-alive clients posting one
+row (and then 64) to each side and to ``bench/echo_app.py`` under the same gunicorn settings, in rounds of 3 s
+rotated between the three (as ``bench/http_bench.py``'s predict table, whose target is a ratio to the echo);
+the median round of each and each side's ratio to the echo.
 
 A difference smaller than the spread of B − A over the runs is noise on a 2-core host.
 """
@@ -51,7 +57,7 @@ LABELS = {"over": "HTTP−job"}
 class Side:
     """One revision's service: its tree, Redis, worker, gunicorn and a keep-alive connection to it."""
 
-    def __init__(self, tree: Path, model: tuple[bytes, dict[str, Any], FloatArray]) -> None:
+    def __init__(self, tree: Path, model: tuple[bytes, dict[str, Any], FloatArray], workers: int = 1) -> None:
         from redis import Redis
 
         benchlib.ROOT = tree  # Service takes its PYTHONPATH, working directory and gunicorn.conf.py from here
@@ -60,7 +66,7 @@ class Side:
         self.service.env["ONNXPLAIN_MAX_WAITING_REQUESTS"] = str(2 * CLIENTS)
         onnx, card, background = model
         http_bench.register(self.service, onnx, card, background)
-        self.service.start_workers(1)
+        self.service.start_workers(workers)
         self.url = self.service.start_gunicorn()
         self.conn = http_bench.Http(self.url, self.service.headers)
         self.redis = Redis.from_url(self.service.settings.redis_url)
@@ -137,6 +143,49 @@ def throughput(side: Side, X: FloatArray, seconds: float, first: int) -> float:
     return sum(done) / seconds
 
 
+def predict_rounds(trees: dict[str, Path], model: tuple[bytes, dict[str, Any], FloatArray], X: FloatArray,
+                   rounds: int, seconds: float) -> None:  # fmt: skip
+    """Print ``:predict`` requests/s of both sides and of the bare echo, 1 and 64 rows, and each side's ratio."""
+    root = benchlib.ROOT
+    sides: dict[str, Side] = {}
+    try:
+        for name in ("A", "B"):
+            sides[name] = Side(trees[name], model, workers=0)
+        benchlib.ROOT = root
+        urls = {**{name: side.url for name, side in sides.items()}, "echo": sides["B"].service.start_gunicorn(ECHO)}
+        headers = {name: sides[name if name in sides else "B"].service.headers for name in urls}
+        print(f"\n:predict: requests/s, {CLIENTS} keep-alive clients, {rounds} rounds of {seconds:g} s rotated")
+        for rows in (1, 64):
+            payload = json.dumps({"instances": X[:rows].tolist()}).encode()
+            rates: dict[str, list[float]] = {name: [] for name in urls}
+            for name, url in urls.items():  # a short round each to warm up, not counted
+                http_bench.throughput(url, _path(name), payload, headers[name], min(seconds, 1.0))
+            for r in range(rounds):
+                order = list(urls)[r % 3 :] + list(urls)[: r % 3]
+                for name in order:
+                    rates[name].append(http_bench.throughput(urls[name], _path(name), payload, headers[name], seconds))
+            med = {name: statistics.median(v) for name, v in rates.items()}
+            for name, values in rates.items():
+                ratio = f", ÷echo {med[name] / med['echo']:.3f}" if name != "echo" else ""
+                print(
+                    f"  {rows:>2} rows {name:>4}: "
+                    + " ".join(f"{v:,.0f}" for v in values)
+                    + f"; median {med[name]:,.0f}{ratio}"
+                )
+            print(f"  {rows:>2} rows B/A {med['B'] / med['A']:.3f}")
+    finally:
+        for side in sides.values():
+            side.close()
+        benchlib.ROOT = root
+
+
+ECHO = "bench.echo_app:create_app()"
+
+
+def _path(name: str) -> str:
+    return "/echo" if name == "echo" else "/v1/models/bench-http:predict"
+
+
 def worktree(rev: str) -> Path:
     """Check ``rev`` out in a temporary ``git worktree`` (removed by :func:`drop_worktree`)."""
     path = Path(tempfile.mkdtemp(prefix="onnxplain-ab-")) / "tree"
@@ -159,9 +208,17 @@ def main() -> None:
     tree = worktree(args.rev)
     trees = {"A": tree, "B": root}
     rev = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=root, capture_output=True, text=True)
-    print(f"A: {args.rev} ({rev.stdout.strip()}), B: the working tree; {runs} runs of {requests} requests a side")
+    what = f"{rounds} rounds a side" if args.predict else f"{runs} runs of {requests} requests a side"
+    print(f"A: {args.rev} ({rev.stdout.strip()}), B: the working tree; {what}")
     started = time.perf_counter()
     diffs: dict[str, list[float]] = {p: [] for p in PHASES}
+    if args.predict:
+        try:
+            predict_rounds(trees, (onnx, card, background), X, rounds, seconds)
+        finally:
+            drop_worktree(tree, root)
+        print(f"\ntotal {time.perf_counter() - started:.0f} s")
+        return
     try:
         print("\nlatency: 1-row sync explain, kernel_shap 64 coalitions, medians in ms")
         head = "run  first  " + "  ".join(f"{LABELS.get(p, p):>8} A {'B':>6} {'B−A':>6}" for p in PHASES)
@@ -225,6 +282,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=4, help="latency runs, the sides restarted for each (default 4)")
     parser.add_argument("--requests", type=int, default=400, help="requests a side in each run (default 400)")
     parser.add_argument("--rounds", type=int, default=6, help="throughput rounds a side (default 6)")
+    parser.add_argument("--predict", action="store_true", help=":predict throughput against the bare echo instead")
 
 
 if __name__ == "__main__":

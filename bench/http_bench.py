@@ -184,6 +184,19 @@ def throughput(url: str, path: str, body: bytes, headers: dict[str, str], second
     return sum(counts) / (time.perf_counter() - started)
 
 
+def served_round(
+    service: benchlib.Service, url: str, path: str, body: bytes, headers: dict[str, str], seconds: float
+) -> tuple[float, float | None]:
+    """One :func:`throughput` round: requests/s, and the CPU µs its gunicorn workers spent per request."""
+    before = benchlib.workers_cpu(service.masters[url])
+    started = time.perf_counter()
+    rate = throughput(url, path, body, headers, seconds)
+    answered = rate * (time.perf_counter() - started)
+    after = benchlib.workers_cpu(service.masters[url])
+    cpu = None if before is None or after is None or not answered else (after - before) / answered * 1e6
+    return rate, cpu
+
+
 def profile(service: benchlib.Service, X: FloatArray) -> None:
     """Print where the API's time goes for ``:predict`` and a sync ``:explain`` (cProfile, in process)."""
     client = service.client_of()
@@ -252,19 +265,25 @@ def main() -> None:
         path = "/v1/models/bench-http:predict"
         for rows in (1, 64):
             body = json.dumps({"instances": X[:rows].tolist()}).encode()
-            runs: dict[str, list[float]] = {"echo": [], "api": [], "no limit": [], "no auth": []}
+            served = {"echo": (echo, "/echo"), "api": (api, path), "no limit": (unlimited, path)}
+            served["no auth"] = (open_api, path)
+            runs: dict[str, list[float]] = {name: [] for name in served}
+            cpu: dict[str, list[float]] = {name: [] for name in served}
             for _ in range(rounds):
-                runs["echo"].append(throughput(echo, "/echo", body, service.headers, seconds))
-                runs["api"].append(throughput(api, path, body, service.headers, seconds))
-                runs["no limit"].append(throughput(unlimited, path, body, service.headers, seconds))
-                runs["no auth"].append(throughput(open_api, path, body, service.headers, seconds))
+                for name, (url, route) in served.items():
+                    rate, spent = served_round(service, url, route, body, service.headers, seconds)
+                    runs[name].append(rate)
+                    cpu[name] += [] if spent is None else [spent]
             m = {k: statistics.median(v) for k, v in runs.items()}
+            c = {k: f"{statistics.median(v):,.0f}" if v else "—" for k, v in cpu.items()}
             e = m["echo"]
             table.append([str(rows), f"{m['api']:,.0f}", f"{e:,.0f}", f"{m['api'] / e:.2f}",
-                          f"{m['no limit'] / e:.2f}", f"{m['no auth'] / e:.2f}"])  # fmt: skip
-        print_table(["rows", ":predict req/s", "bare echo req/s", "ratio", "no limit", "no limit, no auth"], table)
+                          f"{m['no limit'] / e:.2f}", f"{m['no auth'] / e:.2f}", c["api"], c["echo"]])  # fmt: skip
+        head = ["rows", ":predict req/s", "bare echo req/s", "ratio", "no limit", "no limit, no auth"]
+        print_table([*head, ":predict CPU µs", "echo CPU µs"], table)
         print("ratio: :predict / echo as served (auth and the rate limit on); no limit: ONNXPLAIN_RATE_LIMIT='';")
         print("no limit, no auth: and ONNXPLAIN_AUTH=off (request log, metrics and the model lookup remain)")
+        print("CPU µs: user + system CPU of the gunicorn workers per request answered (median round; Linux /proc)")
         if args.profile:
             profile(service, X)
     finally:

@@ -22,6 +22,7 @@ EXPECTED = {
         "HTTP p50  HTTP p99  in-process p50",
         "predict: requests/s",
         ":predict req/s  bare echo req/s  ratio",
+        ":predict CPU µs  echo CPU µs",
     ],
     "predict_wsgi.py": [":predict and the bare echo as WSGI calls", "phases of a 1-row :predict", "request log line"],
     "perception.py": [
@@ -79,3 +80,22 @@ def test_bench_script_runs_in_quick_mode(script: str) -> None:
     # --device cuda: on a host without a GPU every process falls back to the CPU, saying so in one log line.
     (device,) = [line for line in run.stdout.splitlines() if line.startswith("device cuda: onnxruntime providers")]
     assert "CUDAExecutionProvider" in device or "CUDAExecutionProvider not usable here" in run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_http_ab_predict_mode_runs_in_quick_mode() -> None:
+    """``bench/http_ab.py --predict``: both revisions' :predict throughput against the bare echo."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXPLAIN_")}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "http_ab.py"), "--predict", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=230,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    for line in (":predict: requests/s", " 1 rows    A:", " 1 rows    B:", " 1 rows echo:", "64 rows B/A", "÷echo"):
+        assert line in run.stdout, f"http_ab.py --predict did not print {line!r}:\n{run.stdout[-3000:]}"
