@@ -130,6 +130,7 @@ __all__ = [
 ModelFn = Callable[[FloatArray], FloatArray]
 Sampling = Literal["leverage", "kernel"]
 Control = Literal["baseline", "linear"]
+Keys = npt.NDArray[Any]  # one key per coalition mask (_keys): uint64, or opaque bytes past 64 players
 
 MAX_BATCH_VALUES = 1 << 21
 """Feature values per ``f`` call (16 MiB as float64, 8 MiB as float32); a call of pairs on part of the background
@@ -222,7 +223,7 @@ class KernelEstimate:
     control: Control | None = None
 
 
-_NO_KEYS: npt.NDArray[np.void] = np.zeros(0, dtype=np.dtype((np.void, 1)))
+_NO_KEYS: Keys = np.zeros(0, dtype=np.uint64)
 
 
 @dataclass
@@ -240,7 +241,7 @@ class _Stratum:
     dealt: list[IndexArray] = field(default_factory=list)  # partial blocks: (pairs, r) background rows
     slots: list[IndexArray] = field(default_factory=list)  # partial blocks: (pairs,) each pair's dealing round
     spread: list[FloatArray] = field(default_factory=list)  # partial blocks: (pairs, r, k) f(x_S, b) − f(x_S̄, b)
-    seen: npt.NDArray[np.void] = field(default_factory=lambda: _NO_KEYS)  # replaced, never written in place
+    seen: Keys = field(default_factory=lambda: _NO_KEYS)  # replaced, never written in place
     partial: bool = False
     evaluations: int = 0
 
@@ -1187,7 +1188,7 @@ def _random_subsets(rng: np.random.Generator, n: int, p: int, s: int | IndexArra
     return masks
 
 
-def _all_units(p: int, s: int, half: bool) -> tuple[BoolArray, npt.NDArray[np.void]]:
+def _all_units(p: int, s: int, half: bool) -> tuple[BoolArray, Keys]:
     """Every pair of a stratum as its size-``s`` member (the one holding player 0 for the middle size), and keys."""
     if half:
         combos = [(0, *rest) for rest in combinations(range(1, p), s - 1)]
@@ -1201,7 +1202,7 @@ def _all_units(p: int, s: int, half: bool) -> tuple[BoolArray, npt.NDArray[np.vo
 
 
 @functools.lru_cache(maxsize=8)
-def _listed_units(p: int, s: int, half: bool) -> tuple[BoolArray, npt.NDArray[np.void]]:
+def _listed_units(p: int, s: int, half: bool) -> tuple[BoolArray, Keys]:
     """:func:`_all_units` of a stratum of at most :data:`ENUMERATE_UNITS` pairs, kept (read-only) per ``(p, s)``.
 
     Listing them took 1 ms for the 4,060 triples of 30 players, on every row and every tolerance round that draws
@@ -1215,10 +1216,20 @@ def _listed_units(p: int, s: int, half: bool) -> tuple[BoolArray, npt.NDArray[np
     return masks, keys
 
 
-def _keys(masks: BoolArray) -> npt.NDArray[np.void]:
-    """One opaque, comparable key per mask (its packed bits)."""
+def _keys(masks: BoolArray) -> Keys:
+    """One comparable key per mask: its packed bits, as one ``uint64`` up to 64 players, else opaque bytes.
+
+    Only equality matters (``unique``, ``isin``); numpy sorts and compares the integers in less than half the
+    time of the bytes (11,000 masks of 30 players: 0.8 against 1.9 ms a ``unique``, as much an ``isin``, each
+    round of a row's draws).
+    """
     packed = np.ascontiguousarray(np.packbits(masks, axis=1))
-    keys: npt.NDArray[np.void] = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    width = packed.shape[1]
+    if width <= 8:
+        whole = np.zeros((len(packed), 8), dtype=np.uint8)
+        whole[:, :width] = packed
+        return whole.view(np.uint64).ravel()
+    keys: Keys = packed.view(np.dtype((np.void, width))).ravel()
     return keys
 
 

@@ -430,10 +430,11 @@ def test_random_subsets_of_mixed_sizes_have_each_its_size_and_are_uniform(player
             assert stats.chisquare(rows.sum(axis=0)).pvalue > 1e-3
 
 
-def test_strata_sampled_together_draw_without_replacement_across_rounds() -> None:
+@pytest.mark.parametrize("p", [40, 70])  # a mask's key: one uint64 up to 64 players, its packed bytes past them
+def test_strata_sampled_together_draw_without_replacement_across_rounds(p: int) -> None:
     rng = np.random.default_rng(2)
-    p = 40
-    strata = [_Stratum(s, math.comb(p, s) // (2 if 2 * s == p else 1), 1.0, 2 * s == p) for s in (1, 2, 6, 13, 20)]
+    sizes = (1, 2, 6, 13, p // 2)
+    strata = [_Stratum(s, math.comb(p, s) // (2 if 2 * s == p else 1), 1.0, 2 * s == p) for s in sizes]
     asked = [30, 500, 300, 300, 300]  # a listed stratum drawn whole, a listed one, three by rejection
     for _ in range(3):
         drawn = _sample_strata(rng, p, list(zip(strata, asked, strict=True)))
