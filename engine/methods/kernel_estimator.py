@@ -166,6 +166,15 @@ The fit's products grow with the square of the players: on 300 features at the d
 double the estimator's time (0.3 s a row), where the linear control is already under half shap's error.
 """
 
+COLUMN_FILL_COLUMNS = 16
+"""Up to this many columns, coalitions on the whole background are masked column by column, not by the blend.
+
+The blend's two passes broadcast over a last axis of ``d`` values, and numpy's loop per ``d`` values is most of
+their cost when ``d`` is small: 2,048 coalitions × 100 rows, per-coalition ``x``, 2.4 against 1.0 ms at 10 columns,
+3.4 against 2.7 at 16, even at 20 (same-process timeit). Rows dealt ``r`` at a time gain less (0.3 against 0.3 ms at
+12 columns) and keep the blend.
+"""
+
 MASK_CHUNK_VALUES = 1 << 18
 """Coalition-row values (1 MiB as float32) masked per pass, so the copy, the product and the sum meet in cache.
 
@@ -661,7 +670,13 @@ class KernelEstimator:
                         np.copyto(part, self.rows_background[None, :, :])
                     else:
                         np.take(self.rows_background, dealt[lo : lo + step], axis=0, out=part, mode="clip")
-                    if self._blend:
+                    if dealt is None and d <= COLUMN_FILL_COLUMNS:
+                        # Each column's coalitions that hold it take x's value, the slice's rows at once.
+                        holds, values = here[:, 0, :], xs[lo : lo + step]
+                        for j in range(d):
+                            held = holds[:, j]
+                            part[held, :, j] = values[held, :, j]
+                    elif self._blend:
                         # b·(1 − z) + x·z, exact for z in {0, 1}, in two SIMD passes: 2× a masked copy's speed.
                         np.multiply(part, (~here).astype(self.dtype), out=part)
                         np.add(part, np.where(here, xs[lo : lo + step], np.zeros((), self.dtype)), out=part)

@@ -449,6 +449,39 @@ def test_strata_sampled_together_draw_without_replacement_across_rounds(p: int) 
             assert every[:, 0].all()  # the middle size's pair is named by its member holding player 0
 
 
+@pytest.mark.parametrize(
+    ("d", "huge"),
+    [(6, False), (6, True), (20, False), (20, True)],  # by column up to 16 columns, else by the blend or masked copy
+)
+def test_coalition_rows_hold_x_on_the_coalition_and_the_background_row_elsewhere(d: int, huge: bool) -> None:
+    """Every model row of a coalition on the whole background is its background row with its own x on the
+    coalition's columns, whichever way it was masked (two rows explained in the same calls; a background value
+    past float32's range takes the masked copy)."""
+    rng = np.random.default_rng(d)
+    B, X = rng.normal(size=(9, d)), rng.normal(size=(2, d))
+    if huge:
+        B[3, 2] = 1e300
+    seen: list[np.ndarray] = []
+
+    def f(z: np.ndarray) -> np.ndarray:
+        seen.append(np.array(z))
+        return np.tanh(np.asarray(z, dtype=np.float64) @ np.linspace(-1, 1, d))[:, None]
+
+    KernelEstimator(f, B).explain_rows(X, budget=4 * d, seed=0)
+    coalitions = np.concatenate(seen[2:]).reshape(-1, len(B), d)  # after the background's and the rows' own calls
+    assert len(coalitions) >= 2 * 4 * d
+    owners = []
+    for rows in coalitions:
+        fits = []
+        for i, x in enumerate(X):
+            held = (rows == x).all(axis=0)  # a column the coalition holds: this x on every background row
+            if np.array_equal(rows, np.where(held, x, B)) and 0 < held.sum() < d:
+                fits.append(i)
+        assert fits, "a coalition row that is neither x nor its background row on some column"
+        owners += fits
+    assert set(owners) == {0, 1}
+
+
 def test_rows_dealt_in_groups_give_each_pair_a_whole_group_and_each_group_once_a_round() -> None:
     rng = np.random.default_rng(3)
     partition = rng.permutation(20).reshape(5, 4)
