@@ -951,6 +951,8 @@ def _baseline_control(
         rounds: ``(n,)`` its dealing round.
         spread: ``(n, r, k)`` ``f(x_S, b) − f(x_S̄, b)`` on each of its rows.
         m: Background rows.
+        partition: ``(m / r, r)`` the groups the rows were dealt in, whole (:func:`_balanced_rows`), if they were:
+            each pair's rows are then one group, and the fits and the pick go by group.
 
     Returns:
         ``(n, k)`` controls.
