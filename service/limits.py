@@ -22,8 +22,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage, RedisStorage, storage_from_string
-from limits.strategies import FixedWindowRateLimiter
+from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_string
 from limits.util import WindowStats
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -212,11 +211,13 @@ class KeyLimiter:
 
     def __init__(self, settings: Settings) -> None:
         self.items = sorted(parse_many(settings.rate_limit))
-        self.storage = storage_from_string(
+        storage = storage_from_string(
             _storage_uri(settings), key_prefix="onnxplain:ratelimit", **_storage_options(settings)
         )
-        self.shared = FixedWindowRateLimiter(self.storage)
-        self.local = FixedWindowRateLimiter(MemoryStorage())
+        if not isinstance(storage, Storage):  # an async:// scheme: limits' asyncio storages serve no WSGI app
+            raise ValueError(f"the rate limit storage {type(storage).__name__} is not a synchronous one")
+        self.storage: Storage = storage
+        self.local: Storage = MemoryStorage()  # the fallback while Redis is away
         self._keys: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
         self._down = False
@@ -228,22 +229,21 @@ class KeyLimiter:
 
         The reported limit is the first one that refuses the request, else the one with the fewest requests left.
         """
-        limiter = self._limiter()
+        storage = self._storage()
         try:
-            return self._hit(limiter, key)
+            return self._hit(storage, key)
         except Exception as err:  # any storage failure: a limiter must never turn requests into 500s or waits
-            if limiter is self.local:
+            if storage is self.local:
                 raise
             log.warning("rate limit storage unreachable (%s); counting in this process until it answers", err)
             with self._lock:
                 self._down, self._checks, self._next_check = True, 0, time.monotonic() + 1
             return self._hit(self.local, key)
 
-    def _hit(self, limiter: FixedWindowRateLimiter, key: str) -> tuple[bool, RateLimitItem, WindowStats]:
-        # limiter.hit then limiter.get_window_stats, on the storage directly: the strategy built the storage key
-        # three times (25 µs of a one-row :predict). The remaining count is the hit's own, which the strategy's
-        # read-back returned too (OneTripRedisStorage answers it from the hit).
-        storage = limiter.storage
+    def _hit(self, storage: Storage, key: str) -> tuple[bool, RateLimitItem, WindowStats]:
+        # limits' fixed-window strategy (hit, then get_window_stats) on the storage directly: the strategy built
+        # the storage key three times (25 µs of a one-row :predict). The remaining count is the hit's own, which
+        # the strategy's read-back returned too (OneTripRedisStorage answers it from the hit).
         report: tuple[RateLimitItem, WindowStats] | None = None
         for index, item in enumerate(self.items):
             stored = self._storage_key(index, item, key)
@@ -264,12 +264,12 @@ class KeyLimiter:
             stored = self._keys[(key, index)] = item.key_for(key)
         return stored
 
-    def _limiter(self) -> FixedWindowRateLimiter:
+    def _storage(self) -> Storage:
         if not self._down:
-            return self.shared
+            return self.storage
         with self._lock:
             if not self._down:
-                return self.shared
+                return self.storage
             if time.monotonic() < self._next_check:
                 return self.local
             self._checks += 1
@@ -278,7 +278,7 @@ class KeyLimiter:
             log.info("rate limit storage answers again")
             with self._lock:
                 self._down = False
-            return self.shared
+            return self.storage
         return self.local
 
 

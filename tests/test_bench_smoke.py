@@ -63,17 +63,7 @@ EXPECTED = {
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_bench_script_runs_in_quick_mode(script: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXPLAIN_")}
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), "--quick", "--device", "cuda"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=230,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    run = _quick(script, "--device", "cuda")
     missing = [line for line in EXPECTED[script] if line not in run.stdout]
     assert not missing, f"{script} did not print {missing}:\n{run.stdout[-3000:]}"
     assert "FAILED" not in run.stdout and "skipped" not in run.stdout.replace("absent (skipped)", "")
@@ -86,9 +76,16 @@ def test_bench_script_runs_in_quick_mode(script: str) -> None:
 @pytest.mark.timeout(240)
 def test_http_ab_predict_mode_runs_in_quick_mode() -> None:
     """``bench/http_ab.py --predict``: both revisions' :predict throughput against the bare echo."""
+    run = _quick("http_ab.py", "--predict")
+    for line in (":predict: requests/s", " 1 rows    A:", " 1 rows    B:", " 1 rows echo:", "64 rows B/A", "÷echo"):
+        assert line in run.stdout, f"http_ab.py --predict did not print {line!r}:\n{run.stdout[-3000:]}"
+
+
+def _quick(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/<script> --quick <args>`` without the caller's ONNXPLAIN_ settings; it must exit 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXPLAIN_")}
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "http_ab.py"), "--predict", "--quick"],
+        [sys.executable, str(ROOT / "bench" / script), "--quick", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -97,5 +94,4 @@ def test_http_ab_predict_mode_runs_in_quick_mode() -> None:
         check=False,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    for line in (":predict: requests/s", " 1 rows    A:", " 1 rows    B:", " 1 rows echo:", "64 rows B/A", "÷echo"):
-        assert line in run.stdout, f"http_ab.py --predict did not print {line!r}:\n{run.stdout[-3000:]}"
+    return run
